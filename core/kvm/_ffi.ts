@@ -1,0 +1,110 @@
+/**
+ * The one FFI door: every call from hvsh into libc goes through this file.
+ * Nothing above `core/kvm/` may call `Deno.dlopen` or hold raw pointers.
+ *
+ * Conventions measured on Deno 2.9 (see DESIGN.md): the ioctl request is a
+ * `u32` (a bigint `u64` would leave the fast call path), KVM_RUN takes a null
+ * pointer, and errno is read from a view over `__errno_location()` straight
+ * after the call, on the same thread.
+ *
+ * @module
+ */
+
+const libc = Deno.dlopen("libc.so.6", {
+  open: { parameters: ["buffer", "i32", "i32"], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
+  ioctl: { parameters: ["i32", "u32", "pointer"], result: "i32" },
+  ioctl_buf: { name: "ioctl", parameters: ["i32", "u32", "buffer"], result: "i32" },
+  ioctl_int: { name: "ioctl", parameters: ["i32", "u32", "usize"], result: "i32" },
+  mmap: {
+    parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"],
+    result: "pointer",
+  },
+  munmap: { parameters: ["pointer", "usize"], result: "i32" },
+  mprotect: { parameters: ["pointer", "usize", "i32"], result: "i32" },
+  __errno_location: { parameters: [], result: "pointer" },
+  strerror: { parameters: ["i32"], result: "pointer" },
+  gettid: { parameters: [], result: "i32" },
+  getpid: { parameters: [], result: "i32" },
+  pthread_sigmask: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  sigtimedwait: { parameters: ["buffer", "pointer", "buffer"], result: "i32" },
+  timer_create: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  timer_settime: { parameters: ["pointer", "i32", "buffer", "pointer"], result: "i32" },
+  timer_delete: { parameters: ["pointer"], result: "i32" },
+  access: { parameters: ["buffer", "i32"], result: "i32" },
+});
+
+/** Raw libc symbols. Only `core/kvm/` imports this file. */
+export const sys = libc.symbols;
+
+const errnoCell = new Int32Array(
+  Deno.UnsafePointerView.getArrayBuffer(sys.__errno_location()!, 4),
+);
+
+/** errno of the last failed libc call on this (the main) thread. */
+export function lastErrno(): number {
+  return errnoCell[0]!;
+}
+
+const ERRNO_NAMES: Record<number, string> = {
+  1: "EPERM",
+  2: "ENOENT",
+  4: "EINTR",
+  5: "EIO",
+  6: "ENXIO",
+  7: "E2BIG",
+  9: "EBADF",
+  11: "EAGAIN",
+  12: "ENOMEM",
+  13: "EACCES",
+  14: "EFAULT",
+  16: "EBUSY",
+  17: "EEXIST",
+  19: "ENODEV",
+  22: "EINVAL",
+  24: "EMFILE",
+  25: "ENOTTY",
+  28: "ENOSPC",
+  38: "ENOSYS",
+  95: "EOPNOTSUPP",
+};
+
+/** Symbolic name of an errno value, e.g. `EINVAL`. */
+export function errnoName(errno: number): string {
+  return ERRNO_NAMES[errno] ?? `errno ${errno}`;
+}
+
+/** NUL-terminated C string for FFI `buffer` parameters. */
+export function cString(text: string): Uint8Array<ArrayBuffer> {
+  const encoded = new TextEncoder().encode(text);
+  const out = new Uint8Array(encoded.length + 1);
+  out.set(encoded);
+  return out;
+}
+
+/** Typed views over a region of native memory (a guest RAM mapping, kvm_run). */
+export function viewNative(pointer: Deno.PointerObject, size: number): ArrayBuffer {
+  return Deno.UnsafePointerView.getArrayBuffer(pointer, size);
+}
+
+export const O_RDWR = 2;
+export const O_CLOEXEC = 0o2000000;
+export const PROT_NONE = 0;
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+export const MAP_SHARED = 1;
+export const MAP_PRIVATE = 2;
+export const MAP_ANONYMOUS = 0x20;
+export const MAP_NORESERVE = 0x4000;
+export const MAP_FAILED = -1n;
+export const SIGUSR1 = 10;
+export const SIG_BLOCK = 0;
+export const SIG_UNBLOCK = 1;
+export const SIG_SETMASK = 2;
+export const CLOCK_MONOTONIC = 1;
+export const SIGEV_THREAD_ID = 4;
+
+/** Address of a native pointer as a bigint (0n for null). */
+export function pointerValue(pointer: Deno.PointerValue): bigint {
+  return BigInt(Deno.UnsafePointer.value(pointer));
+}

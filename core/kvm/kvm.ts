@@ -1,0 +1,460 @@
+/**
+ * Thin handles over the KVM file descriptors, shaped like rust-vmm's
+ * kvm-ioctls: {@link Kvm} (the system, `/dev/kvm`), {@link VmFd} and
+ * {@link VcpuFd}. Every failed ioctl becomes a {@link KvmError} naming the
+ * ioctl and errno. Above this file, nothing sees a pointer.
+ *
+ * @module
+ */
+
+import {
+  cString,
+  errnoName,
+  lastErrno,
+  MAP_ANONYMOUS,
+  MAP_FAILED,
+  MAP_NORESERVE,
+  MAP_PRIVATE,
+  MAP_SHARED,
+  O_CLOEXEC,
+  O_RDWR,
+  pointerValue,
+  PROT_READ,
+  PROT_WRITE,
+  sys,
+  viewNative,
+} from "./_ffi.ts";
+import { ioctlName, KVM, KVM_EXIT } from "./ioctls.ts";
+import {
+  type CpuidEntry,
+  type DebugRegisters,
+  decodeCpuid,
+  decodeDebugRegs,
+  decodeFpu,
+  decodeMsrs,
+  decodeRegs,
+  decodeSregs,
+  encodeCpuid,
+  encodeDebugRegs,
+  encodeFpu,
+  encodeGuestDebug,
+  encodeMemoryRegion,
+  encodeMsrs,
+  encodeRegs,
+  encodeSregs,
+  type FpuState,
+  KVM_DEBUGREGS_SIZE,
+  KVM_FPU_SIZE,
+  KVM_REGS_SIZE,
+  KVM_SREGS_SIZE,
+  type Registers,
+  type SpecialRegisters,
+} from "./structs.ts";
+
+/** A failed KVM or libc call; `errno` and `call` let callers branch on it. */
+export class KvmError extends Error {
+  /** The errno value. */
+  readonly errno: number;
+  /** The call that failed, e.g. `KVM_CREATE_VCPU`. */
+  readonly call: string;
+  constructor(call: string, errno: number, detail = "") {
+    super(`${call} failed: ${errnoName(errno)}${detail ? ` (${detail})` : ""}`);
+    this.name = "KvmError";
+    this.errno = errno;
+    this.call = call;
+  }
+}
+
+function check(result: number, request: number, detail?: string): number {
+  if (result < 0) throw new KvmError(ioctlName(request), lastErrno(), detail);
+  return result;
+}
+
+function ioctlBuffer(fd: number, request: number, buffer: Uint8Array<ArrayBuffer>, detail?: string): number {
+  return check(sys.ioctl_buf(fd, request, buffer), request, detail);
+}
+
+function ioctlValue(fd: number, request: number, value: number | bigint = 0): number {
+  return check(sys.ioctl_int(fd, request, BigInt(value)), request);
+}
+
+/** Anonymous host memory mapped into this process (guest RAM, scratch pages). */
+export class HostMapping {
+  /** Size in bytes. */
+  readonly size: number;
+  /** Host virtual address, for KVM_SET_USER_MEMORY_REGION. */
+  readonly address: bigint;
+  /** The whole mapping as bytes. */
+  readonly bytes: Uint8Array;
+  #pointer: Deno.PointerValue;
+
+  private constructor(pointer: Deno.PointerObject, size: number) {
+    this.#pointer = pointer;
+    this.size = size;
+    this.address = pointerValue(pointer);
+    this.bytes = new Uint8Array(viewNative(pointer, size));
+  }
+
+  /** Maps `size` bytes of zeroed, lazily committed memory. */
+  static anonymous(size: number): HostMapping {
+    const pointer = sys.mmap(
+      null,
+      BigInt(size),
+      PROT_READ | PROT_WRITE,
+      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+      -1,
+      0n,
+    );
+    if (pointer === null || pointerValue(pointer) === BigInt.asUintN(64, MAP_FAILED)) {
+      throw new KvmError("mmap", lastErrno(), `${size} bytes of guest memory`);
+    }
+    return new HostMapping(pointer, size);
+  }
+
+  /** Maps a file descriptor shared (the vCPU's kvm_run area). */
+  static shared(fd: number, size: number): HostMapping {
+    const pointer = sys.mmap(null, BigInt(size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0n);
+    if (pointer === null || pointerValue(pointer) === BigInt.asUintN(64, MAP_FAILED)) {
+      throw new KvmError("mmap", lastErrno(), `kvm_run of fd ${fd}`);
+    }
+    return new HostMapping(pointer, size);
+  }
+
+  /** True once {@link close} has run. */
+  get closed(): boolean {
+    return this.#pointer === null;
+  }
+
+  /** Unmaps the memory; the views become unusable. Idempotent. */
+  close(): void {
+    if (this.#pointer === null) return;
+    sys.munmap(this.#pointer, BigInt(this.size));
+    this.#pointer = null;
+  }
+}
+
+/** A KVM system handle (`/dev/kvm`). */
+export class Kvm {
+  /** The file descriptor of `/dev/kvm`. */
+  readonly fd: number;
+  #closed = false;
+
+  private constructor(fd: number) {
+    this.fd = fd;
+  }
+
+  /**
+   * Opens `/dev/kvm` and checks the API version.
+   * Throws an Error explaining what to do when the device is missing or not accessible.
+   */
+  static open(path = "/dev/kvm"): Kvm {
+    const fd = sys.open(cString(path), O_RDWR | O_CLOEXEC, 0);
+    if (fd < 0) {
+      const errno = lastErrno();
+      const hint = errno === 2
+        ? "KVM is not available: load the kvm module (modprobe kvm_intel or kvm_amd) or run on a host with virtualization enabled"
+        : errno === 13 || errno === 1
+        ? "you may not use KVM: add yourself to the 'kvm' group or run as root"
+        : "cannot open the KVM device";
+      throw new KvmError(`open ${path}`, errno, hint);
+    }
+    const kvm = new Kvm(fd);
+    const version = ioctlValue(fd, KVM.GET_API_VERSION);
+    if (version !== 12) {
+      kvm.close();
+      throw new Error(`Cannot use ${path}: KVM API version ${version}, hvsh needs 12`);
+    }
+    return kvm;
+  }
+
+  /** True when `/dev/kvm` can be opened for reading and writing. */
+  static available(path = "/dev/kvm"): boolean {
+    return sys.access(cString(path), 6) === 0;
+  }
+
+  /** KVM_CHECK_EXTENSION: 0 when the capability is missing, else its value. */
+  checkExtension(capability: number): number {
+    return ioctlValue(this.fd, KVM.CHECK_EXTENSION, capability);
+  }
+
+  /** Size of each vCPU's kvm_run mapping. */
+  vcpuMmapSize(): number {
+    return ioctlValue(this.fd, KVM.GET_VCPU_MMAP_SIZE);
+  }
+
+  /** KVM_GET_SUPPORTED_CPUID. */
+  supportedCpuid(): CpuidEntry[] {
+    const buffer = new Uint8Array(8 + 256 * 40);
+    new DataView(buffer.buffer).setUint32(0, 256, true);
+    ioctlBuffer(this.fd, KVM.GET_SUPPORTED_CPUID, buffer);
+    return decodeCpuid(buffer);
+  }
+
+  /** KVM_CREATE_VM. */
+  createVm(): VmFd {
+    return new VmFd(ioctlValue(this.fd, KVM.CREATE_VM, 0), this);
+  }
+
+  /** Closes `/dev/kvm`. Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    sys.close(this.fd);
+  }
+}
+
+/** A VM file descriptor. */
+export class VmFd {
+  /** The VM's file descriptor. */
+  readonly fd: number;
+  /** The system handle it came from. */
+  readonly kvm: Kvm;
+  #closed = false;
+
+  constructor(fd: number, kvm: Kvm) {
+    this.fd = fd;
+    this.kvm = kvm;
+  }
+
+  /** KVM_SET_USER_MEMORY_REGION; a size of 0 deletes the slot. */
+  setUserMemoryRegion(slot: number, flags: number, guestAddress: bigint, size: bigint, hostAddress: bigint): void {
+    ioctlBuffer(
+      this.fd,
+      KVM.SET_USER_MEMORY_REGION,
+      encodeMemoryRegion(slot, flags, guestAddress, size, hostAddress),
+      `slot ${slot} at guest 0x${guestAddress.toString(16)}, 0x${size.toString(16)} bytes`,
+    );
+  }
+
+  /** KVM_SET_TSS_ADDR (Intel needs three pages for real-mode emulation). */
+  setTssAddress(address: number): void {
+    ioctlValue(this.fd, KVM.SET_TSS_ADDR, address);
+  }
+
+  /** KVM_SET_IDENTITY_MAP_ADDR. */
+  setIdentityMapAddress(address: bigint): void {
+    const buffer = new Uint8Array(8);
+    new DataView(buffer.buffer).setBigUint64(0, address, true);
+    ioctlBuffer(this.fd, KVM.SET_IDENTITY_MAP_ADDR, buffer);
+  }
+
+  /** KVM_CREATE_IRQCHIP: in-kernel PIC, IOAPIC and LAPICs. */
+  createIrqchip(): void {
+    ioctlValue(this.fd, KVM.CREATE_IRQCHIP);
+  }
+
+  /** KVM_CREATE_PIT2 with default flags. */
+  createPit2(): void {
+    ioctlBuffer(this.fd, KVM.CREATE_PIT2, new Uint8Array(64));
+  }
+
+  /** KVM_IRQ_LINE: set a GSI's level. */
+  irqLine(irq: number, level: boolean): void {
+    const buffer = new Uint8Array(8);
+    const view = new DataView(buffer.buffer);
+    view.setUint32(0, irq, true);
+    view.setUint32(4, level ? 1 : 0, true);
+    ioctlBuffer(this.fd, KVM.IRQ_LINE, buffer);
+  }
+
+  /** KVM_CREATE_VCPU, mapping its kvm_run area. */
+  createVcpu(id: number): VcpuFd {
+    const fd = ioctlValue(this.fd, KVM.CREATE_VCPU, id);
+    return new VcpuFd(fd, id, this.kvm.vcpuMmapSize());
+  }
+
+  /** Closes the VM fd. Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    sys.close(this.fd);
+  }
+}
+
+/** A vCPU file descriptor with its mapped `struct kvm_run`. */
+export class VcpuFd {
+  /** The vCPU's file descriptor. */
+  readonly fd: number;
+  /** The vCPU id (APIC id). */
+  readonly id: number;
+  /** The kvm_run area. */
+  readonly runArea: HostMapping;
+  /** kvm_run as bytes. */
+  readonly run8: Uint8Array;
+  /** kvm_run as 32-bit words: `run32[2]` is exit_reason. */
+  readonly run32: Uint32Array;
+  /** kvm_run as a DataView. */
+  readonly runView: DataView;
+  #closed = false;
+
+  constructor(fd: number, id: number, mmapSize: number) {
+    this.fd = fd;
+    this.id = id;
+    this.runArea = HostMapping.shared(fd, mmapSize);
+    this.run8 = this.runArea.bytes;
+    this.run32 = new Uint32Array(this.run8.buffer, this.run8.byteOffset, mmapSize >>> 2);
+    this.runView = new DataView(this.run8.buffer, this.run8.byteOffset, mmapSize);
+  }
+
+  /**
+   * KVM_RUN. Returns the exit reason; an interrupted run (a kick signal)
+   * returns {@link KVM_EXIT}.INTR instead of throwing.
+   */
+  run(): number {
+    if (sys.ioctl(this.fd, KVM.RUN, null) < 0) {
+      const errno = lastErrno();
+      if (errno === 4 || errno === 11) return KVM_EXIT.INTR;
+      throw new KvmError("KVM_RUN", errno, `vCPU ${this.id}`);
+    }
+    return this.run32[2]!;
+  }
+
+  /** KVM_GET_REGS. */
+  getRegs(): Registers {
+    const buffer = new Uint8Array(KVM_REGS_SIZE);
+    ioctlBuffer(this.fd, KVM.GET_REGS, buffer);
+    return decodeRegs(buffer);
+  }
+
+  /** KVM_SET_REGS. */
+  setRegs(regs: Registers): void {
+    ioctlBuffer(this.fd, KVM.SET_REGS, encodeRegs(regs));
+  }
+
+  /** KVM_GET_SREGS. */
+  getSregs(): SpecialRegisters {
+    const buffer = new Uint8Array(KVM_SREGS_SIZE);
+    ioctlBuffer(this.fd, KVM.GET_SREGS, buffer);
+    return decodeSregs(buffer);
+  }
+
+  /** KVM_SET_SREGS. */
+  setSregs(sregs: SpecialRegisters): void {
+    ioctlBuffer(this.fd, KVM.SET_SREGS, encodeSregs(sregs));
+  }
+
+  /** KVM_GET_FPU. */
+  getFpu(): FpuState {
+    const buffer = new Uint8Array(KVM_FPU_SIZE);
+    ioctlBuffer(this.fd, KVM.GET_FPU, buffer);
+    return decodeFpu(buffer);
+  }
+
+  /** KVM_SET_FPU. */
+  setFpu(fpu: FpuState): void {
+    ioctlBuffer(this.fd, KVM.SET_FPU, encodeFpu(fpu));
+  }
+
+  /** KVM_GET_MSRS for the given indices; throws when KVM does not know one. */
+  getMsrs(indices: readonly number[]): Map<number, bigint> {
+    const buffer = encodeMsrs(indices.map((index) => ({ index, data: 0n })));
+    const read = ioctlBuffer(this.fd, KVM.GET_MSRS, buffer);
+    if (read !== indices.length) {
+      const bad = indices[read]!;
+      throw new RangeError(`Cannot read MSR 0x${bad.toString(16)}: KVM does not support it`);
+    }
+    return new Map(decodeMsrs(buffer).map((e) => [e.index, e.data]));
+  }
+
+  /** KVM_SET_MSRS; throws when KVM refuses one. */
+  setMsrs(entries: readonly { index: number; data: bigint }[]): void {
+    const written = ioctlBuffer(this.fd, KVM.SET_MSRS, encodeMsrs(entries));
+    if (written !== entries.length) {
+      const bad = entries[written]!;
+      throw new RangeError(
+        `Cannot write MSR 0x${bad.index.toString(16)} = 0x${bad.data.toString(16)}: KVM refused it`,
+      );
+    }
+  }
+
+  /** KVM_SET_CPUID2. */
+  setCpuid(entries: readonly CpuidEntry[]): void {
+    ioctlBuffer(this.fd, KVM.SET_CPUID2, encodeCpuid(entries));
+  }
+
+  /** KVM_GET_CPUID2. */
+  getCpuid(): CpuidEntry[] {
+    const buffer = new Uint8Array(8 + 256 * 40);
+    new DataView(buffer.buffer).setUint32(0, 256, true);
+    ioctlBuffer(this.fd, KVM.GET_CPUID2, buffer);
+    return decodeCpuid(buffer);
+  }
+
+  /** KVM_SET_GUEST_DEBUG: control flags and debugreg[0..7]. */
+  setGuestDebug(control: number, debugreg: readonly bigint[] = []): void {
+    ioctlBuffer(this.fd, KVM.SET_GUEST_DEBUG, encodeGuestDebug(control, debugreg));
+  }
+
+  /** KVM_GET_DEBUGREGS. */
+  getDebugRegs(): DebugRegisters {
+    const buffer = new Uint8Array(KVM_DEBUGREGS_SIZE);
+    ioctlBuffer(this.fd, KVM.GET_DEBUGREGS, buffer);
+    return decodeDebugRegs(buffer);
+  }
+
+  /** KVM_SET_DEBUGREGS. */
+  setDebugRegs(regs: DebugRegisters): void {
+    ioctlBuffer(this.fd, KVM.SET_DEBUGREGS, encodeDebugRegs(regs));
+  }
+
+  /** KVM_SET_SIGNAL_MASK: the signal mask in force while KVM_RUN executes (8-byte sigset). */
+  setSignalMask(mask: bigint): void {
+    const buffer = new Uint8Array(12);
+    const view = new DataView(buffer.buffer);
+    view.setUint32(0, 8, true);
+    view.setBigUint64(4, mask, true);
+    ioctlBuffer(this.fd, KVM.SET_SIGNAL_MASK, buffer);
+  }
+
+  /** KVM_GET_MP_STATE. */
+  getMpState(): number {
+    const buffer = new Uint8Array(4);
+    ioctlBuffer(this.fd, KVM.GET_MP_STATE, buffer);
+    return new DataView(buffer.buffer).getUint32(0, true);
+  }
+
+  /** KVM_SET_MP_STATE. */
+  setMpState(state: number): void {
+    const buffer = new Uint8Array(4);
+    new DataView(buffer.buffer).setUint32(0, state, true);
+    ioctlBuffer(this.fd, KVM.SET_MP_STATE, buffer);
+  }
+
+  /**
+   * KVM_TRANSLATE: the guest-physical address of a linear address through the
+   * vCPU's current paging mode, or undefined when it is not mapped.
+   */
+  translate(linear: bigint): { physical: bigint; writeable: boolean } | undefined {
+    const buffer = new Uint8Array(24);
+    const view = new DataView(buffer.buffer);
+    view.setBigUint64(0, BigInt.asUintN(64, linear), true);
+    ioctlBuffer(this.fd, KVM.TRANSLATE, buffer);
+    if (buffer[16] === 0) return undefined;
+    return { physical: view.getBigUint64(8, true), writeable: buffer[17] !== 0 };
+  }
+
+  /**
+   * Completes a pending I/O or MMIO exit without running guest code
+   * (immediate_exit, KVM_CAP_IMMEDIATE_EXIT): KVM's guest state is only
+   * consistent after the exit has been completed by re-entering.
+   */
+  completePendingExit(): void {
+    this.run8[1] = 1;
+    try {
+      if (sys.ioctl(this.fd, KVM.RUN, null) < 0) {
+        const errno = lastErrno();
+        if (errno !== 4) throw new KvmError("KVM_RUN", errno, `completing an exit on vCPU ${this.id}`);
+      }
+    } finally {
+      this.run8[1] = 0;
+    }
+  }
+
+  /** Unmaps kvm_run and closes the fd. Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.runArea.close();
+    sys.close(this.fd);
+  }
+}

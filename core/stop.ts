@@ -1,0 +1,160 @@
+/**
+ * Stop events: why `vm.run()` returned. Every event names the vCPU, its rip
+ * and mode, so any front end can show context without asking again.
+ *
+ * @module
+ */
+
+import type { CpuMode } from "./vcpu.ts";
+
+/** Fields every stop event carries. */
+export interface StopContext {
+  /** vCPU index that stopped. */
+  cpu: number;
+  /** Instruction pointer after the stop (for an I/O exit: past the instruction). */
+  rip: bigint;
+  /** CPU mode at the stop. */
+  mode: CpuMode;
+}
+
+/** The guest wrote V to the debug-exit port. */
+export interface ExitStop extends StopContext {
+  reason: "exit";
+  /** The value V the guest wrote. */
+  value: number;
+  /** The process exit status QEMU's isa-debug-exit gives: (V << 1) | 1. */
+  code: number;
+}
+
+/** The guest executed HLT and nothing can wake it. */
+export interface HaltStop extends StopContext {
+  reason: "halt";
+}
+
+/** Triple fault or another shutdown (KVM_EXIT_SHUTDOWN). */
+export interface ShutdownStop extends StopContext {
+  reason: "shutdown";
+  /** What happened, e.g. "triple fault". */
+  detail: string;
+}
+
+/** KVM could not run the guest (emulation failure, failed VM entry, unknown exit). */
+export interface InternalErrorStop extends StopContext {
+  reason: "internal-error";
+  /** KVM's suberror (1 = emulation failure) or the hardware entry failure reason. */
+  suberror: number;
+  /** One-line explanation. */
+  detail: string;
+  /** Up to 15 instruction bytes at rip, when they could be read. */
+  bytes?: Uint8Array;
+}
+
+/** `vm.pause()` (or a front end) stopped the guest. */
+export interface PausedStop extends StopContext {
+  reason: "paused";
+}
+
+/** `run({ timeout })` ran out. */
+export interface TimeoutStop extends StopContext {
+  reason: "timeout";
+}
+
+/** A port access nobody claimed, when the VM stops on those. */
+export interface UnhandledIoStop extends StopContext {
+  reason: "unhandled-io";
+  port: number;
+  size: number;
+  direction: "in" | "out";
+  /** The value written (out only). */
+  data?: number;
+}
+
+/** An MMIO access nobody claimed, when the VM stops on those. */
+export interface UnhandledMmioStop extends StopContext {
+  reason: "unhandled-mmio";
+  address: bigint;
+  size: number;
+  direction: "read" | "write";
+  /** The value written (write only). */
+  data?: bigint;
+}
+
+/** A stop raised by the debugger (breakpoint, watchpoint, step). */
+export interface DebugStop extends StopContext {
+  reason: "breakpoint" | "watchpoint" | "step";
+  /** The address the stop concerns (the breakpoint's, or rip after a step). */
+  address: bigint;
+  /** `symbol` or `symbol+offset` of the address, when known. */
+  symbol?: string;
+  /** Breakpoint or watchpoint id. */
+  id?: number;
+  /** Watchpoints: the access. */
+  access?: "read" | "write";
+  /** Watchpoints: the watched address that was accessed. */
+  dataAddress?: bigint;
+  /** Watchpoints: size of the access. */
+  size?: number;
+  /** Watchpoints: value before the access. */
+  oldValue?: bigint;
+  /** Watchpoints: value after the access. */
+  newValue?: bigint;
+  /** Watchpoints: the address of the instruction that made the access. */
+  pc?: bigint;
+  /** Breakpoints: software or hardware. */
+  kind?: "software" | "hardware";
+}
+
+/** Why `vm.run()` returned. */
+export type StopEvent =
+  | ExitStop
+  | HaltStop
+  | ShutdownStop
+  | InternalErrorStop
+  | PausedStop
+  | TimeoutStop
+  | UnhandledIoStop
+  | UnhandledMmioStop
+  | DebugStop;
+
+/** The stop reasons. */
+export type StopReason = StopEvent["reason"];
+
+/** A one-line description of a stop, as the CLI and REPL print it. */
+export function describeStop(stop: StopEvent): string {
+  const where = `rip 0x${stop.rip.toString(16)} (${stop.mode} mode, vCPU ${stop.cpu})`;
+  switch (stop.reason) {
+    case "exit":
+      return `guest exited with value ${stop.value} (status ${stop.code}) at ${where}`;
+    case "halt":
+      return `guest halted at ${where}`;
+    case "shutdown":
+      return `guest crashed: ${stop.detail} at ${where}`;
+    case "internal-error": {
+      const bytes = stop.bytes === undefined
+        ? ""
+        : `; bytes at rip: ${[...stop.bytes].map((b) => b.toString(16).padStart(2, "0")).join(" ")}`;
+      return `guest crashed: ${stop.detail} at ${where}${bytes}`;
+    }
+    case "paused":
+      return `paused at ${where}`;
+    case "timeout":
+      return `timed out at ${where}`;
+    case "unhandled-io":
+      return `unhandled port ${stop.direction} 0x${stop.port.toString(16)} (${stop.size} bytes${
+        stop.data === undefined ? "" : `, data 0x${stop.data.toString(16)}`
+      }) at ${where}`;
+    case "unhandled-mmio":
+      return `unhandled MMIO ${stop.direction} at 0x${stop.address.toString(16)} (${stop.size} bytes${
+        stop.data === undefined ? "" : `, data 0x${stop.data.toString(16)}`
+      }) at ${where}`;
+    default: {
+      const label = stop.symbol === undefined ? "" : ` <${stop.symbol}>`;
+      if (stop.reason === "watchpoint") {
+        return `watchpoint ${stop.id ?? ""} ${stop.access} at 0x${(stop.dataAddress ?? 0n).toString(16)}: ` +
+          `0x${(stop.oldValue ?? 0n).toString(16)} -> 0x${(stop.newValue ?? 0n).toString(16)} at ${where}${label}`;
+      }
+      const id = stop.id === undefined ? "" : ` ${stop.id}`;
+      return `${stop.reason}${id} at 0x${stop.address.toString(16)}${label}, ${where}`;
+    }
+  }
+}

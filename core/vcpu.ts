@@ -1,0 +1,350 @@
+/**
+ * A virtual CPU as the scripting API sees it: registers as objects of
+ * bigints, segments, control registers, MSRs, FPU state, CPU mode helpers.
+ *
+ * @module
+ */
+
+import type { VcpuFd } from "./kvm/kvm.ts";
+import {
+  type DebugRegisters,
+  type FpuState,
+  REGISTER_NAMES,
+  type RegisterName,
+  type Registers,
+  type Segment,
+  type SpecialRegisters,
+} from "./kvm/structs.ts";
+import type { GuestMemory } from "./memory.ts";
+
+/** The CPU's execution mode. */
+export type CpuMode = "real" | "protected16" | "protected" | "compat" | "long";
+
+/** Register values accepted from users: numbers or bigints. */
+export type RegisterValues = Partial<Record<RegisterName, number | bigint>>;
+
+/** Where the boot helpers place their structures in guest RAM (below 0x7c00, above the real-mode IVT/BDA). */
+export const BOOT_LAYOUT = {
+  gdt: 0x500,
+  pml4: 0x1000,
+  pdpt: 0x2000,
+  /** Four page directories for the first 4 GiB (2 MiB pages). */
+  pageDirectories: 0x3000,
+  /** Segment selectors in the boot GDT. */
+  selectors: { code64: 0x08, data: 0x10, code32: 0x18, code16: 0x20, data16: 0x28 },
+} as const;
+
+const CR0_PE = 1n;
+const CR0_ET = 1n << 4n;
+const CR0_NE = 1n << 5n;
+const CR0_PG = 1n << 31n;
+const CR4_PAE = 1n << 5n;
+const EFER_LME = 1n << 8n;
+const EFER_LMA = 1n << 10n;
+
+/** Well-known MSRs by name (lower case), for `getMsr("efer")`. */
+export const MSR_NAMES: Record<string, number> = {
+  tsc: 0x10,
+  apic_base: 0x1b,
+  sysenter_cs: 0x174,
+  sysenter_esp: 0x175,
+  sysenter_eip: 0x176,
+  pat: 0x277,
+  efer: 0xc000_0080,
+  star: 0xc000_0081,
+  lstar: 0xc000_0082,
+  cstar: 0xc000_0083,
+  fmask: 0xc000_0084,
+  fs_base: 0xc000_0100,
+  gs_base: 0xc000_0101,
+  kernel_gs_base: 0xc000_0102,
+  tsc_aux: 0xc000_0103,
+};
+
+function flatSegment(selector: number, code: boolean, bits: 16 | 32 | 64): Segment {
+  return {
+    base: 0n,
+    limit: bits === 16 ? 0xffff : 0xffff_ffff,
+    selector,
+    type: code ? 0xb : 0x3,
+    present: true,
+    dpl: 0,
+    db: bits === 32,
+    s: true,
+    l: bits === 64 && code,
+    g: bits !== 16,
+    avl: false,
+    unusable: false,
+  };
+}
+
+function taskSegment(): Segment {
+  return {
+    base: 0n,
+    limit: 0x67,
+    selector: 0,
+    type: 0xb,
+    present: true,
+    dpl: 0,
+    db: false,
+    s: false,
+    l: false,
+    g: false,
+    avl: false,
+    unusable: false,
+  };
+}
+
+function resolveMsr(msr: number | string): number {
+  if (typeof msr === "number") return msr;
+  const index = MSR_NAMES[msr.toLowerCase()];
+  if (index === undefined) {
+    throw new RangeError(`Unknown MSR name ${JSON.stringify(msr)} (known: ${Object.keys(MSR_NAMES).join(", ")})`);
+  }
+  return index;
+}
+
+/** Converts a user's register value to a 64-bit bigint, naming the register on bad input. */
+export function toRegisterValue(name: string, value: unknown): bigint {
+  if (typeof value === "bigint") return BigInt.asUintN(64, value);
+  if (typeof value === "number" && Number.isInteger(value)) return BigInt.asUintN(64, BigInt(value));
+  throw new TypeError(`Cannot set ${name} to ${String(value)}: expected an integer (number or bigint)`);
+}
+
+/**
+ * One virtual CPU.
+ *
+ * `cpu.regs` reads the general registers (KVM_GET_REGS, cached until the
+ * vCPU runs again); assigning a property writes it through:
+ * `cpu.regs.rax = 5` or `cpu.setRegs({ rax: 5, rip: 0x7c00n })`.
+ */
+export class Vcpu {
+  /** vCPU index (also its APIC id). */
+  readonly index: number;
+  readonly #fd: VcpuFd;
+  readonly #memory: GuestMemory;
+  #regs: Registers | undefined;
+  #sregs: SpecialRegisters | undefined;
+
+  /** @internal Created by the Vm. */
+  constructor(fd: VcpuFd, memory: GuestMemory) {
+    this.index = fd.id;
+    this.#fd = fd;
+    this.#memory = memory;
+  }
+
+  /** @internal The KVM handle, for the machine and debugger layers. */
+  get fd(): VcpuFd {
+    return this.#fd;
+  }
+
+  /** @internal Forgets cached state: called by the run loop after KVM_RUN. */
+  invalidate(): void {
+    this.#regs = undefined;
+    this.#sregs = undefined;
+  }
+
+  /** General-purpose registers, rip and rflags; property assignment writes through. */
+  get regs(): Registers {
+    const regs = this.#regs ??= this.#fd.getRegs();
+    return new Proxy(regs, {
+      set: (target, key, value) => {
+        if (typeof key !== "string" || !(REGISTER_NAMES as readonly string[]).includes(key)) {
+          throw new RangeError(`Unknown register ${String(key)} (registers: ${REGISTER_NAMES.join(", ")})`);
+        }
+        target[key as RegisterName] = toRegisterValue(key, value);
+        this.#fd.setRegs(target);
+        return true;
+      },
+    });
+  }
+
+  /** Replaces all general registers, or the ones named (other registers keep their values). */
+  set regs(values: RegisterValues) {
+    this.setRegs(values);
+  }
+
+  /** Writes the named registers; the others keep their values. */
+  setRegs(values: RegisterValues): void {
+    const regs = { ...(this.#regs ?? this.#fd.getRegs()) };
+    for (const [name, value] of Object.entries(values)) {
+      if (!(REGISTER_NAMES as readonly string[]).includes(name)) {
+        throw new RangeError(`Unknown register ${name} (registers: ${REGISTER_NAMES.join(", ")})`);
+      }
+      regs[name as RegisterName] = toRegisterValue(name, value);
+    }
+    this.#fd.setRegs(regs);
+    this.#regs = regs;
+  }
+
+  /** Segment registers, descriptor tables, control registers, EFER, APIC base. */
+  get sregs(): SpecialRegisters {
+    return structuredClone(this.#sregs ??= this.#fd.getSregs());
+  }
+
+  /** Writes the special registers given; the others keep their values. */
+  setSregs(values: Partial<SpecialRegisters>): void {
+    const sregs = { ...(this.#sregs ?? this.#fd.getSregs()), ...values };
+    this.#fd.setSregs(sregs);
+    this.#sregs = structuredClone(sregs);
+  }
+
+  /** x87 and SSE state. */
+  get fpu(): FpuState {
+    return this.#fd.getFpu();
+  }
+
+  /** Writes the x87/SSE fields given; the others keep their values. */
+  setFpu(values: Partial<FpuState>): void {
+    this.#fd.setFpu({ ...this.#fd.getFpu(), ...values });
+  }
+
+  /** Debug registers DR0-3, DR6, DR7 as the guest sees them. */
+  get debugRegs(): DebugRegisters {
+    return this.#fd.getDebugRegs();
+  }
+
+  /** Reads an MSR by number or name (`"efer"`, `"lstar"`, …). */
+  getMsr(msr: number | string): bigint {
+    const index = resolveMsr(msr);
+    return this.#fd.getMsrs([index]).get(index)!;
+  }
+
+  /** Writes an MSR by number or name. */
+  setMsr(msr: number | string, value: number | bigint): void {
+    this.#fd.setMsrs([{ index: resolveMsr(msr), data: toRegisterValue(`MSR ${msr}`, value) }]);
+  }
+
+  /** The current execution mode, from CR0.PE, EFER.LMA and CS.L/D. */
+  get mode(): CpuMode {
+    return modeOf(this.sregs);
+  }
+
+  /** The address width of the current mode: 16, 32 or 64. */
+  get bitness(): 16 | 32 | 64 {
+    const mode = this.mode;
+    return mode === "long" ? 64 : mode === "protected" || mode === "compat" ? 32 : 16;
+  }
+
+  /**
+   * Puts the vCPU in real mode at `cs:ip` with the other segments equal to `cs`
+   * (as a boot sector expects when cs is 0).
+   */
+  enterRealMode(options: { cs?: number; ip: number; sp?: number }): void {
+    const cs = options.cs ?? 0;
+    const segment = (selector: number, code: boolean): Segment => ({
+      ...flatSegment(selector, code, 16),
+      base: BigInt(selector << 4),
+    });
+    const sregs = this.#fd.getSregs();
+    this.setSregs({
+      cs: segment(cs, true),
+      ds: segment(cs, false),
+      es: segment(cs, false),
+      fs: segment(cs, false),
+      gs: segment(cs, false),
+      ss: segment(cs, false),
+      cr0: sregs.cr0 & ~(CR0_PE | CR0_PG) | CR0_ET,
+      cr4: 0n,
+      efer: 0n,
+    });
+    this.setRegs(this.#cleanRegs({ rip: options.ip, rsp: options.sp ?? 0 }));
+  }
+
+  /** Puts the vCPU in flat 32-bit protected mode, paging off, at `entry`. */
+  enterProtectedMode(options: { entry: number | bigint; registers?: RegisterValues }): void {
+    this.#writeBootGdt();
+    const { code32, data } = BOOT_LAYOUT.selectors;
+    this.setSregs({
+      cs: flatSegment(code32, true, 32),
+      ds: flatSegment(data, false, 32),
+      es: flatSegment(data, false, 32),
+      fs: flatSegment(data, false, 32),
+      gs: flatSegment(data, false, 32),
+      ss: flatSegment(data, false, 32),
+      tr: taskSegment(),
+      gdt: { base: BigInt(BOOT_LAYOUT.gdt), limit: 6 * 8 - 1 },
+      idt: { base: 0n, limit: 0 },
+      cr0: CR0_PE | CR0_ET | CR0_NE,
+      cr3: 0n,
+      cr4: 0n,
+      efer: 0n,
+    });
+    this.setRegs(this.#cleanRegs({ rip: options.entry, ...options.registers }));
+  }
+
+  /**
+   * Puts the vCPU in 64-bit long mode at `entry`, with identity page tables
+   * covering all RAM (2 MiB pages below 4 GiB, 1 GiB pages above).
+   */
+  enterLongMode(options: { entry: number | bigint; registers?: RegisterValues }): void {
+    this.#writeBootGdt();
+    this.#writeIdentityPageTables();
+    const { code64, data } = BOOT_LAYOUT.selectors;
+    this.setSregs({
+      cs: flatSegment(code64, true, 64),
+      ds: flatSegment(data, false, 32),
+      es: flatSegment(data, false, 32),
+      fs: flatSegment(data, false, 32),
+      gs: flatSegment(data, false, 32),
+      ss: flatSegment(data, false, 32),
+      tr: taskSegment(),
+      gdt: { base: BigInt(BOOT_LAYOUT.gdt), limit: 6 * 8 - 1 },
+      idt: { base: 0n, limit: 0 },
+      cr0: CR0_PE | CR0_ET | CR0_NE | CR0_PG,
+      cr3: BigInt(BOOT_LAYOUT.pml4),
+      cr4: CR4_PAE,
+      efer: EFER_LME | EFER_LMA,
+    });
+    this.setRegs(this.#cleanRegs({ rip: options.entry, ...options.registers }));
+  }
+
+  #cleanRegs(values: RegisterValues): RegisterValues {
+    const clean: RegisterValues = { rflags: 2 };
+    for (const name of REGISTER_NAMES) if (name !== "rflags") clean[name] = 0;
+    return { ...clean, ...values };
+  }
+
+  #writeBootGdt(): void {
+    const gdt = [
+      0n,
+      0x00af9b000000ffffn, // 0x08: 64-bit code
+      0x00cf93000000ffffn, // 0x10: flat data
+      0x00cf9b000000ffffn, // 0x18: 32-bit code
+      0x008f9b000000ffffn, // 0x20: 16-bit code
+      0x008f93000000ffffn, // 0x28: 16-bit data
+    ];
+    gdt.forEach((entry, i) => this.#memory.writeU64(BOOT_LAYOUT.gdt + i * 8, entry));
+  }
+
+  #writeIdentityPageTables(): void {
+    const memory = this.#memory;
+    const { pml4, pdpt, pageDirectories } = BOOT_LAYOUT;
+    const present = 0x3n; // present | writable
+    const large = 0x80n;
+    memory.fill(pml4, 0x1000, 0);
+    memory.fill(pdpt, 0x1000, 0);
+    memory.writeU64(pml4, BigInt(pdpt) | present);
+    const gib = 1n << 30n;
+    const covered = (BigInt(memory.end) + gib - 1n) / gib; // GiB of address space to map
+    if (covered > 512n) throw new RangeError(`Cannot identity-map ${memory.end} bytes: more than 512 GiB`);
+    for (let i = 0n; i < covered; i++) {
+      if (i < 4n) {
+        const directory = pageDirectories + Number(i) * 0x1000;
+        for (let j = 0n; j < 512n; j++) {
+          memory.writeU64(directory + Number(j) * 8, (i * gib + j * (2n << 20n)) | present | large);
+        }
+        memory.writeU64(pdpt + Number(i) * 8, BigInt(directory) | present);
+      } else {
+        memory.writeU64(pdpt + Number(i) * 8, (i * gib) | present | large);
+      }
+    }
+  }
+}
+
+/** The execution mode described by a set of special registers. */
+export function modeOf(sregs: SpecialRegisters): CpuMode {
+  if ((sregs.cr0 & CR0_PE) === 0n) return "real";
+  if ((sregs.efer & EFER_LMA) !== 0n) return sregs.cs.l ? "long" : "compat";
+  return sregs.cs.db ? "protected" : "protected16";
+}

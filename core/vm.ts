@@ -1,0 +1,585 @@
+/**
+ * The machine: a VM with guest RAM, vCPUs, buses with the default devices,
+ * loaders and the run loop that turns KVM exits into typed stop events.
+ *
+ * The run loop runs vCPU 0 on the main thread, synchronously through the
+ * fast FFI path, so devices, hooks and the debugger are plain closures on
+ * this thread. A periodic kick (see core/kvm/signals.ts) interrupts KVM_RUN
+ * every few milliseconds so the loop can yield to the event loop: timers,
+ * stdin and sockets stay live while a guest spins without exits.
+ *
+ * @module
+ */
+
+import { setImmediate } from "node:timers";
+import { Kvm, type VcpuFd, type VmFd } from "./kvm/kvm.ts";
+import { KVM_CAP, KVM_EXIT } from "./kvm/ioctls.ts";
+import { drainKick, mainThreadKick, prepareKickSignal } from "./kvm/signals.ts";
+import { GuestMemory, parseSize } from "./memory.ts";
+import { Vcpu } from "./vcpu.ts";
+import { cpuidForVcpu, type CpuidOptions } from "./cpuid.ts";
+import type { StopContext, StopEvent } from "./stop.ts";
+import { IoBus, MmioBus } from "../devices/bus.ts";
+import { Serial16550 } from "../devices/serial.ts";
+import { DebugExit, SinkPort } from "../devices/debug_exit.ts";
+import { type LoadedImage, loadImage, type LoadOptions } from "./loader/mod.ts";
+
+/** Options of {@link Vm.create}. */
+export interface VmOptions {
+  /** Guest RAM, e.g. `"64M"`, `"1G"` or a byte count. Default 64M. */
+  memory?: string | number;
+  /** Number of vCPUs. Default 1. */
+  cpus?: number;
+  /** CPUID changes for every vCPU, e.g. `{ hide: ["cx16"] }`. */
+  cpuid?: CpuidOptions;
+  /** What an access to an unclaimed port or MMIO address does: `"ignore"` (default) or `"stop"`. */
+  unhandled?: "ignore" | "stop";
+  /** A name for listings. */
+  name?: string;
+}
+
+/** Options of {@link Vm.run}. */
+export interface RunOptions {
+  /** Stop with reason "timeout" after this many milliseconds. */
+  timeout?: number;
+  /** Overrides {@link VmOptions.unhandled} for this run. */
+  unhandled?: "ignore" | "stop";
+}
+
+/** A port access as hooks see it. */
+export interface IoAccess {
+  port: number;
+  size: number;
+  direction: "in" | "out";
+  /** The value written (out only). */
+  data?: number;
+}
+
+/** A port hook: return a number to answer a read; the return value is ignored for writes. */
+export type IoHook = (access: IoAccess) => number | void;
+
+/** An MMIO access as hooks see it. */
+export interface MmioAccess {
+  address: bigint;
+  size: number;
+  direction: "read" | "write";
+  /** The value written (write only). */
+  data?: bigint;
+}
+
+/** An MMIO hook: return a number or bigint to answer a read. */
+export type MmioHook = (access: MmioAccess) => bigint | number | void;
+
+type Pending<T> = T extends StopEvent ? Omit<T, keyof StopContext> : never;
+/** A stop event before the vCPU context (rip, mode) is filled in. */
+export type PendingStop = Pending<StopEvent>;
+
+/**
+ * Consulted by the run loop for exits only the debugger understands
+ * (KVM_EXIT_DEBUG, emulation failures at planted breakpoints, watched pages).
+ * Returns a stop, or `"resume"` to re-enter the guest, or undefined when the
+ * exit is not the debugger's.
+ */
+export interface ExitInterceptor {
+  /** Before each KVM_RUN that follows a stop (e.g. stepping over a planted breakpoint). */
+  beforeResume?(cpu: Vcpu): Promise<PendingStop | undefined> | PendingStop | undefined;
+  /** A KVM exit the machine does not handle itself, or an MMIO exit. */
+  onExit(cpu: Vcpu, reason: number): PendingStop | "resume" | undefined;
+}
+
+const IO_ALL_ONES = [0, 0xff, 0xffff, 0, 0xffffffff];
+const INTERNAL_SUBERRORS: Record<number, string> = {
+  1: "emulation failure",
+  2: "simultaneous exceptions",
+  3: "failed event delivery",
+  4: "unexpected exit reason",
+};
+
+/** Default placement of the legacy devices (one place for addresses). */
+export const PC_PORTS = {
+  com1: 0x3f8,
+  debugExit: 0xf4,
+  post: 0x80,
+} as const;
+
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+let sharedKvm: Kvm | undefined;
+let openVms = 0;
+
+/**
+ * A virtual machine.
+ *
+ * @example
+ * ```ts ignore
+ * import { Vm } from "../mod.ts";
+ * await using vm = await Vm.create({ memory: "64M" });
+ * await vm.load("tests/guests/build/hello64.elf");
+ * const stop = await vm.run({ timeout: 10_000 });
+ * console.log(vm.serial.output, stop.reason); // "hello\n" "exit"
+ * ```
+ */
+export class Vm {
+  /** Guest physical RAM. */
+  readonly memory: GuestMemory;
+  /** The port-I/O bus. */
+  readonly io: IoBus = new IoBus();
+  /** The MMIO bus. */
+  readonly mmio: MmioBus = new MmioBus();
+  /** COM1 (0x3f8). */
+  readonly serial: Serial16550 = new Serial16550();
+  /** The vCPUs. */
+  readonly cpus: readonly Vcpu[];
+  /** Display name. */
+  readonly name: string;
+  /** The last image loaded, with its symbols. */
+  image: LoadedImage | undefined;
+  /** The debugger's hook into the run loop (set by the debug engine). */
+  exitInterceptor: ExitInterceptor | undefined;
+  /** The last stop event. */
+  lastStop: StopEvent | undefined;
+
+  readonly #vmFd: VmFd;
+  readonly #vcpuFds: VcpuFd[];
+  #closed = false;
+  #running = false;
+  #pauseRequested = false;
+  #pendingStop: PendingStop | undefined;
+  #unhandled: "ignore" | "stop";
+  #ioHooked = new Uint8Array(0x10000);
+  #ioHooks: { lo: number; hi: number; hook: IoHook }[] = [];
+  #mmioHooks: { lo: bigint; hi: bigint; hook: MmioHook }[] = [];
+  #stopObservers = new Set<(stop: StopEvent) => void>();
+  #runWaiters: ((stop: StopEvent) => void)[] = [];
+  #canCompleteExits: boolean;
+
+  private constructor(vmFd: VmFd, memory: GuestMemory, vcpuFds: VcpuFd[], options: VmOptions) {
+    this.#vmFd = vmFd;
+    this.memory = memory;
+    this.#vcpuFds = vcpuFds;
+    this.cpus = vcpuFds.map((fd) => new Vcpu(fd, memory));
+    this.name = options.name ?? "vm";
+    this.#unhandled = options.unhandled ?? "ignore";
+    this.#canCompleteExits = vmFd.kvm.checkExtension(KVM_CAP.IMMEDIATE_EXIT) > 0;
+    this.io.insert(PC_PORTS.com1, 8, "com1", this.serial);
+    this.io.insert(
+      PC_PORTS.debugExit,
+      1,
+      "debug-exit",
+      new DebugExit((value) => this.requestStop({ reason: "exit", value, code: ((value << 1) | 1) >>> 0 })),
+    );
+    this.io.insert(PC_PORTS.post, 1, "post", new SinkPort());
+  }
+
+  /**
+   * Creates a VM with RAM from guest address 0 and its vCPUs in their reset
+   * state. Throws a clear error when KVM is missing or not accessible.
+   */
+  static create(options: VmOptions = {}): Promise<Vm> {
+    const memorySize = parseSize(options.memory ?? "64M");
+    const cpuCount = options.cpus ?? 1;
+    if (!Number.isInteger(cpuCount) || cpuCount < 1 || cpuCount > 255) {
+      throw new RangeError(`Invalid vCPU count ${cpuCount}: expected 1-255`);
+    }
+    const kvm = sharedKvm ??= Kvm.open();
+    const vmFd = kvm.createVm();
+    let memory: GuestMemory | undefined;
+    const vcpuFds: VcpuFd[] = [];
+    try {
+      // Intel's real-mode emulation needs a TSS and an identity-map page; put them just below 4 GiB like QEMU.
+      vmFd.setTssAddress(0xfffb_d000);
+      vmFd.setIdentityMapAddress(0xfffb_c000n);
+      memory = GuestMemory.allocate(memorySize);
+      memory.regions.forEach((region, slot) => {
+        vmFd.setUserMemoryRegion(slot, 0, BigInt(region.base), BigInt(region.size), region.hostAddress);
+      });
+      const supported = kvm.supportedCpuid();
+      const signalMask = prepareKickSignal();
+      for (let id = 0; id < cpuCount; id++) {
+        const fd = vmFd.createVcpu(id);
+        vcpuFds.push(fd);
+        fd.setCpuid(cpuidForVcpu(supported, id, cpuCount, options.cpuid));
+        fd.setSignalMask(signalMask);
+      }
+    } catch (error) {
+      for (const fd of vcpuFds) fd.close();
+      memory?.close();
+      vmFd.close();
+      throw error;
+    }
+    openVms++;
+    return Promise.resolve(new Vm(vmFd, memory, vcpuFds, options));
+  }
+
+  /** vCPU `index` (default 0); throws a RangeError for a missing one. */
+  cpu(index = 0): Vcpu {
+    const cpu = this.cpus[index];
+    if (cpu === undefined) {
+      throw new RangeError(`No vCPU ${index}: this VM has ${this.cpus.length} (0-${this.cpus.length - 1})`);
+    }
+    return cpu;
+  }
+
+  /** `"stopped"`, `"running"` or `"closed"`. */
+  get state(): "stopped" | "running" | "closed" {
+    return this.#closed ? "closed" : this.#running ? "running" : "stopped";
+  }
+
+  /**
+   * Loads a kernel image (a path or its bytes) into RAM and puts vCPU 0 at
+   * its entry in the mode it needs. The format is detected unless given.
+   * A bad image throws and loads nothing.
+   */
+  async load(source: string | Uint8Array, options: LoadOptions = {}): Promise<LoadedImage> {
+    this.#assertIdle("load an image");
+    let bytes: Uint8Array;
+    if (typeof source === "string") {
+      try {
+        bytes = await Deno.readFile(source);
+      } catch (error) {
+        throw new Error(`Cannot read kernel image ${source}: ${(error as Error).message}`, { cause: error });
+      }
+    } else {
+      bytes = source;
+    }
+    const loadOptions: LoadOptions = { ...options };
+    if (typeof source === "string" && loadOptions.path === undefined) loadOptions.path = source;
+    const memory = this.memory;
+    const image = loadImage(bytes, {
+      ramSize: memory.ramSize,
+      isRam: (address, length) => memory.isRam(address, length),
+      write: (address, data) => memory.write(address, data),
+      fill: (address, length, value) => memory.fill(address, length, value),
+    }, loadOptions);
+    const cpu = this.cpu(0);
+    const entry = image.entry;
+    if (image.mode === "real") {
+      const linear = Number(entry);
+      const cs = linear < 0x10000 ? 0 : linear >>> 4;
+      cpu.enterRealMode({ cs, ip: linear - cs * 16 });
+    } else if (image.mode === "protected") {
+      cpu.enterProtectedMode({ entry, registers: image.registers });
+    } else {
+      cpu.enterLongMode({ entry, registers: image.registers });
+    }
+    this.image = image;
+    return image;
+  }
+
+  /**
+   * Watches port accesses: `port` or `[lo, hi]` (inclusive). The hook sees
+   * every access and may answer reads. Returns a function that removes it.
+   */
+  onIo(ports: number | [number, number], hook: IoHook): () => void {
+    const [lo, hi] = typeof ports === "number" ? [ports, ports] : ports;
+    if (!(Number.isInteger(lo) && Number.isInteger(hi) && lo >= 0 && hi <= 0xffff && lo <= hi)) {
+      throw new RangeError(`Invalid port range ${JSON.stringify(ports)}: expected ports within 0-0xffff`);
+    }
+    const entry = { lo, hi, hook };
+    this.#ioHooks.push(entry);
+    this.#ioHooked.fill(1, lo, hi + 1);
+    return () => {
+      this.#ioHooks = this.#ioHooks.filter((e) => e !== entry);
+      this.#ioHooked.fill(0, lo, hi + 1);
+      for (const e of this.#ioHooks) this.#ioHooked.fill(1, e.lo, e.hi + 1);
+    };
+  }
+
+  /** Watches MMIO accesses in `[lo, hi]` (inclusive); the hook may answer reads. Returns a remover. */
+  onMmio(range: [number | bigint, number | bigint], hook: MmioHook): () => void {
+    const lo = BigInt(range[0]);
+    const hi = BigInt(range[1]);
+    if (lo > hi || lo < 0n) throw new RangeError(`Invalid MMIO range 0x${lo.toString(16)}-0x${hi.toString(16)}`);
+    const entry = { lo, hi, hook };
+    this.#mmioHooks.push(entry);
+    return () => void (this.#mmioHooks = this.#mmioHooks.filter((e) => e !== entry));
+  }
+
+  /** Calls `observer` on every stop, whoever caused the run. Returns a function that unsubscribes. */
+  onStop(observer: (stop: StopEvent) => void): () => void {
+    this.#stopObservers.add(observer);
+    return () => this.#stopObservers.delete(observer);
+  }
+
+  /** Asks the run loop to stop with `stop` after the current exit (devices use this). */
+  requestStop(stop: PendingStop): void {
+    this.#pendingStop ??= stop;
+  }
+
+  /**
+   * Stops a running guest (within a few milliseconds, even one that makes no
+   * exits). Resolves with the stop event; with undefined when nothing runs.
+   */
+  pause(): Promise<StopEvent | undefined> {
+    if (!this.#running) return Promise.resolve(undefined);
+    this.#pauseRequested = true;
+    return new Promise((resolve) => this.#runWaiters.push(resolve));
+  }
+
+  /** True while `run()` is executing guest code. */
+  get running(): boolean {
+    return this.#running;
+  }
+
+  /**
+   * Runs the guest until it stops: debug-exit, halt, crash, pause, timeout,
+   * a debugger stop, or an unclaimed access when asked to stop on those.
+   */
+  async run(options: RunOptions = {}): Promise<StopEvent> {
+    this.#assertIdle("run");
+    const timeout = options.timeout;
+    if (timeout !== undefined && !(timeout >= 0)) throw new RangeError(`Invalid timeout ${timeout}: expected ms >= 0`);
+    this.#running = true;
+    this.#pauseRequested = false;
+    const cpu = this.cpu(0);
+    let stop: StopEvent;
+    mainThreadKick.acquire();
+    try {
+      const early = await this.exitInterceptor?.beforeResume?.(cpu);
+      stop = early !== undefined
+        ? this.#withContext(cpu, early)
+        : await this.#loop(cpu, timeout === undefined ? Infinity : performance.now() + timeout, options);
+    } finally {
+      mainThreadKick.release();
+      drainKick();
+      this.#running = false;
+      this.#pendingStop = undefined;
+    }
+    this.lastStop = stop;
+    for (const waiter of this.#runWaiters.splice(0)) waiter(stop);
+    for (const observer of this.#stopObservers) observer(stop);
+    return stop;
+  }
+
+  async #loop(cpu: Vcpu, deadline: number, options: RunOptions): Promise<StopEvent> {
+    const fd = cpu.fd;
+    const stopOnUnhandled = (options.unhandled ?? this.#unhandled) === "stop";
+    for (;;) {
+      const reason = fd.run();
+      if (reason === KVM_EXIT.IO) {
+        this.#guard(cpu, () => this.#handleIo(fd, stopOnUnhandled));
+      } else if (reason === KVM_EXIT.MMIO) {
+        const intercepted = this.exitInterceptor?.onExit(cpu, reason);
+        if (intercepted === undefined) this.#guard(cpu, () => this.#handleMmio(fd, stopOnUnhandled));
+        else if (intercepted !== "resume") this.#pendingStop ??= intercepted;
+      } else if (reason === KVM_EXIT.INTR) {
+        drainKick();
+        cpu.invalidate();
+        await yieldToEventLoop();
+        if (this.#closed) return this.#withContext(cpu, { reason: "paused" });
+        if (this.#pauseRequested) return this.#withContext(cpu, { reason: "paused" });
+        if (performance.now() >= deadline) return this.#withContext(cpu, { reason: "timeout" });
+        continue;
+      } else {
+        cpu.invalidate();
+        const intercepted = this.exitInterceptor?.onExit(cpu, reason);
+        if (intercepted === "resume") continue;
+        return this.#withContext(cpu, intercepted ?? this.#decodeStop(cpu, reason));
+      }
+      if (this.#pendingStop !== undefined) {
+        const pending = this.#pendingStop;
+        this.#pendingStop = undefined;
+        this.#completeExit(cpu);
+        return this.#withContext(cpu, pending);
+      }
+    }
+  }
+
+  /** Runs a device or hook; if it throws, completes the exit and rethrows with the vCPU context. */
+  #guard(cpu: Vcpu, handler: () => void): void {
+    try {
+      handler();
+    } catch (error) {
+      this.#completeExit(cpu);
+      throw error;
+    }
+  }
+
+  #completeExit(cpu: Vcpu): void {
+    if (this.#canCompleteExits) cpu.fd.completePendingExit();
+    cpu.invalidate();
+  }
+
+  #handleIo(fd: VcpuFd, stopOnUnhandled: boolean): void {
+    const run8 = fd.run8;
+    const view = fd.runView;
+    const isOut = run8[32] === 1;
+    const size = run8[33]!;
+    const port = run8[34]! | (run8[35]! << 8);
+    const count = fd.run32[9]!;
+    let at = fd.run32[10]!;
+    for (let i = 0; i < count; i++, at += size) {
+      if (isOut) {
+        const value = size === 1 ? run8[at]! : size === 2 ? view.getUint16(at, true) : view.getUint32(at, true);
+        this.#portOut(port, size, value, stopOnUnhandled);
+      } else {
+        const value = this.#portIn(port, size, stopOnUnhandled);
+        if (size === 1) run8[at] = value;
+        else if (size === 2) view.setUint16(at, value, true);
+        else view.setUint32(at, value >>> 0, true);
+      }
+    }
+  }
+
+  #portOut(port: number, size: number, value: number, stopOnUnhandled: boolean): void {
+    const hooked = this.#ioHooked[port] === 1;
+    if (hooked) {
+      for (const { lo, hi, hook } of this.#ioHooks) {
+        if (port >= lo && port <= hi) hook({ port, size, direction: "out", data: value });
+      }
+    }
+    const entry = this.io.find(port);
+    if (entry !== undefined) entry.device.write(port - entry.base, size, value);
+    else if (!hooked && stopOnUnhandled) {
+      this.requestStop({ reason: "unhandled-io", port, size, direction: "out", data: value });
+    }
+  }
+
+  #portIn(port: number, size: number, stopOnUnhandled: boolean): number {
+    if (this.#ioHooked[port] === 1) {
+      let answer: number | undefined;
+      for (const { lo, hi, hook } of this.#ioHooks) {
+        if (port >= lo && port <= hi) {
+          const result = hook({ port, size, direction: "in" });
+          if (typeof result === "number" && answer === undefined) answer = result;
+        }
+      }
+      if (answer !== undefined) return answer;
+    }
+    const entry = this.io.find(port);
+    if (entry !== undefined) return entry.device.read(port - entry.base, size);
+    if (stopOnUnhandled && this.#ioHooked[port] !== 1) {
+      this.requestStop({ reason: "unhandled-io", port, size, direction: "in" });
+    }
+    return IO_ALL_ONES[size] ?? 0xffffffff;
+  }
+
+  #handleMmio(fd: VcpuFd, stopOnUnhandled: boolean): void {
+    const view = fd.runView;
+    const address = view.getBigUint64(32, true);
+    const size = view.getUint32(48, true);
+    const isWrite = fd.run8[52] !== 0;
+    const mask = size >= 8 ? 0xffff_ffff_ffff_ffffn : (1n << BigInt(size * 8)) - 1n;
+    const data = isWrite ? view.getBigUint64(40, true) & mask : undefined;
+    let answer: bigint | undefined;
+    let hooked = false;
+    for (const { lo, hi, hook } of this.#mmioHooks) {
+      if (address >= lo && address <= hi) {
+        hooked = true;
+        const access: MmioAccess = isWrite
+          ? { address, size, direction: "write", data: data! }
+          : { address, size, direction: "read" };
+        const result = hook(access);
+        if (!isWrite && answer === undefined && (typeof result === "number" || typeof result === "bigint")) {
+          answer = BigInt(result) & mask;
+        }
+      }
+    }
+    const entry = this.mmio.find(address);
+    if (isWrite) {
+      if (entry !== undefined) entry.device.write(address - entry.base, size, data!);
+      else if (!hooked && stopOnUnhandled) {
+        this.requestStop({ reason: "unhandled-mmio", address, size, direction: "write", data: data! });
+      }
+      return;
+    }
+    if (answer === undefined) {
+      if (entry !== undefined) answer = entry.device.read(address - entry.base, size) & mask;
+      else {
+        if (!hooked && stopOnUnhandled) {
+          this.requestStop({ reason: "unhandled-mmio", address, size, direction: "read" });
+        }
+        answer = mask;
+      }
+    }
+    const scratch = new DataView(new ArrayBuffer(8));
+    scratch.setBigUint64(0, answer, true);
+    fd.run8.set(new Uint8Array(scratch.buffer, 0, size), 40);
+  }
+
+  #decodeStop(cpu: Vcpu, reason: number): PendingStop {
+    const view = cpu.fd.runView;
+    switch (reason) {
+      case KVM_EXIT.HLT:
+        // Without an in-kernel irqchip nothing can interrupt the guest, so HLT is final.
+        return { reason: "halt" };
+      case KVM_EXIT.SHUTDOWN:
+        return { reason: "shutdown", detail: "triple fault (KVM_EXIT_SHUTDOWN)" };
+      case KVM_EXIT.SYSTEM_EVENT: {
+        const type = view.getUint32(32, true);
+        const name = ({ 1: "shutdown", 2: "reset", 3: "crash" } as Record<number, string>)[type] ?? `type ${type}`;
+        return { reason: "shutdown", detail: `system event: ${name}` };
+      }
+      case KVM_EXIT.INTERNAL_ERROR: {
+        const suberror = view.getUint32(32, true);
+        const name = INTERNAL_SUBERRORS[suberror] ?? "unknown";
+        const stop: PendingStop = {
+          reason: "internal-error",
+          suberror,
+          detail: `KVM internal error: ${name} (suberror ${suberror})`,
+        };
+        const bytes = this.instructionBytes(cpu);
+        return bytes === undefined ? stop : { ...stop, bytes };
+      }
+      case KVM_EXIT.FAIL_ENTRY: {
+        const code = view.getBigUint64(32, true);
+        return {
+          reason: "internal-error",
+          suberror: Number(code & 0xffffn),
+          detail: `VM entry failed: hardware reason 0x${code.toString(16)} (invalid guest state)`,
+        };
+      }
+      default:
+        return { reason: "internal-error", suberror: 0, detail: `unexpected KVM exit reason ${reason}` };
+    }
+  }
+
+  /** Up to 15 bytes at the vCPU's rip, read through the guest's page tables; undefined when unmapped. */
+  instructionBytes(cpu: Vcpu): Uint8Array | undefined {
+    try {
+      const sregs = cpu.sregs;
+      const rip = cpu.regs.rip;
+      const linear = sregs.efer & 0x400n && sregs.cs.l ? rip : (sregs.cs.base + rip) & 0xffff_ffffn;
+      const translated = cpu.fd.translate(linear);
+      if (translated === undefined) return undefined;
+      const physical = Number(translated.physical);
+      const pageLeft = 0x1000 - (physical & 0xfff);
+      const length = Math.min(15, pageLeft);
+      return this.memory.isRam(physical, length) ? this.memory.read(physical, length) : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  #withContext(cpu: Vcpu, pending: PendingStop): StopEvent {
+    cpu.invalidate();
+    const context: StopContext = { cpu: cpu.index, rip: cpu.regs.rip, mode: cpu.mode };
+    return { ...pending, ...context } as StopEvent;
+  }
+
+  #assertIdle(action: string): void {
+    if (this.#closed) throw new Error(`Cannot ${action}: the VM ${this.name} is closed`);
+    if (this.#running) throw new Error(`Cannot ${action}: the VM ${this.name} is running (pause it first)`);
+  }
+
+  /** Closes the vCPUs, the VM and its memory. Safe to call twice; a running guest is stopped first. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    if (this.#running) await this.pause();
+    this.#closed = true;
+    for (const fd of this.#vcpuFds) fd.close();
+    this.#vmFd.close();
+    this.memory.close();
+    if (--openVms === 0 && sharedKvm !== undefined) {
+      sharedKvm.close();
+      sharedKvm = undefined;
+    }
+  }
+
+  /** `await using vm = await Vm.create()` closes the VM at scope exit. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}

@@ -1,0 +1,232 @@
+/**
+ * `hvsh boot`: run a kernel with COM1 on the terminal, like
+ * `qemu-system-x86_64 -kernel FILE -nographic`, and exit with a status a
+ * test harness can read.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { Vm } from "../core/vm.ts";
+import { describeStop, type StopEvent } from "../core/stop.ts";
+import type { ImageFormat, LoadOptions } from "../core/loader/mod.ts";
+
+/** Exit statuses of `hvsh boot`. */
+export const BOOT_STATUS = {
+  halted: 0,
+  crashed: 4,
+  usage: 2,
+  timeout: 124,
+} as const;
+
+/** A command-line mistake: printed with the usage, exit status 2. */
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "UsageError";
+  }
+}
+
+/** The usage text of `hvsh boot`. */
+export const BOOT_USAGE = `usage: hvsh boot --kernel FILE [--format auto|flat|elf|multiboot] [--load-addr ADDR]
+                 [--append "CMDLINE"] [--initrd FILE] [--mem 64M] [--cpus N] [--timeout SECONDS]
+                 [--cpuid-hide FEATURE,...]
+
+Runs the kernel with COM1 on this terminal. Exit status: (V << 1) | 1 when the guest
+writes V to port 0xf4; 0 when it halts for good; 4 when it crashes; 124 on --timeout;
+2 on a usage or image error.`;
+
+/** Parsed `hvsh boot` options, shared with the REPL's `--kernel`. */
+export interface BootOptions {
+  kernel: string;
+  load: LoadOptions;
+  memory: string;
+  cpus: number;
+  timeoutMs: number | undefined;
+  cpuidHide: string[];
+  initrd: string | undefined;
+}
+
+/** Parses a number written in decimal or 0x-hex, naming the option on error. */
+export function parseNumber(option: string, text: string): number {
+  const value = /^0x[0-9a-f]+$/i.test(text) ? parseInt(text, 16) : /^\d+$/.test(text) ? parseInt(text, 10) : NaN;
+  if (!Number.isSafeInteger(value)) throw new UsageError(`Invalid ${option} ${JSON.stringify(text)}: expected a number`);
+  return value;
+}
+
+/** Parses boot options from argv (without the `boot` word). */
+export function parseBootArgs(args: string[]): BootOptions {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      options: {
+        kernel: { type: "string", short: "k" },
+        format: { type: "string", default: "auto" },
+        "load-addr": { type: "string" },
+        append: { type: "string" },
+        initrd: { type: "string" },
+        mem: { type: "string", short: "m", default: "64M" },
+        cpus: { type: "string", default: "1" },
+        timeout: { type: "string" },
+        "cpuid-hide": { type: "string" },
+      },
+      allowPositionals: true,
+      strict: true,
+    });
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  const { values, positionals } = parsed;
+  const kernel = values.kernel ?? positionals[0];
+  if (kernel === undefined) throw new UsageError("Missing --kernel FILE");
+  if (positionals.length > (values.kernel === undefined ? 1 : 0)) {
+    throw new UsageError(`Unexpected argument ${JSON.stringify(positionals.at(-1))}`);
+  }
+  const formats = ["auto", "flat", "elf", "multiboot"];
+  if (!formats.includes(values.format)) {
+    throw new UsageError(`Invalid --format ${JSON.stringify(values.format)}: expected ${formats.join(", ")}`);
+  }
+  const load: LoadOptions = { format: values.format as ImageFormat | "auto", path: kernel };
+  if (values["load-addr"] !== undefined) load.loadAddress = parseNumber("--load-addr", values["load-addr"]);
+  if (values.append !== undefined) load.cmdline = values.append;
+  let timeoutMs: number | undefined;
+  if (values.timeout !== undefined) {
+    const seconds = Number(values.timeout);
+    if (!(seconds > 0)) throw new UsageError(`Invalid --timeout ${JSON.stringify(values.timeout)}: expected seconds > 0`);
+    timeoutMs = seconds * 1000;
+  }
+  return {
+    kernel,
+    load,
+    memory: values.mem,
+    cpus: parseNumber("--cpus", values.cpus),
+    timeoutMs,
+    cpuidHide: values["cpuid-hide"]?.split(",").filter((s) => s !== "") ?? [],
+    initrd: values.initrd,
+  };
+}
+
+/** Creates a VM and loads the kernel as the boot options say. Closes the VM if loading fails. */
+export async function createBootVm(options: BootOptions): Promise<Vm> {
+  const vm = await Vm.create({
+    memory: options.memory,
+    cpus: options.cpus,
+    cpuid: { hide: options.cpuidHide },
+  });
+  try {
+    const load = { ...options.load };
+    if (options.initrd !== undefined) {
+      let data: Uint8Array;
+      try {
+        data = await Deno.readFile(options.initrd);
+      } catch (error) {
+        throw new Error(`Cannot read initrd ${options.initrd}: ${(error as Error).message}`);
+      }
+      load.modules = [{ data, cmdline: options.initrd }];
+    }
+    await vm.load(options.kernel, load);
+  } catch (error) {
+    await vm.close();
+    throw error;
+  }
+  return vm;
+}
+
+/** The exit status for a stop, as documented in {@link BOOT_USAGE}. */
+export function statusForStop(stop: StopEvent): number {
+  switch (stop.reason) {
+    case "exit":
+      return stop.code & 0xff;
+    case "halt":
+      return BOOT_STATUS.halted;
+    case "timeout":
+      return BOOT_STATUS.timeout;
+    default:
+      return BOOT_STATUS.crashed;
+  }
+}
+
+/** Copies stdin to the guest's serial port until EOF (works for a TTY, a pipe or a file). */
+async function pumpStdin(vm: Vm, signal: AbortSignal): Promise<void> {
+  const reader = Deno.stdin.readable.getReader();
+  signal.addEventListener("abort", () => reader.cancel().catch(() => {}), { once: true });
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done || signal.aborted) return;
+      while (vm.serial.pendingInput + value.length > 1 << 20 && !signal.aborted) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      if (!signal.aborted) vm.serial.send(value);
+    }
+  } catch {
+    // stdin closed under us: nothing more to send
+  } finally {
+    reader.releaseLock();
+  }
+}
+
+/** Connects COM1 output to stdout, batched per event-loop turn (a write per byte would cost a syscall each). */
+function pipeSerialToStdout(vm: Vm): () => void {
+  let pending: Uint8Array[] = [];
+  let scheduled = false;
+  const flush = () => {
+    scheduled = false;
+    if (pending.length === 0) return;
+    const total = pending.reduce((n, chunk) => n + chunk.length, 0);
+    const out = new Uint8Array(total);
+    let at = 0;
+    for (const chunk of pending) {
+      out.set(chunk, at);
+      at += chunk.length;
+    }
+    pending = [];
+    let written = 0;
+    while (written < out.length) written += Deno.stdout.writeSync(out.subarray(written));
+  };
+  const unsubscribe = vm.serial.onData((bytes) => {
+    pending.push(bytes);
+    if (!scheduled) {
+      scheduled = true;
+      setTimeout(flush, 0);
+    }
+  });
+  return () => {
+    unsubscribe();
+    flush();
+  };
+}
+
+/** Runs `hvsh boot ARGS` and returns the process exit status. */
+export async function bootCommand(args: string[]): Promise<number> {
+  if (args.includes("--help") || args.includes("-h")) {
+    console.log(BOOT_USAGE);
+    return 0;
+  }
+  let vm: Vm;
+  try {
+    vm = await createBootVm(parseBootArgs(args));
+  } catch (error) {
+    console.error(`hvsh boot: ${(error as Error).message}`);
+    if (error instanceof UsageError) console.error(BOOT_USAGE);
+    return BOOT_STATUS.usage;
+  }
+  const timeoutMs = parseBootArgs(args).timeoutMs;
+  const stopInput = new AbortController();
+  const stopOutput = pipeSerialToStdout(vm);
+  const input = pumpStdin(vm, stopInput.signal);
+  try {
+    const stop = await vm.run(timeoutMs === undefined ? {} : { timeout: timeoutMs });
+    stopOutput();
+    const status = statusForStop(stop);
+    if (status === BOOT_STATUS.crashed || status === BOOT_STATUS.timeout) {
+      console.error(`hvsh: ${describeStop(stop)}`);
+    }
+    return status;
+  } finally {
+    stopInput.abort();
+    void input; // a pending stdin read may never end (a TTY); main exits the process
+    await vm.close();
+  }
+}

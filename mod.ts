@@ -1,0 +1,49 @@
+/**
+ * hvsh's scripting API: build, run and inspect KVM virtual machines from
+ * TypeScript.
+ *
+ * @example
+ * ```ts ignore
+ * import { Vm } from "./mod.ts";
+ * await using vm = await Vm.create({ memory: "64M" });
+ * await vm.load("tests/guests/build/hello64.elf");
+ * const stop = await vm.run({ timeout: 10_000 });
+ * console.log(vm.serial.output, stop); // "hello\n" { reason: "exit", value: 0, code: 1, ... }
+ * ```
+ *
+ * @module
+ */
+
+export * from "./core/vm.ts";
+export * from "./core/stop.ts";
+export * from "./core/memory.ts";
+export * from "./core/vcpu.ts";
+export * from "./core/cpuid.ts";
+export { KvmError } from "./core/kvm/kvm.ts";
+export type {
+  CpuidEntry,
+  DebugRegisters,
+  DescriptorTable,
+  FpuState,
+  RegisterName,
+  Registers,
+  Segment,
+  SpecialRegisters,
+} from "./core/kvm/structs.ts";
+export * from "./core/loader/elf.ts";
+export * from "./core/loader/multiboot.ts";
+export * from "./core/loader/detect_format.ts";
+export * from "./core/loader/load_image.ts";
+export type {
+  /** The CPU mode an image is entered in (the vCPU's current mode is {@link CpuMode}). */
+  CpuMode as BootMode,
+  ImageFormat,
+  ImageSymbol,
+  LoadedImage,
+  LoadOptions,
+  LoadTarget,
+  MultibootModule,
+} from "./core/loader/types.ts";
+export * from "./devices/bus.ts";
+export * from "./devices/serial.ts";
+export * from "./devices/debug_exit.ts";

@@ -64,6 +64,8 @@ export class GuestMemory {
   /** Bytes of RAM in all regions. */
   readonly ramSize: number;
   #mappings: HostMapping[];
+  /** Planted bytes (debugger breakpoints): physical address -> the original byte they hide. */
+  #patches = new Map<number, number>();
 
   private constructor(mappings: HostMapping[], bases: number[]) {
     this.#mappings = mappings;
@@ -125,76 +127,143 @@ export class GuestMemory {
 
   /**
    * A live view of guest bytes (no copy): writes through it reach the guest.
-   * The range must lie in one RAM region.
+   * The range must lie in one RAM region. It shows planted breakpoint bytes as
+   * they are; use {@link read} for the guest's original bytes.
    */
   view(address: Address, length: number): Uint8Array {
     const { region, offset } = this.#region(address, length, "access");
     return region.bytes.subarray(offset, offset + length);
   }
 
-  /** Copies `length` bytes out of guest memory. */
+  /**
+   * Copies `length` bytes out of guest memory. Bytes planted by the debugger
+   * read as the originals they hide.
+   */
   read(address: Address, length: number): Uint8Array {
+    const { region, offset } = this.#region(address, length, "read");
+    const bytes = region.bytes.slice(offset, offset + length);
+    if (this.#patches.size > 0) this.#unpatch(Number(address), bytes);
+    return bytes;
+  }
+
+  /** Copies `length` bytes as the guest sees them, planted bytes included. */
+  readRaw(address: Address, length: number): Uint8Array {
     const { region, offset } = this.#region(address, length, "read");
     return region.bytes.slice(offset, offset + length);
   }
 
-  /** Copies bytes into guest memory. */
+  #unpatch(address: number, bytes: Uint8Array): void {
+    for (const [at, original] of this.#patches) {
+      if (at >= address && at < address + bytes.length) bytes[at - address] = original;
+    }
+  }
+
+  /** After a write over planted bytes: the write lands in the originals and the planted bytes stay. */
+  #repatch(address: number, length: number, region: MemoryRegion): void {
+    for (const [at, original] of this.#patches) {
+      if (at >= address && at < address + length) {
+        const index = at - region.base;
+        const written = region.bytes[index]!;
+        this.#patches.set(at, written);
+        region.bytes[index] = this.#planted.get(at) ?? original;
+      }
+    }
+  }
+
+  #planted = new Map<number, number>();
+
+  /**
+   * Plants `byte` at a physical address (a software breakpoint), hiding the
+   * original from every read through this object. Returns the original.
+   */
+  plant(address: number, byte: number): number {
+    const { region, offset } = this.#region(address, 1, "plant a byte at");
+    const original = this.#patches.get(address) ?? region.bytes[offset]!;
+    this.#patches.set(address, original);
+    this.#planted.set(address, byte);
+    region.bytes[offset] = byte;
+    return original;
+  }
+
+  /** Restores the original byte under a planted one. */
+  unplant(address: number): void {
+    const original = this.#patches.get(address);
+    if (original === undefined) return;
+    const { region, offset } = this.#region(address, 1, "unplant a byte at");
+    region.bytes[offset] = original;
+    this.#patches.delete(address);
+    this.#planted.delete(address);
+  }
+
+  /** Copies bytes into guest memory (writes over planted bytes update the originals they hide). */
   write(address: Address, bytes: Uint8Array | readonly number[]): void {
     const { region, offset } = this.#region(address, bytes.length, "write");
     region.bytes.set(bytes, offset);
+    if (this.#patches.size > 0) this.#repatch(Number(address), bytes.length, region);
   }
 
   /** Fills `[address, address + length)` with `value`. */
   fill(address: Address, length: number, value = 0): void {
     const { region, offset } = this.#region(address, length, "fill");
     region.bytes.fill(value, offset, offset + length);
+    if (this.#patches.size > 0) this.#repatch(Number(address), length, region);
   }
 
-  #dataView(address: Address, length: number, verb: string): DataView {
-    const { region, offset } = this.#region(address, length, verb);
+  #readView(address: Address, length: number): DataView {
+    if (this.#patches.size > 0) {
+      const bytes = this.read(address, length);
+      return new DataView(bytes.buffer, 0, length);
+    }
+    const { region, offset } = this.#region(address, length, "read");
     return new DataView(region.bytes.buffer, region.bytes.byteOffset + offset, length);
+  }
+
+  #writeScalar(address: Address, length: number, set: (view: DataView) => void): void {
+    const bytes = new Uint8Array(length);
+    set(new DataView(bytes.buffer));
+    this.write(address, bytes);
   }
 
   /** Reads a byte. */
   readU8(address: Address): number {
-    return this.#dataView(address, 1, "read").getUint8(0);
+    return this.#readView(address, 1).getUint8(0);
   }
   /** Reads a little-endian 16-bit value. */
   readU16(address: Address): number {
-    return this.#dataView(address, 2, "read").getUint16(0, true);
+    return this.#readView(address, 2).getUint16(0, true);
   }
   /** Reads a little-endian 32-bit value. */
   readU32(address: Address): number {
-    return this.#dataView(address, 4, "read").getUint32(0, true);
+    return this.#readView(address, 4).getUint32(0, true);
   }
   /** Reads a little-endian 64-bit value. */
   readU64(address: Address): bigint {
-    return this.#dataView(address, 8, "read").getBigUint64(0, true);
+    return this.#readView(address, 8).getBigUint64(0, true);
   }
   /** Writes a byte. */
   writeU8(address: Address, value: number): void {
-    this.#dataView(address, 1, "write").setUint8(0, value);
+    this.#writeScalar(address, 1, (view) => view.setUint8(0, value));
   }
   /** Writes a little-endian 16-bit value. */
   writeU16(address: Address, value: number): void {
-    this.#dataView(address, 2, "write").setUint16(0, value, true);
+    this.#writeScalar(address, 2, (view) => view.setUint16(0, value, true));
   }
   /** Writes a little-endian 32-bit value. */
   writeU32(address: Address, value: number): void {
-    this.#dataView(address, 4, "write").setUint32(0, value >>> 0, true);
+    this.#writeScalar(address, 4, (view) => view.setUint32(0, value >>> 0, true));
   }
   /** Writes a little-endian 64-bit value (number or bigint). */
   writeU64(address: Address, value: number | bigint): void {
-    this.#dataView(address, 8, "write").setBigUint64(0, BigInt.asUintN(64, BigInt(value)), true);
+    this.#writeScalar(address, 8, (view) => view.setBigUint64(0, BigInt.asUintN(64, BigInt(value)), true));
   }
 
   /** Reads a NUL-terminated string (UTF-8), at most `maxLength` bytes. */
   readCString(address: Address, maxLength = 4096): string {
     const { region, offset } = this.#region(address, 1, "read");
     const limit = Math.min(region.size, offset + maxLength);
-    let end = offset;
-    while (end < limit && region.bytes[end] !== 0) end++;
-    return new TextDecoder().decode(region.bytes.subarray(offset, end));
+    const bytes = this.read(address, limit - offset);
+    const end = bytes.indexOf(0);
+    return new TextDecoder().decode(end < 0 ? bytes : bytes.subarray(0, end));
   }
 
   /** Writes a NUL-terminated string (UTF-8). */

@@ -15,6 +15,8 @@ export interface StopContext {
   rip: bigint;
   /** CPU mode at the stop. */
   mode: CpuMode;
+  /** `symbol` or `symbol+offset` of rip, when the VM has symbols for it. */
+  symbol?: string;
 }
 
 /** The guest wrote V to the debug-exit port. */
@@ -82,10 +84,8 @@ export interface UnhandledMmioStop extends StopContext {
 /** A stop raised by the debugger (breakpoint, watchpoint, step). */
 export interface DebugStop extends StopContext {
   reason: "breakpoint" | "watchpoint" | "step";
-  /** The address the stop concerns (the breakpoint's, or rip after a step). */
+  /** The address the stop concerns (the breakpoint's, rip after a step, the watched data address). */
   address: bigint;
-  /** `symbol` or `symbol+offset` of the address, when known. */
-  symbol?: string;
   /** Breakpoint or watchpoint id. */
   id?: number;
   /** Watchpoints: the access. */
@@ -121,7 +121,8 @@ export type StopReason = StopEvent["reason"];
 
 /** A one-line description of a stop, as the CLI and REPL print it. */
 export function describeStop(stop: StopEvent): string {
-  const where = `rip 0x${stop.rip.toString(16)} (${stop.mode} mode, vCPU ${stop.cpu})`;
+  const at = stop.symbol === undefined ? "" : ` <${stop.symbol}>`;
+  const where = `rip 0x${stop.rip.toString(16)}${at} (${stop.mode} mode, vCPU ${stop.cpu})`;
   switch (stop.reason) {
     case "exit":
       return `guest exited with value ${stop.value} (status ${stop.code}) at ${where}`;
@@ -148,13 +149,13 @@ export function describeStop(stop: StopEvent): string {
         stop.data === undefined ? "" : `, data 0x${stop.data.toString(16)}`
       }) at ${where}`;
     default: {
-      const label = stop.symbol === undefined ? "" : ` <${stop.symbol}>`;
       if (stop.reason === "watchpoint") {
-        return `watchpoint ${stop.id ?? ""} ${stop.access} at 0x${(stop.dataAddress ?? 0n).toString(16)}: ` +
-          `0x${(stop.oldValue ?? 0n).toString(16)} -> 0x${(stop.newValue ?? 0n).toString(16)} at ${where}${label}`;
+        const pc = stop.pc === undefined ? "" : ` by the instruction at 0x${stop.pc.toString(16)}`;
+        return `watchpoint ${stop.id ?? ""}: ${stop.access} of ${stop.size} bytes at 0x${stop.address.toString(16)}: ` +
+          `0x${(stop.oldValue ?? 0n).toString(16)} -> 0x${(stop.newValue ?? 0n).toString(16)}${pc}, ${where}`;
       }
       const id = stop.id === undefined ? "" : ` ${stop.id}`;
-      return `${stop.reason}${id} at 0x${stop.address.toString(16)}${label}, ${where}`;
+      return `${stop.reason}${id} at ${where}`;
     }
   }
 }

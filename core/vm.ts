@@ -13,7 +13,7 @@
 
 import { setImmediate } from "node:timers";
 import { Kvm, type VcpuFd, type VmFd } from "./kvm/kvm.ts";
-import { KVM_CAP, KVM_EXIT } from "./kvm/ioctls.ts";
+import { KVM_CAP, KVM_EXIT, KVM_MEM_READONLY } from "./kvm/ioctls.ts";
 import { drainKick, mainThreadKick, prepareKickSignal } from "./kvm/signals.ts";
 import { GuestMemory, parseSize } from "./memory.ts";
 import { Vcpu } from "./vcpu.ts";
@@ -154,6 +154,7 @@ export class Vm {
   #stopObservers = new Set<(stop: StopEvent) => void>();
   #runWaiters: ((stop: StopEvent) => void)[] = [];
   #canCompleteExits: boolean;
+  #slotCount = 0;
 
   private constructor(vmFd: VmFd, memory: GuestMemory, vcpuFds: VcpuFd[], options: VmOptions) {
     this.#vmFd = vmFd;
@@ -163,6 +164,7 @@ export class Vm {
     this.name = options.name ?? "vm";
     this.#unhandled = options.unhandled ?? "ignore";
     this.#canCompleteExits = vmFd.kvm.checkExtension(KVM_CAP.IMMEDIATE_EXIT) > 0;
+    this.setPageProtection(new Map());
     this.io.insert(PC_PORTS.com1, 8, "com1", this.serial);
     this.io.insert(
       PC_PORTS.debugExit,
@@ -192,9 +194,6 @@ export class Vm {
       vmFd.setTssAddress(0xfffb_d000);
       vmFd.setIdentityMapAddress(0xfffb_c000n);
       memory = GuestMemory.allocate(memorySize);
-      memory.regions.forEach((region, slot) => {
-        vmFd.setUserMemoryRegion(slot, 0, BigInt(region.base), BigInt(region.size), region.hostAddress);
-      });
       const supported = kvm.supportedCpuid();
       const signalMask = prepareKickSignal();
       for (let id = 0; id < cpuCount; id++) {
@@ -295,6 +294,48 @@ export class Vm {
     const entry = { lo, hi, hook };
     this.#mmioHooks.push(entry);
     return () => void (this.#mmioHooks = this.#mmioHooks.filter((e) => e !== entry));
+  }
+
+  /**
+   * Lays out the KVM memory slots so that the given 4 KiB pages are
+   * read-only (guest writes exit to hvsh as MMIO) or absent (every access
+   * exits). The debugger's watchpoints use this: it works on every host,
+   * unlike DR7 data breakpoints, which nested KVM may never deliver.
+   * An empty map restores plain RAM slots.
+   */
+  setPageProtection(pages: ReadonlyMap<number, "readonly" | "none">): void {
+    this.#assertIdle("change memory slots");
+    const slots: { base: number; size: number; host: bigint; flags: number }[] = [];
+    const sorted = [...pages.keys()].sort((a, b) => a - b);
+    for (const region of this.memory.regions) {
+      let cursor = region.base;
+      const end = region.base + region.size;
+      const push = (from: number, to: number, flags: number) => {
+        if (to > from) {
+          slots.push({ base: from, size: to - from, host: region.hostAddress + BigInt(from - region.base), flags });
+        }
+      };
+      for (const page of sorted) {
+        if (page < region.base || page >= end) continue;
+        push(cursor, page, 0);
+        if (pages.get(page) === "readonly") push(page, page + 0x1000, KVM_MEM_READONLY);
+        cursor = page + 0x1000;
+      }
+      push(cursor, end, 0);
+    }
+    for (let slot = 0; slot < this.#slotCount; slot++) this.#vmFd.setUserMemoryRegion(slot, 0, 0n, 0n, 0n);
+    slots.forEach((s, slot) => this.#vmFd.setUserMemoryRegion(slot, s.flags, BigInt(s.base), BigInt(s.size), s.host));
+    this.#slotCount = slots.length;
+  }
+
+  /** True when the host can make pages read-only for the guest (KVM_CAP_READONLY_MEM). */
+  get supportsReadonlyPages(): boolean {
+    return this.#vmFd.kvm.checkExtension(KVM_CAP.READONLY_MEM) > 0;
+  }
+
+  /** @internal The VM fd's KVM capability check, for the debugger. */
+  checkExtension(capability: number): number {
+    return this.#vmFd.kvm.checkExtension(capability);
   }
 
   /** Calls `observer` on every stop, whoever caused the run. Returns a function that unsubscribes. */
@@ -555,9 +596,15 @@ export class Vm {
 
   #withContext(cpu: Vcpu, pending: PendingStop): StopEvent {
     cpu.invalidate();
-    const context: StopContext = { cpu: cpu.index, rip: cpu.regs.rip, mode: cpu.mode };
+    const rip = cpu.regs.rip;
+    const context: StopContext = { cpu: cpu.index, rip, mode: cpu.mode };
+    const symbol = this.symbolize?.(rip);
+    if (symbol !== undefined) context.symbol = symbol;
     return { ...pending, ...context } as StopEvent;
   }
+
+  /** Names addresses in stop events (set by the debugger, which owns the symbol tables). */
+  symbolize: ((address: bigint) => string | undefined) | undefined;
 
   #assertIdle(action: string): void {
     if (this.#closed) throw new Error(`Cannot ${action}: the VM ${this.name} is closed`);

@@ -1,0 +1,111 @@
+/**
+ * Disassembly with the npm package iced-x86 (Rust compiled to wasm). It is
+ * loaded on first use with a synchronous require (~20 ms), so `hvsh` starts
+ * without paying for it and disassembly stays a synchronous call.
+ *
+ * @module
+ */
+
+import { createRequire } from "node:module";
+
+type Iced = typeof import("iced-x86");
+let iced: Iced | undefined;
+
+function loadIced(): Iced {
+  return iced ??= createRequire(import.meta.url)("iced-x86") as Iced;
+}
+
+/** One decoded instruction. */
+export interface DecodedInstruction {
+  address: bigint;
+  bytes: Uint8Array;
+  length: number;
+  /** Intel syntax; branch targets annotated with `<symbol+offset>` when known. */
+  text: string;
+  /** A near or far call. */
+  isCall: boolean;
+  /** Has a rep/repe/repne prefix on a string instruction. */
+  isRep: boolean;
+  /** A return instruction. */
+  isReturn: boolean;
+  /** Direct branch target, if any. */
+  target?: bigint;
+  /** Decoding failed (bytes are not a valid instruction). */
+  invalid: boolean;
+}
+
+/**
+ * Decodes up to `count` instructions from `bytes` starting at `address`.
+ * `symbolize` turns addresses into names for annotations.
+ *
+ * @example
+ * ```ts
+ * import { decodeInstructions } from "./disasm.ts";
+ * const [push] = decodeInstructions(new Uint8Array([0x55, 0xc3]), 0x1000n, 64, 1);
+ * push!.text; // "push rbp"
+ * ```
+ */
+export function decodeInstructions(
+  bytes: Uint8Array,
+  address: bigint,
+  bitness: 16 | 32 | 64,
+  count: number,
+  symbolize?: (address: bigint) => string | undefined,
+): DecodedInstruction[] {
+  const x86 = loadIced();
+  const decoder = new x86.Decoder(bitness, bytes, x86.DecoderOptions.None);
+  decoder.ip = address;
+  const formatter = new x86.Formatter(x86.FormatterSyntax.Intel);
+  formatter.hexPrefix = "0x";
+  formatter.hexSuffix = "";
+  formatter.uppercaseHex = false;
+  formatter.leadingZeros = false;
+  formatter.spaceAfterOperandSeparator = true;
+  const out: DecodedInstruction[] = [];
+  try {
+    while (decoder.canDecode && out.length < count) {
+      const instruction = decoder.decode();
+      try {
+        const offset = Number(instruction.ip - address);
+        const invalid = instruction.isInvalid;
+        const length = instruction.length;
+        if (invalid && offset + length > bytes.length) break; // ran off the end of the bytes
+        const flow = instruction.flowControl;
+        let target: bigint | undefined;
+        if (
+          flow === x86.FlowControl.Call || flow === x86.FlowControl.UnconditionalBranch ||
+          flow === x86.FlowControl.ConditionalBranch
+        ) {
+          const kind = instruction.op0Kind;
+          if (
+            kind === x86.OpKind.NearBranch16 || kind === x86.OpKind.NearBranch32 || kind === x86.OpKind.NearBranch64
+          ) {
+            target = instruction.nearBranchTarget;
+          }
+        }
+        let text = invalid ? "(bad)" : formatter.format(instruction);
+        const name = target === undefined ? undefined : symbolize?.(target);
+        if (name !== undefined) text += ` <${name}>`;
+        const entry: DecodedInstruction = {
+          address: instruction.ip,
+          bytes: bytes.slice(offset, offset + length),
+          length,
+          text,
+          isCall: flow === x86.FlowControl.Call || flow === x86.FlowControl.IndirectCall,
+          isRep: (instruction.hasRepPrefix || instruction.hasRepePrefix || instruction.hasRepnePrefix) &&
+            instruction.isStringInstruction,
+          isReturn: flow === x86.FlowControl.Return,
+          invalid,
+        };
+        if (target !== undefined) entry.target = target;
+        out.push(entry);
+      } finally {
+        instruction.free();
+      }
+    }
+  } finally {
+    decoder.free();
+    formatter.free();
+  }
+  return out;
+}

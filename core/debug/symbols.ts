@@ -1,0 +1,101 @@
+/**
+ * Symbol tables: address -> `symbol+offset`, name -> address, completion.
+ *
+ * @module
+ */
+
+import type { ImageSymbol } from "../loader/types.ts";
+
+/**
+ * A sorted symbol table built from one or more images.
+ *
+ * @example
+ * ```ts
+ * import { SymbolTable } from "./symbols.ts";
+ * const table = new SymbolTable();
+ * table.add([{ name: "bump", address: 0x100014n, size: 30, kind: "function" }]);
+ * table.describe(0x100018n); // "bump+4"
+ * table.lookup("bump"); // 0x100014n
+ * ```
+ */
+export class SymbolTable {
+  #byName = new Map<string, ImageSymbol>();
+  #sorted: ImageSymbol[] = [];
+
+  /** Adds symbols (a later symbol with the same name replaces the earlier one). */
+  add(symbols: readonly ImageSymbol[]): void {
+    for (const symbol of symbols) {
+      if (symbol.name === "" || symbol.kind === "other" && symbol.address === 0n) continue;
+      this.#byName.set(symbol.name, symbol);
+    }
+    this.#sorted = [...this.#byName.values()].sort((
+      a,
+      b,
+    ) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
+  }
+
+  /** Forgets every symbol. */
+  clear(): void {
+    this.#byName.clear();
+    this.#sorted = [];
+  }
+
+  /** Number of symbols. */
+  get size(): number {
+    return this.#byName.size;
+  }
+
+  /** The address of a symbol, or undefined. */
+  lookup(name: string): bigint | undefined {
+    return this.#byName.get(name)?.address;
+  }
+
+  /** The symbol record of a name. */
+  get(name: string): ImageSymbol | undefined {
+    return this.#byName.get(name);
+  }
+
+  /**
+   * The symbol containing `address` (or the closest one below it, for symbols
+   * without a size, within 64 KiB), with the offset.
+   */
+  find(address: bigint): { symbol: ImageSymbol; offset: bigint } | undefined {
+    const list = this.#sorted;
+    let lo = 0;
+    let hi = list.length - 1;
+    let best = -1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (list[mid]!.address <= address) {
+        best = mid;
+        lo = mid + 1;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    // Prefer a function over an object at the same address, and a sized symbol that contains the address.
+    for (let i = best; i >= 0 && i > best - 8; i--) {
+      const symbol = list[i]!;
+      const offset = address - symbol.address;
+      if (symbol.size > 0 ? offset < BigInt(symbol.size) : offset < 0x10000n) return { symbol, offset };
+    }
+    return undefined;
+  }
+
+  /** `name` or `name+offset` (offset in hex as gdb prints it), or undefined. */
+  describe(address: bigint): string | undefined {
+    const found = this.find(address);
+    if (found === undefined) return undefined;
+    return found.offset === 0n ? found.symbol.name : `${found.symbol.name}+${found.offset.toString()}`;
+  }
+
+  /** Names starting with `prefix`, sorted. */
+  complete(prefix: string): string[] {
+    return [...this.#byName.keys()].filter((name) => name.startsWith(prefix)).sort();
+  }
+
+  /** All symbols in address order. */
+  get all(): readonly ImageSymbol[] {
+    return this.#sorted;
+  }
+}

@@ -1,0 +1,34 @@
+/**
+ * Guessing an image's format from its bytes.
+ *
+ * @module
+ */
+
+import { hasElfMagic } from "./elf.ts";
+import { findMultibootHeader } from "./multiboot.ts";
+import type { ImageFormat } from "./types.ts";
+
+/**
+ * Detects an image's format: `"multiboot"` if it has a valid Multiboot 1
+ * header (this beats the ELF magic: a multiboot ELF kernel is booted as
+ * multiboot), else `"elf"` if it starts with the ELF magic, else `"flat"`.
+ *
+ * Throws a `SyntaxError` (from {@linkcode findMultibootHeader}) when the
+ * image carries the multiboot magic but no valid header.
+ *
+ * @param bytes The image.
+ * @param path The image path, for error messages.
+ *
+ * @example
+ * ```ts
+ * import { detectFormat } from "./detect_format.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(detectFormat(new Uint8Array([0xeb, 0xfe])), "flat");
+ * assert.equal(detectFormat(new Uint8Array([0x7f, 0x45, 0x4c, 0x46])), "elf");
+ * ```
+ */
+export function detectFormat(bytes: Uint8Array, path?: string): ImageFormat {
+  if (findMultibootHeader(bytes, path) !== undefined) return "multiboot";
+  return hasElfMagic(bytes) ? "elf" : "flat";
+}

@@ -23,6 +23,7 @@ import { IoBus, MmioBus } from "../devices/bus.ts";
 import { Serial16550 } from "../devices/serial.ts";
 import { DebugExit, SinkPort } from "../devices/debug_exit.ts";
 import { type LoadedImage, loadImage, type LoadOptions } from "./loader/mod.ts";
+import { Debugger } from "./debug/debugger.ts";
 
 /** Options of {@link Vm.create}. */
 export interface VmOptions {
@@ -264,6 +265,7 @@ export class Vm {
       cpu.enterLongMode({ entry, registers: image.registers });
     }
     this.image = image;
+    if (image.symbols.length > 0) this.debug.symbols.add(image.symbols);
     return image;
   }
 
@@ -601,6 +603,13 @@ export class Vm {
     const symbol = this.symbolize?.(rip);
     if (symbol !== undefined) context.symbol = symbol;
     return { ...pending, ...context } as StopEvent;
+  }
+
+  #debug: Debugger | undefined;
+
+  /** The debugger: breakpoints, watchpoints, stepping, disassembly, symbols, page walks. */
+  get debug(): Debugger {
+    return this.#debug ??= new Debugger(this);
   }
 
   /** Names addresses in stop events (set by the debugger, which owns the symbol tables). */

@@ -32,6 +32,8 @@ export interface DecodedInstruction {
   target?: bigint;
   /** Decoding failed (bytes are not a valid instruction). */
   invalid: boolean;
+  /** Has an explicit memory operand or is a string instruction. */
+  accessesMemory: boolean;
 }
 
 /**
@@ -96,6 +98,8 @@ export function decodeInstructions(
             instruction.isStringInstruction,
           isReturn: flow === x86.FlowControl.Return,
           invalid,
+          accessesMemory: instruction.isStringInstruction ||
+            Array.from({ length: instruction.opCount }, (_, i) => instruction.opKind(i)).includes(x86.OpKind.Memory),
         };
         if (target !== undefined) entry.target = target;
         out.push(entry);

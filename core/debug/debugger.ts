@@ -1,0 +1,845 @@
+/**
+ * The debug engine: one interface that the scripting API (`vm.debug`), the
+ * REPL and the gdbstub all use.
+ *
+ * Which path serves which host:
+ * - Software breakpoints plant int3 (0xcc). Hardware KVM reports them as
+ *   KVM_EXIT_DEBUG #BP (KVM_GUESTDBG_USE_SW_BP); nested/emulated KVM such as
+ *   this project's CI host cannot emulate int3 and reports an emulation
+ *   failure (KVM_EXIT_INTERNAL_ERROR, suberror 1) with rip at the int3. Both
+ *   are recognised at planted addresses.
+ * - Hardware breakpoints use DR0-DR3 (KVM_GUESTDBG_USE_HW_BP): #DB exits on
+ *   every host seen.
+ * - Watchpoints write-protect (write) or unmap (read, access) the watched
+ *   pages in the KVM memory slots; the access exits as MMIO and hvsh
+ *   completes it on the guest's behalf. This works on every host (DR7 data
+ *   breakpoints never reach user space on nested KVM) and has no limit on
+ *   count or size. Caveat: a read/access watchpoint unmaps its whole 4 KiB
+ *   page, so it cannot sit in a page the guest executes from.
+ * - Single-step uses KVM_GUESTDBG_SINGLESTEP, with KVM_GUESTDBG_BLOCKIRQ
+ *   (interrupts masked during the step, like QEMU's NOIRQ) where KVM offers it.
+ *
+ * @module
+ */
+
+import type { PendingStop, Vm } from "../vm.ts";
+import type { Vcpu } from "../vcpu.ts";
+import type { DebugStop, StopEvent } from "../stop.ts";
+import { KVM_EXIT, KVM_GUESTDBG } from "../kvm/ioctls.ts";
+import { SymbolTable } from "./symbols.ts";
+import { type DecodedInstruction, decodeInstructions } from "./disasm.ts";
+import { translate, type Translation } from "./paging.ts";
+import { readElfSymbols } from "../loader/elf.ts";
+
+/** A breakpoint condition: a closure, or (from the REPL) an expression compiled by the caller. */
+export type BreakCondition = (cpu: Vcpu, vm: Vm) => boolean;
+
+/** Options of {@link Debugger.break}. */
+export interface BreakpointOptions {
+  /** Stop only when this returns true (evaluated in-process at each hit). */
+  condition?: BreakCondition;
+  /** Source text of the condition, for listings. */
+  conditionText?: string;
+  /** Delete after the first stop. */
+  once?: boolean;
+}
+
+/** A breakpoint as listed by {@link Debugger.breakpoints}. */
+export interface Breakpoint {
+  readonly id: number;
+  readonly kind: "software" | "hardware";
+  /** The (virtual) address. */
+  readonly address: bigint;
+  /** The physical address planted (software). */
+  readonly physical: number | undefined;
+  /** `symbol+offset` of the address. */
+  readonly symbol: string | undefined;
+  enabled: boolean;
+  /** Stops so far (hits whose condition held). */
+  hits: number;
+  readonly once: boolean;
+  readonly condition: BreakCondition | undefined;
+  readonly conditionText: string | undefined;
+  /** Internal breakpoints (next/finish/until) are not listed. */
+  readonly internal: boolean;
+}
+
+/** Access kinds of a watchpoint. */
+export type WatchAccess = "read" | "write" | "access";
+
+/** A watchpoint as listed by {@link Debugger.watchpoints}. */
+export interface Watchpoint {
+  readonly id: number;
+  /** The (virtual) address watched. */
+  readonly address: bigint;
+  /** Its physical address. */
+  readonly physical: number;
+  readonly length: number;
+  readonly access: WatchAccess;
+  readonly symbol: string | undefined;
+  enabled: boolean;
+  hits: number;
+  readonly condition: BreakCondition | undefined;
+}
+
+/** A frame of {@link Debugger.backtrace}. */
+export interface Frame {
+  index: number;
+  /** The frame's instruction pointer (return address for outer frames). */
+  pc: bigint;
+  /** Frame pointer value for this frame, when known. */
+  frame: bigint | undefined;
+  symbol: string | undefined;
+}
+
+/** One record of {@link Debugger.trace}. */
+export interface TraceEntry {
+  address: bigint;
+  bytes: Uint8Array;
+  text: string;
+  symbol: string | undefined;
+}
+
+const INT3 = 0xcc;
+const DR6_BS = 0x4000n;
+const EMULATION_FAILURE = 1;
+const KVM_CAP_SET_GUEST_DEBUG2 = 195;
+const MAX_HW_BREAKPOINTS = 4;
+
+function hex(value: bigint | number): string {
+  return `0x${value.toString(16)}`;
+}
+
+/**
+ * The debugger of one VM (its vCPU 0 for now). Get it as `vm.debug`.
+ *
+ * @example
+ * ```ts ignore
+ * const vm = await Vm.create();
+ * await vm.load("tests/guests/build/dbg64.elf");
+ * vm.debug.break("bump");
+ * const stop = await vm.run(); // { reason: "breakpoint", symbol: "bump", ... }
+ * vm.debug.backtrace().map((f) => f.symbol); // ["bump", "level3+..", ...]
+ * ```
+ */
+export class Debugger {
+  /** Symbols of every loaded image and symbol file. */
+  readonly symbols: SymbolTable = new SymbolTable();
+  readonly #vm: Vm;
+  #nextId = 1;
+  #breakpoints = new Map<number, Breakpoint>();
+  #watchpoints = new Map<number, Watchpoint>();
+  /** Physical address -> breakpoints planted there. */
+  #planted = new Map<number, Set<Breakpoint>>();
+  #stepsRemaining = 0;
+  #onStep: ((cpu: Vcpu) => void) | undefined;
+  /** A planted breakpoint lifted for one step to execute the instruction under it. */
+  #steppingOver: { physical: number | undefined; hardware: boolean } | undefined;
+  #blockIrq: number;
+  #protectedPages = new Map<number, "readonly" | "none">();
+
+  constructor(vm: Vm) {
+    this.#vm = vm;
+    this.#blockIrq = (vm.checkExtension(KVM_CAP_SET_GUEST_DEBUG2) & KVM_GUESTDBG.BLOCKIRQ) !== 0
+      ? KVM_GUESTDBG.BLOCKIRQ
+      : 0;
+    if (vm.image !== undefined) this.symbols.add(vm.image.symbols);
+    vm.symbolize = (address) => this.symbols.describe(address);
+    vm.exitInterceptor = {
+      beforeResume: (cpu) => this.#beforeResume(cpu),
+      onExit: (cpu, reason) => this.#onExit(cpu, reason),
+    };
+    vm.onStop(() => this.#afterStop());
+  }
+
+  // ---------------------------------------------------------------- locations
+
+  /**
+   * Resolves a location: a number or bigint address, a symbol (`"bump"`),
+   * `symbol+offset` (`"bump+4"`, `"bump+0x4"`), or a hex/decimal string (`"0x100014"`, `"*0x100014"`).
+   */
+  resolve(location: bigint | number | string): bigint {
+    if (typeof location === "bigint") return location;
+    if (typeof location === "number") {
+      if (!Number.isSafeInteger(location) || location < 0) throw new RangeError(`Invalid address ${location}`);
+      return BigInt(location);
+    }
+    const text = location.trim().replace(/^\*/, "");
+    if (/^(0x[0-9a-f]+|\d+)$/i.test(text)) return BigInt(text);
+    const match = /^([A-Za-z_.$][\w.$@]*)\s*(?:\+\s*(0x[0-9a-f]+|\d+))?$/i.exec(text);
+    if (match !== null) {
+      const base = this.symbols.lookup(match[1]!);
+      if (base !== undefined) return base + (match[2] === undefined ? 0n : BigInt(match[2]));
+      const close = this.symbols.complete(match[1]!.slice(0, 3)).slice(0, 5);
+      throw new RangeError(
+        `Unknown symbol ${JSON.stringify(match[1])}${close.length > 0 ? ` (did you mean ${close.join(", ")}?)` : ""}`,
+      );
+    }
+    throw new SyntaxError(`Cannot parse location ${JSON.stringify(location)}: expected an address or a symbol`);
+  }
+
+  /** The address of a symbol; throws a RangeError naming an unknown one. */
+  symbol(name: string): bigint {
+    const address = this.symbols.lookup(name);
+    if (address === undefined) throw new RangeError(`Unknown symbol ${JSON.stringify(name)}`);
+    return address;
+  }
+
+  /** `symbol` or `symbol+offset` for an address, or undefined. */
+  symbolize(address: bigint): string | undefined {
+    return this.symbols.describe(address);
+  }
+
+  /** Loads symbols from an ELF file (e.g. for an image loaded flat); `bias` is added to each address. */
+  async loadSymbols(source: string | Uint8Array, bias = 0n): Promise<number> {
+    const bytes = typeof source === "string" ? await Deno.readFile(source) : source;
+    const symbols = readElfSymbols(bytes, typeof source === "string" ? source : undefined);
+    this.symbols.add(symbols.map((s) => ({ ...s, address: s.address + bias })));
+    return symbols.length;
+  }
+
+  // ---------------------------------------------------------------- memory
+
+  /** Walks the guest page tables for a virtual (linear) address. */
+  translate(address: bigint | number | string, cpu: Vcpu = this.#vm.cpu(0)): Translation {
+    return translate(this.resolve(address), cpu.sregs, this.#vm.memory);
+  }
+
+  /** The physical address of a virtual one; throws a RangeError naming the missing level. */
+  physical(address: bigint, cpu: Vcpu = this.#vm.cpu(0)): number {
+    const t = translate(address, cpu.sregs, this.#vm.memory);
+    if (t.physical === undefined) throw new RangeError(`Cannot access virtual ${hex(address)}: ${t.fault}`);
+    return Number(t.physical);
+  }
+
+  /** Reads guest memory by virtual address (page by page through the page tables); planted bytes read as originals. */
+  readVirtual(address: bigint | number | string, length: number, cpu: Vcpu = this.#vm.cpu(0)): Uint8Array {
+    const start = this.resolve(address);
+    const out = new Uint8Array(length);
+    const sregs = cpu.sregs;
+    let done = 0;
+    while (done < length) {
+      const at = start + BigInt(done);
+      const t = translate(at, sregs, this.#vm.memory);
+      if (t.physical === undefined) throw new RangeError(`Cannot read virtual ${hex(at)}: ${t.fault}`);
+      const chunk = Math.min(length - done, 0x1000 - Number(at & 0xfffn));
+      out.set(this.#vm.memory.read(t.physical, chunk), done);
+      done += chunk;
+    }
+    return out;
+  }
+
+  /** Writes guest memory by virtual address. */
+  writeVirtual(address: bigint | number | string, bytes: Uint8Array, cpu: Vcpu = this.#vm.cpu(0)): void {
+    const start = this.resolve(address);
+    const sregs = cpu.sregs;
+    const pieces: [bigint, Uint8Array][] = [];
+    let done = 0;
+    while (done < bytes.length) {
+      const at = start + BigInt(done);
+      const t = translate(at, sregs, this.#vm.memory);
+      if (t.physical === undefined) throw new RangeError(`Cannot write virtual ${hex(at)}: ${t.fault}`);
+      const chunk = Math.min(bytes.length - done, 0x1000 - Number(at & 0xfffn));
+      if (!this.#vm.memory.isRam(t.physical, chunk)) {
+        throw new RangeError(`Cannot write virtual ${hex(at)}: physical ${hex(t.physical)} is not RAM`);
+      }
+      pieces.push([t.physical, bytes.subarray(done, done + chunk)]);
+      done += chunk;
+    }
+    for (const [physical, piece] of pieces) this.#vm.memory.write(physical, piece);
+  }
+
+  // ---------------------------------------------------------------- breakpoints
+
+  /** Sets a software breakpoint at an address or symbol. */
+  break(location: bigint | number | string, options: BreakpointOptions = {}): Breakpoint {
+    return this.#addBreakpoint("software", this.resolve(location), options, false);
+  }
+
+  /** Sets a hardware breakpoint (DR0-DR3); a fifth one is refused with a RangeError. */
+  hbreak(location: bigint | number | string, options: BreakpointOptions = {}): Breakpoint {
+    const used = [...this.#breakpoints.values()].filter((b) => b.kind === "hardware").length;
+    if (used >= MAX_HW_BREAKPOINTS) {
+      throw new RangeError(
+        `Cannot set a hardware breakpoint: all ${MAX_HW_BREAKPOINTS} debug registers (DR0-DR3) are in use; delete one or use a software breakpoint`,
+      );
+    }
+    return this.#addBreakpoint("hardware", this.resolve(location), options, false);
+  }
+
+  #addBreakpoint(
+    kind: "software" | "hardware",
+    address: bigint,
+    options: BreakpointOptions,
+    internal: boolean,
+  ): Breakpoint {
+    const physical = kind === "software" ? this.physical(address) : undefined;
+    const bp: Breakpoint = {
+      id: internal ? -1 : this.#nextId++,
+      kind,
+      address,
+      physical,
+      symbol: this.symbols.describe(address),
+      enabled: true,
+      hits: 0,
+      once: options.once ?? false,
+      condition: options.condition,
+      conditionText: options.conditionText,
+      internal,
+    };
+    if (!internal) this.#breakpoints.set(bp.id, bp);
+    if (physical !== undefined) this.#plant(bp);
+    this.#applyGuestDebug();
+    return bp;
+  }
+
+  #plant(bp: Breakpoint): void {
+    const physical = bp.physical!;
+    let set = this.#planted.get(physical);
+    if (set === undefined) {
+      set = new Set();
+      this.#planted.set(physical, set);
+    }
+    set.add(bp);
+    if (this.#steppingOver?.physical !== physical) this.#vm.memory.plant(physical, INT3);
+  }
+
+  #unplant(bp: Breakpoint): void {
+    const physical = bp.physical!;
+    const set = this.#planted.get(physical);
+    if (set === undefined) return;
+    set.delete(bp);
+    if (set.size === 0) {
+      this.#planted.delete(physical);
+      this.#vm.memory.unplant(physical);
+    }
+  }
+
+  /** Deletes a breakpoint or watchpoint by id; throws a RangeError for an unknown id. */
+  delete(id: number): void {
+    const bp = this.#breakpoints.get(id);
+    if (bp !== undefined) {
+      this.#breakpoints.delete(id);
+      if (bp.physical !== undefined && bp.enabled) this.#unplant(bp);
+      this.#applyGuestDebug();
+      return;
+    }
+    const wp = this.#watchpoints.get(id);
+    if (wp !== undefined) {
+      this.#watchpoints.delete(id);
+      this.#updateProtection();
+      return;
+    }
+    throw new RangeError(`No breakpoint or watchpoint ${id}${this.#idsText()}`);
+  }
+
+  #idsText(): string {
+    const ids = [...this.#breakpoints.keys(), ...this.#watchpoints.keys()].sort((a, b) => a - b);
+    return ids.length === 0 ? " (there are none)" : ` (ids: ${ids.join(", ")})`;
+  }
+
+  /** Enables or disables a breakpoint or watchpoint. */
+  enable(id: number, enabled = true): void {
+    const bp = this.#breakpoints.get(id);
+    if (bp !== undefined) {
+      if (bp.enabled === enabled) return;
+      bp.enabled = enabled;
+      if (bp.physical !== undefined) enabled ? this.#plant(bp) : this.#unplant(bp);
+      this.#applyGuestDebug();
+      return;
+    }
+    const wp = this.#watchpoints.get(id);
+    if (wp === undefined) throw new RangeError(`No breakpoint or watchpoint ${id}${this.#idsText()}`);
+    wp.enabled = enabled;
+    this.#updateProtection();
+  }
+
+  /** Disables a breakpoint or watchpoint. */
+  disable(id: number): void {
+    this.enable(id, false);
+  }
+
+  /** Deletes every breakpoint and watchpoint. */
+  clear(): void {
+    for (const id of [...this.#breakpoints.keys(), ...this.#watchpoints.keys()]) this.delete(id);
+  }
+
+  /** Breakpoints in id order. */
+  get breakpoints(): Breakpoint[] {
+    return [...this.#breakpoints.values()];
+  }
+
+  /** Watchpoints in id order. */
+  get watchpoints(): Watchpoint[] {
+    return [...this.#watchpoints.values()];
+  }
+
+  // ---------------------------------------------------------------- watchpoints
+
+  /**
+   * Watches `length` bytes (any size) at an address or symbol for reads,
+   * writes or both. Any number of watchpoints may be set.
+   */
+  watch(
+    location: bigint | number | string,
+    length = 8,
+    access: WatchAccess = "write",
+    options: { condition?: BreakCondition } = {},
+  ): Watchpoint {
+    if (!["read", "write", "access"].includes(access)) {
+      throw new RangeError(`Invalid watch access ${JSON.stringify(access)}: expected read, write or access`);
+    }
+    if (!Number.isInteger(length) || length < 1 || length > 1 << 20) {
+      throw new RangeError(`Invalid watch length ${length}: expected 1 to 1 MiB`);
+    }
+    if (access === "write" && !this.#vm.supportsReadonlyPages) {
+      throw new Error("Cannot watch writes: this KVM has no read-only memory slots (KVM_CAP_READONLY_MEM)");
+    }
+    const address = this.resolve(location);
+    const physical = this.physical(address);
+    for (let page = physical & ~0xfff; page < physical + length; page += 0x1000) {
+      if (!this.#vm.memory.isRam(page, 0x1000)) throw new RangeError(`Cannot watch ${hex(address)}: not in RAM`);
+    }
+    const wp: Watchpoint = {
+      id: this.#nextId++,
+      address,
+      physical,
+      length,
+      access,
+      symbol: this.symbols.describe(address),
+      enabled: true,
+      hits: 0,
+      condition: options.condition,
+    };
+    this.#watchpoints.set(wp.id, wp);
+    this.#updateProtection();
+    return wp;
+  }
+
+  #updateProtection(): void {
+    const pages = new Map<number, "readonly" | "none">();
+    for (const wp of this.#watchpoints.values()) {
+      if (!wp.enabled) continue;
+      for (let page = wp.physical & ~0xfff; page < wp.physical + wp.length; page += 0x1000) {
+        if (wp.access !== "write") pages.set(page, "none");
+        else if (!pages.has(page)) pages.set(page, "readonly");
+      }
+    }
+    const same = pages.size === this.#protectedPages.size &&
+      [...pages].every(([page, kind]) => this.#protectedPages.get(page) === kind);
+    if (same) return;
+    this.#vm.setPageProtection(pages);
+    this.#protectedPages = pages;
+  }
+
+  /** Completes an access to a protected page and decides whether it stops. */
+  #onWatchedAccess(cpu: Vcpu): PendingStop | "resume" | undefined {
+    const fd = cpu.fd;
+    const view = fd.runView;
+    const address = view.getBigUint64(32, true);
+    const page = Number(address & ~0xfffn);
+    if (!this.#protectedPages.has(page)) return undefined;
+    const size = view.getUint32(48, true);
+    const isWrite = fd.run8[52] !== 0;
+    const at = Number(address);
+    const memory = this.#vm.memory;
+    const hits = [...this.#watchpoints.values()].filter((wp) =>
+      wp.enabled && (isWrite ? wp.access !== "read" : wp.access !== "write") &&
+      at < wp.physical + wp.length && wp.physical < at + size
+    );
+    const before = hits.map((wp) => memory.readRaw(wp.physical, Math.min(wp.length, 8)));
+    if (isWrite) {
+      memory.view(at, size).set(fd.run8.subarray(40, 40 + size));
+    } else {
+      fd.run8.set(memory.view(at, size), 40);
+    }
+    for (let i = 0; i < hits.length; i++) {
+      const wp = hits[i]!;
+      if (wp.condition !== undefined && !this.#evaluate(wp.condition, cpu, `watchpoint ${wp.id}`)) continue;
+      wp.hits++;
+      const toValue = (bytes: Uint8Array) => bytes.reduceRight((v, b) => (v << 8n) | BigInt(b), 0n);
+      const oldValue = toValue(before[i]!);
+      const newValue = toValue(memory.readRaw(wp.physical, Math.min(wp.length, 8)));
+      cpu.invalidate();
+      const rip = cpu.regs.rip;
+      // A write exits with rip past the instruction (it has been emulated); a read exits before it completes.
+      const pc = isWrite ? this.#instructionBefore(cpu, rip) : rip;
+      const stop: PendingStop = {
+        reason: "watchpoint",
+        id: wp.id,
+        address: wp.address,
+        access: isWrite ? "write" : "read",
+        dataAddress: BigInt(at),
+        size,
+        oldValue,
+        newValue,
+      };
+      if (pc !== undefined) (stop as DebugStop).pc = pc;
+      return stop;
+    }
+    return "resume";
+  }
+
+  /**
+   * The start of the memory-accessing instruction that ends at `end`, found by
+   * decoding backwards (best effort: the longest decoding that fits wins).
+   */
+  #instructionBefore(cpu: Vcpu, end: bigint): bigint | undefined {
+    try {
+      const bytes = this.readVirtual(end - 15n, 15, cpu);
+      for (let length = 15; length >= 1; length--) {
+        const start = end - BigInt(length);
+        const [insn] = decodeInstructions(bytes.subarray(15 - length), start, cpu.bitness, 1);
+        if (insn !== undefined && !insn.invalid && insn.length === length && insn.accessesMemory) return start;
+      }
+    } catch {
+      // unreadable: no pc
+    }
+    return undefined;
+  }
+
+  // ---------------------------------------------------------------- execution
+
+  /** Continues the guest (same as `vm.run()`). */
+  cont(options: { timeout?: number } = {}): Promise<StopEvent> {
+    return this.#vm.run(options);
+  }
+
+  /** Executes `count` instructions (interrupts masked during steps where KVM allows). */
+  step(count = 1): Promise<StopEvent> {
+    if (!Number.isInteger(count) || count < 1) throw new RangeError(`Invalid step count ${count}: expected >= 1`);
+    this.#stepsRemaining = count;
+    return this.#vm.run();
+  }
+
+  /** Steps one instruction, stepping over calls and rep-prefixed string instructions. */
+  async next(): Promise<StopEvent> {
+    const cpu = this.#vm.cpu(0);
+    const rip = cpu.regs.rip;
+    const [insn] = this.instructions(rip, 1);
+    if (insn === undefined || !(insn.isCall || insn.isRep)) return this.step(1);
+    const rsp = cpu.regs.rsp;
+    return await this.#runTo(rip + BigInt(insn.length), (c) => c.regs.rsp >= rsp);
+  }
+
+  /** Runs until the current function returns to its caller. */
+  async finish(): Promise<StopEvent> {
+    const cpu = this.#vm.cpu(0);
+    const { returnAddress, frameRsp } = this.#currentReturn(cpu);
+    return await this.#runTo(returnAddress, (c) => c.regs.rsp > frameRsp);
+  }
+
+  /** Runs until execution reaches `location` (a temporary breakpoint). */
+  until(location: bigint | number | string): Promise<StopEvent> {
+    return this.#runTo(this.resolve(location), undefined);
+  }
+
+  async #runTo(address: bigint, condition: BreakCondition | undefined): Promise<StopEvent> {
+    const options: BreakpointOptions = condition === undefined ? {} : { condition };
+    const temp = this.#addBreakpoint("software", address, options, true);
+    try {
+      return await this.#vm.run();
+    } finally {
+      this.#unplant(temp);
+    }
+  }
+
+  #currentReturn(cpu: Vcpu): { returnAddress: bigint; frameRsp: bigint } {
+    const regs = cpu.regs;
+    const width = cpu.bitness === 64 ? 8 : 4;
+    const read = (address: bigint) => this.#readWord(address, width);
+    const found = this.symbols.find(regs.rip);
+    if (found !== undefined && found.offset === 0n) {
+      return { returnAddress: read(regs.rsp), frameRsp: regs.rsp };
+    }
+    const firstByte = found === undefined ? undefined : this.readVirtual(found.symbol.address, 1, cpu)[0];
+    if (found !== undefined && found.offset === 1n && firstByte === 0x55) {
+      return { returnAddress: read(regs.rsp + BigInt(width)), frameRsp: regs.rsp + BigInt(width) };
+    }
+    if (regs.rbp === 0n) {
+      throw new RangeError("Cannot finish: no frame pointer (rbp is 0) and rip is not at a function entry");
+    }
+    return { returnAddress: read(regs.rbp + BigInt(width)), frameRsp: regs.rbp + BigInt(width) };
+  }
+
+  #readWord(address: bigint, width: number): bigint {
+    const bytes = this.readVirtual(address, width);
+    return bytes.reduceRight((v, b) => (v << 8n) | BigInt(b), 0n);
+  }
+
+  /**
+   * Records `count` instructions by single-stepping: address, bytes, text.
+   * With `file`, also writes one line per instruction there.
+   */
+  async trace(count: number, options: { file?: string } = {}): Promise<{ entries: TraceEntry[]; stop: StopEvent }> {
+    const entries: TraceEntry[] = [];
+    const record = (cpu: Vcpu) => {
+      const rip = cpu.regs.rip;
+      let bytes: Uint8Array = new Uint8Array(0);
+      try {
+        bytes = this.readVirtual(rip, 15, cpu);
+      } catch {
+        // unmapped rip: record the address alone
+      }
+      const [insn] = bytes.length > 0 ? decodeInstructions(bytes, rip, cpu.bitness, 1) : [];
+      entries.push({
+        address: rip,
+        bytes: insn?.bytes ?? bytes,
+        text: insn?.text ?? "(unreadable)",
+        symbol: this.symbols.describe(rip),
+      });
+    };
+    const first = this.#vm.cpu(0);
+    record(first);
+    this.#onStep = record;
+    let stop: StopEvent;
+    try {
+      stop = await this.step(count);
+    } finally {
+      this.#onStep = undefined;
+    }
+    if (stop.reason === "step") entries.pop(); // the last record is where the trace stopped, not executed
+    if (options.file !== undefined) {
+      const lines = entries.map((e) =>
+        `${hex(e.address)}${e.symbol === undefined ? "" : ` <${e.symbol}>`}: ${
+          [...e.bytes].map((b) => b.toString(16).padStart(2, "0")).join(" ")
+        }  ${e.text}`
+      );
+      await Deno.writeTextFile(options.file, lines.join("\n") + "\n");
+    }
+    return { entries, stop };
+  }
+
+  /** Addresses executed in a trace, as a coverage set. */
+  static coverage(entries: readonly TraceEntry[]): Set<bigint> {
+    return new Set(entries.map((e) => e.address));
+  }
+
+  // ---------------------------------------------------------------- inspection
+
+  /** Decodes `count` instructions at a location (default: rip) in the vCPU's mode, or `bitness` forced. */
+  instructions(location?: bigint | number | string, count = 10, bitness?: 16 | 32 | 64): DecodedInstruction[] {
+    const cpu = this.#vm.cpu(0);
+    const address = location === undefined ? this.#ripLinear(cpu) : this.resolve(location);
+    const bits = bitness ?? cpu.bitness;
+    let bytes: Uint8Array | undefined;
+    for (let length = count * 15; length > 0 && bytes === undefined; length = length >> 1) {
+      try {
+        bytes = this.readVirtual(address, Math.min(length, 0x1000 - Number(address & 0xfffn) + 0x1000), cpu);
+      } catch {
+        if (length <= 15) throw new RangeError(`Cannot disassemble at ${hex(address)}: not mapped`);
+      }
+    }
+    return decodeInstructions(bytes!, address, bits, count, (a) => this.symbols.describe(a));
+  }
+
+  /** Disassembly text: one line per instruction, `address <symbol+off>: bytes  text`, rip marked with `=>`. */
+  disassemble(location?: bigint | number | string, count = 10, bitness?: 16 | 32 | 64): string {
+    const cpu = this.#vm.cpu(0);
+    const rip = this.#ripLinear(cpu);
+    return this.instructions(location, count, bitness).map((insn) => {
+      const symbol = this.symbols.describe(insn.address);
+      const label = symbol === undefined ? "" : ` <${symbol}>`;
+      const bytes = [...insn.bytes].map((b) => b.toString(16).padStart(2, "0")).join(" ");
+      return `${insn.address === rip ? "=> " : "   "}${hex(insn.address)}${label}: ${bytes.padEnd(24)} ${insn.text}`;
+    }).join("\n");
+  }
+
+  #ripLinear(cpu: Vcpu): bigint {
+    const rip = cpu.regs.rip;
+    return cpu.bitness === 64 ? rip : cpu.sregs.cs.base + rip;
+  }
+
+  /** Frames by following frame pointers, with symbols; stops safely at a bad frame (64 frames at most). */
+  backtrace(cpu: Vcpu = this.#vm.cpu(0)): Frame[] {
+    const regs = cpu.regs;
+    const width = cpu.bitness === 64 ? 8 : 4;
+    const frames: Frame[] = [{ index: 0, pc: regs.rip, frame: regs.rbp, symbol: this.symbols.describe(regs.rip) }];
+    let rbp = regs.rbp;
+    try {
+      const { returnAddress } = this.#currentReturn(cpu);
+      const found = this.symbols.find(regs.rip);
+      const inPrologue = found !== undefined && found.offset <= 1n;
+      if (inPrologue) {
+        // rbp still belongs to the caller: the first return address came from rsp.
+        frames.push({ index: 1, pc: returnAddress, frame: rbp, symbol: this.symbols.describe(returnAddress) });
+      }
+    } catch {
+      // no usable return address at the top: follow rbp alone
+    }
+    const seen = new Set<bigint>();
+    while (frames.length < 64 && rbp !== 0n && !seen.has(rbp)) {
+      seen.add(rbp);
+      let next: bigint;
+      let pc: bigint;
+      try {
+        next = this.#readWord(rbp, width);
+        pc = this.#readWord(rbp + BigInt(width), width);
+      } catch {
+        break;
+      }
+      if (pc === 0n) break;
+      frames.push({ index: frames.length, pc, frame: next, symbol: this.symbols.describe(pc) });
+      if (next !== 0n && next <= rbp) break; // frames must move up the stack
+      rbp = next;
+    }
+    return frames;
+  }
+
+  // ---------------------------------------------------------------- run-loop hooks
+
+  #evaluate(condition: BreakCondition, cpu: Vcpu, what: string): boolean {
+    try {
+      return Boolean(condition(cpu, this.#vm));
+    } catch (error) {
+      throw new Error(`The condition of ${what} threw: ${(error as Error).message}`, { cause: error });
+    }
+  }
+
+  #hardwareBreakpoints(): Breakpoint[] {
+    return [...this.#breakpoints.values()].filter((b) => b.kind === "hardware" && b.enabled);
+  }
+
+  #applyGuestDebug(): void {
+    if (this.#vm.state === "closed") return;
+    const stepping = this.#stepsRemaining > 0 || this.#steppingOver !== undefined;
+    const hardware = this.#steppingOver?.hardware ? [] : this.#hardwareBreakpoints();
+    let control = 0;
+    if (this.#planted.size > 0) control |= KVM_GUESTDBG.USE_SW_BP;
+    if (hardware.length > 0) control |= KVM_GUESTDBG.USE_HW_BP;
+    if (stepping) control |= KVM_GUESTDBG.SINGLESTEP | this.#blockIrq;
+    const debugreg = [0n, 0n, 0n, 0n, 0n, 0n, 0n, 0n];
+    let dr7 = 0n;
+    hardware.forEach((bp, i) => {
+      debugreg[i] = bp.address;
+      dr7 |= 1n << BigInt(i * 2); // local enable, RW=00 (execute), LEN=00
+    });
+    debugreg[7] = dr7 | (dr7 === 0n ? 0n : 0x400n);
+    const cpu = this.#vm.cpu(0);
+    cpu.fd.setGuestDebug(control === 0 ? 0 : control | KVM_GUESTDBG.ENABLE, debugreg);
+  }
+
+  /** Lifts the breakpoint under rip (software or hardware) for one step. */
+  #beforeResume(cpu: Vcpu): PendingStop | undefined {
+    const rip = this.#ripLinear(cpu);
+    const underRip = this.#breakpointAt(cpu, rip);
+    if (underRip !== undefined) this.#startStepOver(underRip);
+    this.#applyGuestDebug();
+    return undefined;
+  }
+
+  #breakpointAt(cpu: Vcpu, linear: bigint): { physical: number | undefined; hardware: boolean } | undefined {
+    const hardware = this.#hardwareBreakpoints().some((b) => b.address === linear);
+    let physical: number | undefined;
+    if (this.#planted.size > 0) {
+      const t = translate(linear, cpu.sregs, this.#vm.memory);
+      if (t.physical !== undefined && this.#planted.has(Number(t.physical))) physical = Number(t.physical);
+    }
+    return hardware || physical !== undefined ? { physical, hardware } : undefined;
+  }
+
+  #startStepOver(target: { physical: number | undefined; hardware: boolean }): void {
+    if (target.physical !== undefined) this.#vm.memory.unplant(target.physical);
+    this.#steppingOver = target;
+  }
+
+  #endStepOver(): void {
+    const over = this.#steppingOver;
+    if (over === undefined) return;
+    this.#steppingOver = undefined;
+    if (over.physical !== undefined && this.#planted.has(over.physical)) this.#vm.memory.plant(over.physical, INT3);
+  }
+
+  #afterStop(): void {
+    this.#endStepOver();
+    this.#stepsRemaining = 0;
+    this.#applyGuestDebug();
+  }
+
+  #onExit(cpu: Vcpu, reason: number): PendingStop | "resume" | undefined {
+    if (reason === KVM_EXIT.MMIO) return this.#protectedPages.size > 0 ? this.#onWatchedAccess(cpu) : undefined;
+    if (reason === KVM_EXIT.DEBUG) return this.#onDebugExit(cpu);
+    if (reason === KVM_EXIT.INTERNAL_ERROR && cpu.fd.runView.getUint32(32, true) === EMULATION_FAILURE) {
+      // Nested/emulated KVM: an int3 the emulator cannot run. Ours when rip is at a planted byte.
+      const rip = this.#ripLinear(cpu);
+      const at = this.#breakpointAt(cpu, rip);
+      if (at?.physical !== undefined) return this.#onBreakpointHit(cpu, rip, at.physical, "software");
+    }
+    return undefined;
+  }
+
+  #onDebugExit(cpu: Vcpu): PendingStop | "resume" | undefined {
+    const view = cpu.fd.runView;
+    const exception = view.getUint32(32, true);
+    const dr6 = view.getBigUint64(48, true);
+    if (exception === 1 && (dr6 & DR6_BS) !== 0n) return this.#onSingleStep(cpu);
+    if (exception === 1 && (dr6 & 0xfn) !== 0n) {
+      const index = Number(dr6 & 0xfn).toString(2).split("").reverse().indexOf("1");
+      const bp = this.#hardwareBreakpoints()[index];
+      if (bp !== undefined) return this.#onBreakpointHit(cpu, bp.address, undefined, "hardware");
+    }
+    if (exception === 3) {
+      // Hardware KVM: #BP. rip may point at the int3 or just past it.
+      let rip = this.#ripLinear(cpu);
+      let at = this.#breakpointAt(cpu, rip);
+      if (at?.physical === undefined) {
+        at = this.#breakpointAt(cpu, rip - 1n);
+        if (at?.physical !== undefined) {
+          cpu.regs.rip = cpu.regs.rip - 1n;
+          rip -= 1n;
+        }
+      }
+      if (at?.physical !== undefined) return this.#onBreakpointHit(cpu, rip, at.physical, "software");
+      // The guest's own int3: give it back to the guest.
+      cpu.fd.setGuestDebug(KVM_GUESTDBG.ENABLE | KVM_GUESTDBG.INJECT_BP);
+      this.#applyGuestDebug();
+      return "resume";
+    }
+    return undefined;
+  }
+
+  #onSingleStep(cpu: Vcpu): PendingStop | "resume" {
+    const wasOver = this.#steppingOver !== undefined;
+    this.#endStepOver();
+    if (this.#stepsRemaining > 0) {
+      this.#stepsRemaining--;
+      this.#onStep?.(cpu);
+      if (this.#stepsRemaining === 0) {
+        const rip = cpu.regs.rip;
+        return { reason: "step", address: rip };
+      }
+      const next = this.#breakpointAt(cpu, this.#ripLinear(cpu));
+      if (next !== undefined) {
+        this.#startStepOver(next);
+        this.#applyGuestDebug();
+      } else if (wasOver) {
+        this.#applyGuestDebug();
+      }
+      return "resume";
+    }
+    this.#applyGuestDebug();
+    return "resume";
+  }
+
+  #onBreakpointHit(
+    cpu: Vcpu,
+    address: bigint,
+    physical: number | undefined,
+    kind: "software" | "hardware",
+  ): PendingStop | "resume" {
+    const candidates = physical !== undefined
+      ? [...(this.#planted.get(physical) ?? [])].filter((b) => b.enabled)
+      : this.#hardwareBreakpoints().filter((b) => b.address === address);
+    for (const bp of candidates) {
+      if (bp.condition !== undefined && !this.#evaluate(bp.condition, cpu, `breakpoint ${bp.id}`)) continue;
+      bp.hits++;
+      if (bp.internal) return { reason: "step", address };
+      if (bp.once) this.delete(bp.id);
+      return { reason: "breakpoint", id: bp.id, address, kind };
+    }
+    // No condition held: execute the instruction under the breakpoint and go on.
+    this.#startStepOver({ physical, hardware: kind === "hardware" });
+    this.#applyGuestDebug();
+    return "resume";
+  }
+}

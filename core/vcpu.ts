@@ -144,7 +144,10 @@ export class Vcpu {
     this.#sregs = undefined;
   }
 
-  /** General-purpose registers, rip and rflags; property assignment writes through. */
+  /**
+   * General-purpose registers, rip and rflags; property assignment writes
+   * through (`cpu.regs.rax = 5n`; at run time numbers work too, and `setRegs` takes them typed).
+   */
   get regs(): Registers {
     const regs = this.#regs ??= this.#fd.getRegs();
     return new Proxy(regs, {

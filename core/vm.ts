@@ -181,6 +181,14 @@ export class Vm {
    * state. Throws a clear error when KVM is missing or not accessible.
    */
   static create(options: VmOptions = {}): Promise<Vm> {
+    try {
+      return Promise.resolve(Vm.#createNow(options));
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  static #createNow(options: VmOptions): Vm {
     const memorySize = parseSize(options.memory ?? "64M");
     const cpuCount = options.cpus ?? 1;
     if (!Number.isInteger(cpuCount) || cpuCount < 1 || cpuCount > 255) {
@@ -210,7 +218,7 @@ export class Vm {
       throw error;
     }
     openVms++;
-    return Promise.resolve(new Vm(vmFd, memory, vcpuFds, options));
+    return new Vm(vmFd, memory, vcpuFds, options);
   }
 
   /** vCPU `index` (default 0); throws a RangeError for a missing one. */
@@ -377,7 +385,7 @@ export class Vm {
     this.#running = true;
     this.#pauseRequested = false;
     const cpu = this.cpu(0);
-    let stop: StopEvent;
+    let stop: StopEvent | undefined;
     mainThreadKick.acquire();
     try {
       const early = await this.exitInterceptor?.beforeResume?.(cpu);
@@ -389,6 +397,12 @@ export class Vm {
       drainKick();
       this.#running = false;
       this.#pendingStop = undefined;
+      if (stop === undefined) {
+        // run() is rejecting (a hook threw): a pending pause() still gets an answer.
+        const cpuNow = this.#closed ? undefined : cpu;
+        const paused = cpuNow === undefined ? undefined : this.#withContext(cpuNow, { reason: "paused" });
+        for (const waiter of this.#runWaiters.splice(0)) waiter(paused!);
+      }
     }
     this.lastStop = stop;
     for (const waiter of this.#runWaiters.splice(0)) waiter(stop);

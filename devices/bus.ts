@@ -66,9 +66,10 @@ export class Bus<D, A extends number | bigint> {
     for (const entry of this.#entries) {
       const entryEnd = (entry.base as bigint) + (entry.size as bigint);
       if (base < entryEnd && entry.base < end) {
+        const last = (to: bigint | number) => typeof to === "bigint" ? to - 1n : to - 1;
         throw new RangeError(
-          `Cannot insert ${name} at ${hex(base)}-${hex(end - (1 as unknown as bigint))} on the ${this.#kind} bus: ` +
-            `it overlaps ${entry.name} at ${hex(entry.base)}-${hex(entryEnd - (1 as unknown as bigint))}`,
+          `Cannot insert ${name} at ${hex(base)}-${hex(last(end))} on the ${this.#kind} bus: ` +
+            `it overlaps ${entry.name} at ${hex(entry.base)}-${hex(last(entryEnd))}`,
         );
       }
     }

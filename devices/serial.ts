@@ -210,7 +210,8 @@ export class Serial16550 implements IoDevice {
         return value;
       }
       case MSR:
-        return (s.mcr & MCR_LOOP) !== 0 ? ((s.mcr & 0x0c) << 4) | ((s.mcr & 0x03) << 4) : s.msr;
+        // Loopback wiring of the 16550: OUT2->DCD, OUT1->RI, DTR->DSR, RTS->CTS.
+        return (s.mcr & MCR_LOOP) !== 0 ? ((s.mcr & 0x0c) << 4) | ((s.mcr & 0x02) << 3) | ((s.mcr & 0x01) << 5) : s.msr;
       case SCR:
         return s.scr;
       default:

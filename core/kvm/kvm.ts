@@ -216,10 +216,15 @@ export class VmFd {
     this.kvm = kvm;
   }
 
+  #open(): number {
+    if (this.#closed) throw new Error("Cannot use the VM: it is closed");
+    return this.fd;
+  }
+
   /** KVM_SET_USER_MEMORY_REGION; a size of 0 deletes the slot. */
   setUserMemoryRegion(slot: number, flags: number, guestAddress: bigint, size: bigint, hostAddress: bigint): void {
     ioctlBuffer(
-      this.fd,
+      this.#open(),
       KVM.SET_USER_MEMORY_REGION,
       encodeMemoryRegion(slot, flags, guestAddress, size, hostAddress),
       `slot ${slot} at guest 0x${guestAddress.toString(16)}, 0x${size.toString(16)} bytes`,
@@ -228,24 +233,24 @@ export class VmFd {
 
   /** KVM_SET_TSS_ADDR (Intel needs three pages for real-mode emulation). */
   setTssAddress(address: number): void {
-    ioctlValue(this.fd, KVM.SET_TSS_ADDR, address);
+    ioctlValue(this.#open(), KVM.SET_TSS_ADDR, address);
   }
 
   /** KVM_SET_IDENTITY_MAP_ADDR. */
   setIdentityMapAddress(address: bigint): void {
     const buffer = new Uint8Array(8);
     new DataView(buffer.buffer).setBigUint64(0, address, true);
-    ioctlBuffer(this.fd, KVM.SET_IDENTITY_MAP_ADDR, buffer);
+    ioctlBuffer(this.#open(), KVM.SET_IDENTITY_MAP_ADDR, buffer);
   }
 
   /** KVM_CREATE_IRQCHIP: in-kernel PIC, IOAPIC and LAPICs. */
   createIrqchip(): void {
-    ioctlValue(this.fd, KVM.CREATE_IRQCHIP);
+    ioctlValue(this.#open(), KVM.CREATE_IRQCHIP);
   }
 
   /** KVM_CREATE_PIT2 with default flags. */
   createPit2(): void {
-    ioctlBuffer(this.fd, KVM.CREATE_PIT2, new Uint8Array(64));
+    ioctlBuffer(this.#open(), KVM.CREATE_PIT2, new Uint8Array(64));
   }
 
   /** KVM_IRQ_LINE: set a GSI's level. */
@@ -254,12 +259,12 @@ export class VmFd {
     const view = new DataView(buffer.buffer);
     view.setUint32(0, irq, true);
     view.setUint32(4, level ? 1 : 0, true);
-    ioctlBuffer(this.fd, KVM.IRQ_LINE, buffer);
+    ioctlBuffer(this.#open(), KVM.IRQ_LINE, buffer);
   }
 
   /** KVM_CREATE_VCPU, mapping its kvm_run area. */
   createVcpu(id: number): VcpuFd {
-    const fd = ioctlValue(this.fd, KVM.CREATE_VCPU, id);
+    const fd = ioctlValue(this.#open(), KVM.CREATE_VCPU, id);
     return new VcpuFd(fd, id, this.kvm.vcpuMmapSize());
   }
 
@@ -296,12 +301,18 @@ export class VcpuFd {
     this.runView = new DataView(this.run8.buffer, this.run8.byteOffset, mmapSize);
   }
 
+  /** Throws once the vCPU is closed, so a reused fd number is never touched. */
+  #open(): number {
+    if (this.#closed) throw new Error(`Cannot use vCPU ${this.id}: its VM is closed`);
+    return this.fd;
+  }
+
   /**
    * KVM_RUN. Returns the exit reason; an interrupted run (a kick signal)
    * returns {@link KVM_EXIT}.INTR instead of throwing.
    */
   run(): number {
-    if (sys.ioctl(this.fd, KVM.RUN, null) < 0) {
+    if (sys.ioctl(this.#open(), KVM.RUN, null) < 0) {
       const errno = lastErrno();
       if (errno === 4 || errno === 11) return KVM_EXIT.INTR;
       throw new KvmError("KVM_RUN", errno, `vCPU ${this.id}`);
@@ -312,43 +323,43 @@ export class VcpuFd {
   /** KVM_GET_REGS. */
   getRegs(): Registers {
     const buffer = new Uint8Array(KVM_REGS_SIZE);
-    ioctlBuffer(this.fd, KVM.GET_REGS, buffer);
+    ioctlBuffer(this.#open(), KVM.GET_REGS, buffer);
     return decodeRegs(buffer);
   }
 
   /** KVM_SET_REGS. */
   setRegs(regs: Registers): void {
-    ioctlBuffer(this.fd, KVM.SET_REGS, encodeRegs(regs));
+    ioctlBuffer(this.#open(), KVM.SET_REGS, encodeRegs(regs));
   }
 
   /** KVM_GET_SREGS. */
   getSregs(): SpecialRegisters {
     const buffer = new Uint8Array(KVM_SREGS_SIZE);
-    ioctlBuffer(this.fd, KVM.GET_SREGS, buffer);
+    ioctlBuffer(this.#open(), KVM.GET_SREGS, buffer);
     return decodeSregs(buffer);
   }
 
   /** KVM_SET_SREGS. */
   setSregs(sregs: SpecialRegisters): void {
-    ioctlBuffer(this.fd, KVM.SET_SREGS, encodeSregs(sregs));
+    ioctlBuffer(this.#open(), KVM.SET_SREGS, encodeSregs(sregs));
   }
 
   /** KVM_GET_FPU. */
   getFpu(): FpuState {
     const buffer = new Uint8Array(KVM_FPU_SIZE);
-    ioctlBuffer(this.fd, KVM.GET_FPU, buffer);
+    ioctlBuffer(this.#open(), KVM.GET_FPU, buffer);
     return decodeFpu(buffer);
   }
 
   /** KVM_SET_FPU. */
   setFpu(fpu: FpuState): void {
-    ioctlBuffer(this.fd, KVM.SET_FPU, encodeFpu(fpu));
+    ioctlBuffer(this.#open(), KVM.SET_FPU, encodeFpu(fpu));
   }
 
   /** KVM_GET_MSRS for the given indices; throws when KVM does not know one. */
   getMsrs(indices: readonly number[]): Map<number, bigint> {
     const buffer = encodeMsrs(indices.map((index) => ({ index, data: 0n })));
-    const read = ioctlBuffer(this.fd, KVM.GET_MSRS, buffer);
+    const read = ioctlBuffer(this.#open(), KVM.GET_MSRS, buffer);
     if (read !== indices.length) {
       const bad = indices[read]!;
       throw new RangeError(`Cannot read MSR 0x${bad.toString(16)}: KVM does not support it`);
@@ -358,7 +369,7 @@ export class VcpuFd {
 
   /** KVM_SET_MSRS; throws when KVM refuses one. */
   setMsrs(entries: readonly { index: number; data: bigint }[]): void {
-    const written = ioctlBuffer(this.fd, KVM.SET_MSRS, encodeMsrs(entries));
+    const written = ioctlBuffer(this.#open(), KVM.SET_MSRS, encodeMsrs(entries));
     if (written !== entries.length) {
       const bad = entries[written]!;
       throw new RangeError(
@@ -369,32 +380,32 @@ export class VcpuFd {
 
   /** KVM_SET_CPUID2. */
   setCpuid(entries: readonly CpuidEntry[]): void {
-    ioctlBuffer(this.fd, KVM.SET_CPUID2, encodeCpuid(entries));
+    ioctlBuffer(this.#open(), KVM.SET_CPUID2, encodeCpuid(entries));
   }
 
   /** KVM_GET_CPUID2. */
   getCpuid(): CpuidEntry[] {
     const buffer = new Uint8Array(8 + 256 * 40);
     new DataView(buffer.buffer).setUint32(0, 256, true);
-    ioctlBuffer(this.fd, KVM.GET_CPUID2, buffer);
+    ioctlBuffer(this.#open(), KVM.GET_CPUID2, buffer);
     return decodeCpuid(buffer);
   }
 
   /** KVM_SET_GUEST_DEBUG: control flags and debugreg[0..7]. */
   setGuestDebug(control: number, debugreg: readonly bigint[] = []): void {
-    ioctlBuffer(this.fd, KVM.SET_GUEST_DEBUG, encodeGuestDebug(control, debugreg));
+    ioctlBuffer(this.#open(), KVM.SET_GUEST_DEBUG, encodeGuestDebug(control, debugreg));
   }
 
   /** KVM_GET_DEBUGREGS. */
   getDebugRegs(): DebugRegisters {
     const buffer = new Uint8Array(KVM_DEBUGREGS_SIZE);
-    ioctlBuffer(this.fd, KVM.GET_DEBUGREGS, buffer);
+    ioctlBuffer(this.#open(), KVM.GET_DEBUGREGS, buffer);
     return decodeDebugRegs(buffer);
   }
 
   /** KVM_SET_DEBUGREGS. */
   setDebugRegs(regs: DebugRegisters): void {
-    ioctlBuffer(this.fd, KVM.SET_DEBUGREGS, encodeDebugRegs(regs));
+    ioctlBuffer(this.#open(), KVM.SET_DEBUGREGS, encodeDebugRegs(regs));
   }
 
   /** KVM_SET_SIGNAL_MASK: the signal mask in force while KVM_RUN executes (8-byte sigset). */
@@ -403,13 +414,13 @@ export class VcpuFd {
     const view = new DataView(buffer.buffer);
     view.setUint32(0, 8, true);
     view.setBigUint64(4, mask, true);
-    ioctlBuffer(this.fd, KVM.SET_SIGNAL_MASK, buffer);
+    ioctlBuffer(this.#open(), KVM.SET_SIGNAL_MASK, buffer);
   }
 
   /** KVM_GET_MP_STATE. */
   getMpState(): number {
     const buffer = new Uint8Array(4);
-    ioctlBuffer(this.fd, KVM.GET_MP_STATE, buffer);
+    ioctlBuffer(this.#open(), KVM.GET_MP_STATE, buffer);
     return new DataView(buffer.buffer).getUint32(0, true);
   }
 
@@ -417,7 +428,7 @@ export class VcpuFd {
   setMpState(state: number): void {
     const buffer = new Uint8Array(4);
     new DataView(buffer.buffer).setUint32(0, state, true);
-    ioctlBuffer(this.fd, KVM.SET_MP_STATE, buffer);
+    ioctlBuffer(this.#open(), KVM.SET_MP_STATE, buffer);
   }
 
   /**
@@ -428,7 +439,7 @@ export class VcpuFd {
     const buffer = new Uint8Array(24);
     const view = new DataView(buffer.buffer);
     view.setBigUint64(0, BigInt.asUintN(64, linear), true);
-    ioctlBuffer(this.fd, KVM.TRANSLATE, buffer);
+    ioctlBuffer(this.#open(), KVM.TRANSLATE, buffer);
     if (buffer[16] === 0) return undefined;
     return { physical: view.getBigUint64(8, true), writeable: buffer[17] !== 0 };
   }

@@ -1,0 +1,61 @@
+/**
+ * Shared helpers of the foundation test suites: whether KVM can be used
+ * here (computed once), the tiny guest kernels (built once per process) and
+ * small conveniences for reading symbols and running guests.
+ *
+ * Tests that need `/dev/kvm` declare
+ * `Deno.test({ name, ignore: !kvmAvailable, fn })`, so they are reported as
+ * ignored (with one line saying why) on a host without KVM.
+ *
+ * @module
+ */
+
+import { buildGuests } from "../scripts/build_guests.ts";
+import type { Vm } from "../core/vm.ts";
+
+function probeKvm(): string | undefined {
+  try {
+    Deno.openSync("/dev/kvm", { read: true, write: true }).close();
+    return undefined;
+  } catch (error) {
+    return `cannot open /dev/kvm for reading and writing (${(error as Error).message})`;
+  }
+}
+
+/** Why the KVM tests cannot run here, or undefined when they can. */
+export const kvmMissingReason: string | undefined = probeKvm();
+
+/** True when `/dev/kvm` can be opened for reading and writing. */
+export const kvmAvailable: boolean = kvmMissingReason === undefined;
+
+// Each test module runs in its own isolate; the environment is the process's, so the notice prints once.
+const NOTICE_PRINTED = "HVSH_TESTS_KVM_NOTICE_PRINTED";
+if (!kvmAvailable && Deno.env.get(NOTICE_PRINTED) === undefined) {
+  Deno.env.set(NOTICE_PRINTED, "1");
+  console.log(`KVM tests ignored: ${kvmMissingReason}`);
+}
+
+let guests: Promise<Map<string, string>> | undefined;
+
+/** Absolute path of a built test guest, e.g. `await guest("hello64.elf")` (builds stale guests once). */
+export async function guest(name: string): Promise<string> {
+  guests ??= buildGuests();
+  const path = (await guests).get(name);
+  if (path === undefined) throw new Error(`No test guest named ${name}`);
+  return path;
+}
+
+/** The address of a symbol of the image last loaded into `vm`. */
+export function symbol(vm: Vm, name: string): bigint {
+  const found = vm.image?.symbols.find((s) => s.name === name);
+  if (found === undefined) throw new Error(`No symbol ${name} in the loaded image`);
+  return found.address;
+}
+
+/** Bytes as lowercase hex, two digits each, no separators. */
+export function toHex(bytes: Uint8Array): string {
+  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Milliseconds a run of a tiny guest may take before a test calls it hung. */
+export const RUN_TIMEOUT_MS = 10_000;

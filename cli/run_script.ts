@@ -1,25 +1,46 @@
 /**
- * `hvsh run SCRIPT.ts`: runs a provisioning script. The script imports the
- * scripting API from the repository's `mod.ts` (relative path or absolute).
+ * `hvsh run SCRIPT.ts`: runs a provisioning script. A script with `import`
+ * statements runs as a module (it imports the API from `mod.ts`); any other
+ * script, such as one written by the REPL's `.save`, goes through the REPL's
+ * evaluator with `Vm`, `vm`, `cpu`, `mem` and `debug` in scope, exactly as
+ * typed lines do.
  *
  * @module
  */
 
 import { toFileUrl } from "./_paths.ts";
 
-/** Imports and runs a script file; returns the process exit status (1 when it throws). */
+/** Runs a script file; returns the process exit status (1 when it throws, 2 when it cannot be read). */
 export async function runScriptFile(path: string): Promise<number> {
+  let source: string;
   try {
-    await Deno.stat(path);
-  } catch {
-    console.error(`hvsh run: cannot read script ${path}: no such file`);
+    source = await Deno.readTextFile(path);
+  } catch (error) {
+    console.error(`hvsh run: cannot read script ${path}: ${(error as Error).message}`);
     return 2;
   }
+  if (/^\s*(import|export)\s/m.test(source)) {
+    try {
+      await import(toFileUrl(path).href);
+      return 0;
+    } catch (error) {
+      console.error(`hvsh run: ${path} failed: ${error instanceof Error ? error.stack ?? error.message : error}`);
+      return 1;
+    }
+  }
+  const { Session } = await import("../repl/session.ts");
+  const session = new Session({
+    print: (text) => console.log(text),
+    console: (bytes) => Deno.stdout.writeSync(bytes),
+  }, false);
+  session.showContext = false;
   try {
-    await import(toFileUrl(path).href);
+    await session.evaluate(source);
     return 0;
   } catch (error) {
-    console.error(`hvsh run: ${path} failed: ${error instanceof Error ? error.stack ?? error.message : error}`);
+    console.error(`hvsh run: ${path} failed: ${error instanceof Error ? `${error.name}: ${error.message}` : error}`);
     return 1;
+  } finally {
+    await session.closeAll();
   }
 }

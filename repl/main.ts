@@ -1,0 +1,235 @@
+/**
+ * `hvsh` with no command: the interactive REPL. On a TTY it is a line editor
+ * with completion, persistent history and colours; with stdin from a pipe or
+ * file it reads lines in order and prints plain output, so sessions are
+ * scriptable and testable.
+ *
+ * @module
+ */
+
+import * as readline from "node:readline";
+import { homedir } from "node:os";
+import { join } from "node:path";
+import { Session } from "./session.ts";
+import { CommandError, completeDotCommand, ExitRequest, runDotCommand, setConsoleAttacher } from "./commands.ts";
+import { parseBootArgs, UsageError } from "../cli/boot.ts";
+import { buildGuests } from "../scripts/build_guests.ts";
+
+const HISTORY_LIMIT = 1000;
+const historyFile = () => Deno.env.get("HVSH_HISTORY") ?? join(homedir(), ".hvsh_history");
+
+function loadHistory(): string[] {
+  try {
+    return Deno.readTextFileSync(historyFile()).split("\n").filter((l) => l !== "").slice(-HISTORY_LIMIT);
+  } catch {
+    return [];
+  }
+}
+
+function saveHistory(lines: readonly string[]): void {
+  try {
+    Deno.writeTextFileSync(historyFile(), lines.slice(-HISTORY_LIMIT).join("\n") + "\n");
+  } catch {
+    // a read-only home is no reason to fail
+  }
+}
+
+/** Runs one input line: a dot command or TypeScript. Errors print one message; the session goes on. */
+export async function executeLine(line: string, session: Session): Promise<void> {
+  const text = line.trim();
+  if (text === "" || text.startsWith("//")) return;
+  try {
+    if (text.startsWith(".")) {
+      await runDotCommand(text.slice(1), session);
+    } else {
+      const value = await session.evaluate(text);
+      session.transcript.push(text.endsWith(";") || text.endsWith("}") ? text : `${text};`);
+      if (value !== undefined) session.output.print(session.format(value));
+    }
+  } catch (error) {
+    if (error instanceof ExitRequest) throw error;
+    const message = error instanceof CommandError
+      ? error.message
+      : error instanceof Error
+      ? `${error.name}: ${error.message}`
+      : `Uncaught ${String(error)}`;
+    session.output.print(session.style.red(message));
+  }
+}
+
+async function demoKernel(): Promise<string> {
+  const guests = await buildGuests();
+  const demo = guests.get("demo.elf");
+  if (demo === undefined) throw new Error("The demo guest (demo.elf) was not built");
+  return demo;
+}
+
+/** Runs `hvsh [--kernel FILE ...|--empty]`; returns the exit status. */
+export async function replCommand(args: string[]): Promise<number> {
+  const interactive = Deno.stdin.isTerminal();
+  const colors = Deno.stdout.isTerminal() && Deno.env.get("NO_COLOR") === undefined;
+  // Assigned once the VM is ready; `print` clears the prompt line only after that.
+  // deno-lint-ignore prefer-const
+  let rl: readline.Interface | undefined;
+  const print = (text: string) => {
+    if (rl !== undefined && interactive) {
+      readline.clearLine(process.stdout, 0);
+      readline.cursorTo(process.stdout, 0);
+    }
+    console.log(text);
+  };
+  const session = new Session({
+    print,
+    console: (bytes) => Deno.stdout.writeSync(bytes),
+  }, colors);
+
+  try {
+    if (args.includes("--empty")) {
+      // no VM
+    } else if (args.length === 0) {
+      const kernel = await demoKernel();
+      await session.createVm({ options: { memory: "64M" }, kernel });
+      session.transcript.push(`vm = await Vm.create({ memory: "64M" });`, `await vm.load(${JSON.stringify(kernel)});`);
+    } else {
+      const options = parseBootArgs(args);
+      await session.createVm({
+        options: { memory: options.memory, cpus: options.cpus, cpuid: { hide: options.cpuidHide } },
+        kernel: options.kernel,
+        load: options.load,
+      });
+      session.transcript.push(
+        `vm = await Vm.create({ memory: ${JSON.stringify(options.memory)} });`,
+        `await vm.load(${JSON.stringify(options.kernel)}, ${JSON.stringify(options.load)});`,
+      );
+    }
+  } catch (error) {
+    console.error(`hvsh: ${(error as Error).message}`);
+    if (error instanceof UsageError) console.error("usage: hvsh [--kernel FILE [boot options] | --empty]");
+    return 2;
+  }
+
+  if (interactive) {
+    const vm = session.maybeVm;
+    print(session.style.bold("hvsh") + " — a hypervisor shell. .help lists commands; TypeScript works too.");
+    if (vm !== undefined) {
+      print(
+        `${session.currentName}: ${vm.image?.format ?? "no"} image, ${
+          vm.memory.ramSize >> 20
+        } MiB, stopped at entry. Try .regs, .dis, .break tick, .cont, .step`,
+      );
+    }
+  }
+
+  const history = interactive ? loadHistory() : [];
+  rl = readline.createInterface({
+    input: process.stdin,
+    output: process.stdout,
+    terminal: interactive,
+    historySize: HISTORY_LIMIT,
+    history: [...history].reverse(),
+    prompt: interactive ? (colors ? "\x1b[36mhvsh>\x1b[0m " : "hvsh> ") : "",
+    completer: (line: string): [string[], string] => {
+      if (line.trimStart().startsWith(".")) return completeDotCommand(line.trimStart(), session);
+      return completeJs(line);
+    },
+  } as readline.ReadLineOptions);
+
+  let lastInterrupt = 0;
+  rl.on("SIGINT", () => {
+    const vm = session.maybeVm;
+    if (vm?.running) {
+      void vm.pause();
+      return;
+    }
+    const now = Date.now();
+    if ((rl as unknown as { line: string }).line === "" && now - lastInterrupt < 2000) {
+      rl!.close();
+      return;
+    }
+    lastInterrupt = now;
+    print("(To exit, press Ctrl-C again or type .exit)");
+    rl!.write("", { ctrl: true, name: "u" });
+    rl!.prompt();
+  });
+
+  setConsoleAttacher(async (s) => {
+    if (!interactive) throw new CommandError("The console needs an interactive terminal");
+    const vm = s.vm;
+    print("[console attached: guest serial on this terminal; Ctrl-] returns]");
+    rl!.pause();
+    Deno.stdin.setRaw(true);
+    const reader = Deno.stdin.readable.getReader();
+    let detached = false;
+    const pump = (async () => {
+      while (!detached) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        const at = value.indexOf(0x1d);
+        if (at >= 0) {
+          if (at > 0) vm.serial.send(value.subarray(0, at));
+          detached = true;
+          void vm.pause();
+          break;
+        }
+        vm.serial.send(value);
+      }
+    })();
+    await vm.run();
+    detached = true;
+    reader.releaseLock();
+    Deno.stdin.setRaw(false);
+    rl!.resume();
+    await pump.catch(() => {});
+  });
+
+  const entered: string[] = [...history];
+  let status = 0;
+  try {
+    if (interactive) rl.prompt();
+    for await (const line of rl) {
+      if (interactive && line.trim() !== "") entered.push(line);
+      await executeLine(line, session);
+      if (interactive) rl.prompt();
+    }
+  } catch (error) {
+    if (!(error instanceof ExitRequest)) {
+      console.error(`hvsh: ${(error as Error).message}`);
+      status = 1;
+    }
+  } finally {
+    rl.close();
+    if (interactive) saveHistory(entered);
+    await session.closeAll();
+  }
+  return status;
+}
+
+function completeJs(line: string): [string[], string] {
+  const match = /([A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*)\.?([A-Za-z_$][\w$]*)?$/.exec(line);
+  if (match === null) return [[], line];
+  const full = match[0];
+  const dot = full.lastIndexOf(".");
+  if (dot < 0) {
+    const names = Object.getOwnPropertyNames(globalThis).filter((n) => n.startsWith(full));
+    return [names.sort(), full];
+  }
+  const objectPath = full.slice(0, dot);
+  const prefix = full.slice(dot + 1);
+  let target: unknown = globalThis;
+  for (const part of objectPath.split(".")) {
+    try {
+      target = (target as Record<string, unknown>)?.[part];
+    } catch {
+      return [[], full];
+    }
+  }
+  if (target === null || target === undefined) return [[], full];
+  const names = new Set<string>();
+  for (let o: object | null = Object(target); o !== null && o !== Object.prototype; o = Object.getPrototypeOf(o)) {
+    for (const name of Object.getOwnPropertyNames(o)) {
+      if (!name.startsWith("#") && name !== "constructor") names.add(name);
+    }
+  }
+  const hits = [...names].filter((n) => n.startsWith(prefix)).sort().map((n) => `${objectPath}.${n}`);
+  return [hits, full];
+}

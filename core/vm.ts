@@ -14,7 +14,8 @@
 import { setImmediate } from "node:timers";
 import { Kvm, type VcpuFd, type VmFd } from "./kvm/kvm.ts";
 import { KVM_CAP, KVM_EXIT, KVM_MEM_READONLY } from "./kvm/ioctls.ts";
-import { drainKick, mainThreadKick, prepareKickSignal } from "./kvm/signals.ts";
+import { currentThreadId, drainKick, kickThread, mainThreadKick, prepareKickSignal } from "./kvm/signals.ts";
+import { Command, Mailbox, State } from "./vcpu_thread.ts";
 import { GuestMemory, parseSize } from "./memory.ts";
 import { Vcpu } from "./vcpu.ts";
 import { cpuidForVcpu, type CpuidOptions } from "./cpuid.ts";
@@ -37,6 +38,12 @@ export interface VmOptions {
   unhandled?: "ignore" | "stop";
   /** A name for listings. */
   name?: string;
+  /**
+   * The in-kernel interrupt controllers (PIC, IOAPIC, LAPICs) and PIT. Default
+   * true; false keeps the tiniest guests exiting on HLT (KVM_EXIT_HLT) and
+   * gives a single vCPU no interrupt sources at all.
+   */
+  irqchip?: boolean;
 }
 
 /** Options of {@link Vm.run}. */
@@ -89,6 +96,18 @@ export interface ExitInterceptor {
 }
 
 const IO_ALL_ONES = [0, 0xff, 0xffff, 0, 0xffffffff];
+/** Value masks by access size, so the MMIO path does no BigInt shifting per exit. */
+const MMIO_MASKS = [
+  0n,
+  0xffn,
+  0xffffn,
+  0xff_ffffn,
+  0xffff_ffffn,
+  0xff_ffff_ffffn,
+  0xffff_ffff_ffffn,
+  0xff_ffff_ffff_ffffn,
+  0xffff_ffff_ffff_ffffn,
+];
 const INTERNAL_SUBERRORS: Record<number, string> = {
   1: "emulation failure",
   2: "simultaneous exceptions",
@@ -156,8 +175,14 @@ export class Vm {
   #runWaiters: ((stop: StopEvent) => void)[] = [];
   #canCompleteExits: boolean;
   #slotCount = 0;
+  readonly #irqchip: boolean;
+  #aps: { cpu: Vcpu; worker: Worker; mailbox: Int32Array }[] = [];
+  /** The vCPU whose exit is being handled (devices' stop requests name it). */
+  #servicing: Vcpu | undefined;
+  #stopCpu: Vcpu | undefined;
 
   private constructor(vmFd: VmFd, memory: GuestMemory, vcpuFds: VcpuFd[], options: VmOptions) {
+    this.#irqchip = options.irqchip ?? true;
     this.#vmFd = vmFd;
     this.memory = memory;
     this.#vcpuFds = vcpuFds;
@@ -166,6 +191,7 @@ export class Vm {
     this.#unhandled = options.unhandled ?? "ignore";
     this.#canCompleteExits = vmFd.kvm.checkExtension(KVM_CAP.IMMEDIATE_EXIT) > 0;
     this.setPageProtection(new Map());
+    if (this.#irqchip) this.serial.connectInterrupt((level) => this.irqLine(4, level));
     this.io.insert(PC_PORTS.com1, 8, "com1", this.serial);
     this.io.insert(
       PC_PORTS.debugExit,
@@ -180,12 +206,112 @@ export class Vm {
    * Creates a VM with RAM from guest address 0 and its vCPUs in their reset
    * state. Throws a clear error when KVM is missing or not accessible.
    */
-  static create(options: VmOptions = {}): Promise<Vm> {
+  static async create(options: VmOptions = {}): Promise<Vm> {
+    const vm = Vm.#createNow(options);
     try {
-      return Promise.resolve(Vm.#createNow(options));
+      await vm.#startApplicationProcessors();
     } catch (error) {
-      return Promise.reject(error);
+      await vm.close();
+      throw error;
     }
+    return vm;
+  }
+
+  /** Each application processor gets its own thread (a Worker running KVM_RUN); see core/vcpu_thread.ts. */
+  async #startApplicationProcessors(): Promise<void> {
+    const mainTid = currentThreadId();
+    for (const cpu of this.cpus.slice(1)) {
+      const mailbox = new Int32Array(new SharedArrayBuffer(Mailbox.size * 4));
+      // Parked until the first run(): the worker must not enter KVM_RUN before the BSP is set up.
+      mailbox[Mailbox.command] = Command.park;
+      const worker = new Worker(new URL("./vcpu_thread.ts", import.meta.url), { type: "module" });
+      worker.postMessage({ fd: cpu.fd.fd, mainTid, mailbox: mailbox.buffer });
+      this.#aps.push({ cpu, worker, mailbox });
+    }
+    for (const { cpu, mailbox } of this.#aps) {
+      const deadline = performance.now() + 10_000;
+      while (Atomics.load(mailbox, Mailbox.state) !== State.parked) {
+        if (performance.now() > deadline) throw new Error(`vCPU ${cpu.index}'s thread did not start within 10 s`);
+        await new Promise((resolve) => setTimeout(resolve, 1));
+      }
+    }
+  }
+
+  #resumeAps(): void {
+    for (const { mailbox } of this.#aps) {
+      Atomics.store(mailbox, Mailbox.command, Command.run);
+      Atomics.notify(mailbox, Mailbox.command);
+    }
+  }
+
+  /** Stops every application processor (out of KVM_RUN) before the VM reports a stop. */
+  #parkAps(): void {
+    for (const { mailbox } of this.#aps) {
+      Atomics.store(mailbox, Mailbox.command, Command.park);
+      const tid = Atomics.load(mailbox, Mailbox.tid);
+      if (tid !== 0 && Atomics.load(mailbox, Mailbox.state) === State.running) kickThread(tid);
+    }
+    for (const { cpu, mailbox } of this.#aps) {
+      const deadline = performance.now() + 2_000;
+      for (;;) {
+        const state = Atomics.load(mailbox, Mailbox.state);
+        if (state === State.parked || state === State.exit || state === State.gone) break;
+        if (performance.now() > deadline) throw new Error(`vCPU ${cpu.index} did not stop within 2 s`);
+        Atomics.wait(mailbox, Mailbox.state, state, 5);
+        const tid = Atomics.load(mailbox, Mailbox.tid);
+        if (Atomics.load(mailbox, Mailbox.state) === State.running && tid !== 0) kickThread(tid);
+      }
+      cpu.invalidate();
+    }
+  }
+
+  /** Completes the exits application processors handed to this thread. */
+  #serviceAps(stopOnUnhandled: boolean): void {
+    for (const { cpu, mailbox } of this.#aps) {
+      if (Atomics.load(mailbox, Mailbox.state) !== State.exit || Atomics.load(mailbox, Mailbox.serviced) === 1) {
+        continue;
+      }
+      const fd = cpu.fd;
+      const failed = Atomics.load(mailbox, Mailbox.reason) === -1;
+      const reason = failed ? -1 : fd.run32[2]!;
+      this.#servicing = cpu;
+      try {
+        if (reason === KVM_EXIT.IO) this.#handleIo(fd, stopOnUnhandled);
+        else if (reason === KVM_EXIT.MMIO) this.#handleMmio(fd, stopOnUnhandled);
+        else if (reason === KVM_EXIT.INTR) {
+          // nothing to do
+        } else {
+          // A stop of this vCPU: it stays out of KVM_RUN until the VM runs again.
+          cpu.invalidate();
+          this.#stopCpu = cpu;
+          this.#pendingStop ??= failed
+            ? {
+              reason: "internal-error",
+              suberror: 0,
+              detail: `KVM_RUN failed on vCPU ${cpu.index}: errno ${Atomics.load(mailbox, Mailbox.errno)}`,
+            }
+            : this.#decodeStop(cpu, reason);
+          continue;
+        }
+      } finally {
+        this.#servicing = undefined;
+      }
+      Atomics.store(mailbox, Mailbox.serviced, 1);
+      Atomics.notify(mailbox, Mailbox.serviced);
+    }
+  }
+
+  /** Sets the level of an interrupt line (ISA IRQ / GSI) of the in-kernel irqchip. */
+  irqLine(irq: number, level: boolean): void {
+    if (!this.#irqchip) {
+      throw new Error(`Cannot raise IRQ ${irq}: this VM has no irqchip (Vm.create({ irqchip: true }))`);
+    }
+    this.#vmFd.irqLine(irq, level);
+  }
+
+  /** True when the VM has the in-kernel PIC, IOAPIC, LAPICs and PIT. */
+  get hasIrqchip(): boolean {
+    return this.#irqchip;
   }
 
   static #createNow(options: VmOptions): Vm {
@@ -202,6 +328,7 @@ export class Vm {
       // Intel's real-mode emulation needs a TSS and an identity-map page; put them just below 4 GiB like QEMU.
       vmFd.setTssAddress(0xfffb_d000);
       vmFd.setIdentityMapAddress(0xfffb_c000n);
+      if (options.irqchip ?? true) vmFd.createIrqchip(); // before the vCPUs, as KVM requires
       memory = GuestMemory.allocate(memorySize);
       const supported = kvm.supportedCpuid();
       const signalMask = prepareKickSignal();
@@ -211,6 +338,7 @@ export class Vm {
         fd.setCpuid(cpuidForVcpu(supported, id, cpuCount, options.cpuid));
         fd.setSignalMask(signalMask);
       }
+      if (options.irqchip ?? true) vmFd.createPit2();
     } catch (error) {
       for (const fd of vcpuFds) fd.close();
       memory?.close();
@@ -356,6 +484,7 @@ export class Vm {
 
   /** Asks the run loop to stop with `stop` after the current exit (devices use this). */
   requestStop(stop: PendingStop): void {
+    if (this.#pendingStop === undefined && this.#servicing !== undefined) this.#stopCpu = this.#servicing;
     this.#pendingStop ??= stop;
   }
 
@@ -384,15 +513,18 @@ export class Vm {
     if (timeout !== undefined && !(timeout >= 0)) throw new RangeError(`Invalid timeout ${timeout}: expected ms >= 0`);
     this.#running = true;
     this.#pauseRequested = false;
+    this.#stopCpu = undefined;
     const cpu = this.cpu(0);
     let stop: StopEvent | undefined;
     mainThreadKick.acquire();
+    this.#resumeAps();
     try {
       const early = await this.exitInterceptor?.beforeResume?.(cpu);
       stop = early !== undefined
         ? this.#withContext(cpu, early)
         : await this.#loop(cpu, timeout === undefined ? Infinity : performance.now() + timeout, options);
     } finally {
+      this.#parkAps();
       mainThreadKick.release();
       drainKick();
       this.#running = false;
@@ -415,15 +547,31 @@ export class Vm {
     const stopOnUnhandled = (options.unhandled ?? this.#unhandled) === "stop";
     for (;;) {
       const reason = fd.run();
-      if (reason === KVM_EXIT.IO) {
-        this.#guard(cpu, () => this.#handleIo(fd, stopOnUnhandled));
-      } else if (reason === KVM_EXIT.MMIO) {
-        const intercepted = this.exitInterceptor?.onExit(cpu, reason);
-        if (intercepted === undefined) this.#guard(cpu, () => this.#handleMmio(fd, stopOnUnhandled));
-        else if (intercepted !== "resume") this.#pendingStop ??= intercepted;
+      if (reason === KVM_EXIT.IO || reason === KVM_EXIT.MMIO) {
+        // Inline try/catch, not a closure per exit: this is the hot path.
+        try {
+          if (reason === KVM_EXIT.IO) {
+            this.#handleIo(fd, stopOnUnhandled);
+          } else {
+            const intercepted = this.exitInterceptor?.onExit(cpu, reason);
+            if (intercepted === undefined) this.#handleMmio(fd, stopOnUnhandled);
+            else if (intercepted !== "resume") this.#pendingStop ??= intercepted;
+          }
+        } catch (error) {
+          // A device or hook threw: complete the exit so the VM stays consistent, then report it.
+          this.#completeExit(cpu);
+          throw error;
+        }
       } else if (reason === KVM_EXIT.INTR) {
         drainKick();
         cpu.invalidate();
+        if (this.#aps.length > 0) this.#serviceAps(stopOnUnhandled);
+        if (this.#pendingStop !== undefined) {
+          const pending = this.#pendingStop;
+          this.#pendingStop = undefined;
+          return this.#withContext(this.#stopCpu ?? cpu, pending);
+        }
+        if (this.#irqchip && this.#haltedForGood(cpu)) return this.#withContext(cpu, { reason: "halt" });
         await yieldToEventLoop();
         if (this.#closed) return this.#withContext(cpu, { reason: "paused" });
         if (this.#pauseRequested) return this.#withContext(cpu, { reason: "paused" });
@@ -439,19 +587,19 @@ export class Vm {
         const pending = this.#pendingStop;
         this.#pendingStop = undefined;
         this.#completeExit(cpu);
-        return this.#withContext(cpu, pending);
+        return this.#withContext(this.#stopCpu ?? cpu, pending);
       }
     }
   }
 
-  /** Runs a device or hook; if it throws, completes the exit and rethrows with the vCPU context. */
-  #guard(cpu: Vcpu, handler: () => void): void {
-    try {
-      handler();
-    } catch (error) {
-      this.#completeExit(cpu);
-      throw error;
-    }
+  /**
+   * With the in-kernel irqchip, HLT never leaves KVM: the BSP is halted for
+   * good when KVM says it is halted and its interrupts are off.
+   */
+  #haltedForGood(cpu: Vcpu): boolean {
+    const KVM_MP_STATE_HALTED = 3;
+    if (cpu.fd.getMpState() !== KVM_MP_STATE_HALTED) return false;
+    return (cpu.regs.rflags & 0x200n) === 0n;
   }
 
   #completeExit(cpu: Vcpu): void {
@@ -518,8 +666,10 @@ export class Vm {
     const address = view.getBigUint64(32, true);
     const size = view.getUint32(48, true);
     const isWrite = fd.run8[52] !== 0;
-    const mask = size >= 8 ? 0xffff_ffff_ffff_ffffn : (1n << BigInt(size * 8)) - 1n;
+    const mask = MMIO_MASKS[size] ?? MMIO_MASKS[8]!;
     const data = isWrite ? view.getBigUint64(40, true) & mask : undefined;
+    const entry = this.mmio.find(address);
+    if (isWrite && entry === undefined && this.#mmioHooks.length === 0 && !stopOnUnhandled) return; // dropped
     let answer: bigint | undefined;
     let hooked = false;
     for (const { lo, hi, hook } of this.#mmioHooks) {
@@ -534,7 +684,6 @@ export class Vm {
         }
       }
     }
-    const entry = this.mmio.find(address);
     if (isWrite) {
       if (entry !== undefined) entry.device.write(address - entry.base, size, data!);
       else if (!hooked && stopOnUnhandled) {
@@ -639,6 +788,19 @@ export class Vm {
     if (this.#closed) return;
     if (this.#running) await this.pause();
     this.#closed = true;
+    for (const { mailbox, worker } of this.#aps) {
+      Atomics.store(mailbox, Mailbox.command, Command.quit);
+      Atomics.notify(mailbox, Mailbox.command);
+      Atomics.notify(mailbox, Mailbox.serviced);
+      const tid = Atomics.load(mailbox, Mailbox.tid);
+      const deadline = performance.now() + 2_000;
+      while (Atomics.load(mailbox, Mailbox.state) !== State.gone && performance.now() < deadline) {
+        if (tid !== 0) kickThread(tid);
+        Atomics.wait(mailbox, Mailbox.state, Atomics.load(mailbox, Mailbox.state), 5);
+      }
+      worker.terminate();
+    }
+    this.#aps = [];
     for (const fd of this.#vcpuFds) fd.close();
     this.#vmFd.close();
     this.memory.close();

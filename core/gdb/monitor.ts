@@ -1,0 +1,236 @@
+/**
+ * GDB `monitor` commands (qRcmd): a registry of named commands, the
+ * built-ins (`help`, `phys`, `regs`, `pt`, `disas`, `js`) and
+ * {@link registerMonitorCommand} so other front ends (the REPL's dot
+ * commands) can add theirs.
+ *
+ * @example
+ * ```ts ignore
+ * import { registerMonitorCommand } from "./monitor.ts";
+ * registerMonitorCommand("serial", () => vm.serial.output, "the guest's COM1 output so far");
+ * // (gdb) monitor serial
+ * ```
+ *
+ * @module
+ */
+
+import type { Vm } from "../vm.ts";
+import type { Vcpu } from "../vcpu.ts";
+import type { Segment } from "../kvm/structs.ts";
+import { formatTranslation } from "../debug/paging.ts";
+import type { MemorySpace } from "./target.ts";
+
+/** What a monitor command can see and change. */
+export interface MonitorContext {
+  /** The VM being debugged. */
+  readonly vm: Vm;
+  /** The vCPU GDB's current thread (Hg) names. */
+  readonly cpu: Vcpu;
+  /** How `m`/`M`/`X` addresses are read: guest virtual (default) or physical. */
+  memorySpace: MemorySpace;
+  /** Whether `monitor js` may run (off when the server listens beyond this host). */
+  readonly allowJs: boolean;
+  /** The registry the command came from (for `help`). */
+  readonly registry: MonitorRegistry;
+}
+
+/** A monitor command's handler: `args` is the text after the command name; the result is printed by GDB. */
+export type MonitorHandler = (args: string, context: MonitorContext) => string | Promise<string>;
+
+/** A registered monitor command. */
+export interface MonitorCommand {
+  readonly name: string;
+  /** One line for `monitor help`, e.g. "pt ADDR: walk the page tables for ADDR". */
+  readonly help: string;
+  readonly run: MonitorHandler;
+}
+
+/**
+ * Monitor commands by name. Registering a name twice throws; `help` lists
+ * the commands in name order.
+ *
+ * @example
+ * ```ts
+ * import { MonitorRegistry } from "./monitor.ts";
+ * const registry = new MonitorRegistry();
+ * registry.register({ name: "hello", help: "hello: say hello", run: () => "hello\n" });
+ * registry.names(); // ["hello"]
+ * ```
+ */
+export class MonitorRegistry {
+  #commands = new Map<string, MonitorCommand>();
+
+  /** Adds a command; throws a RangeError when the name is taken or not one word. Returns a function that removes it. */
+  register(command: MonitorCommand): () => void {
+    if (!/^[A-Za-z_][\w.-]*$/.test(command.name)) {
+      throw new RangeError(`Invalid monitor command name ${JSON.stringify(command.name)}: expected one word`);
+    }
+    if (this.#commands.has(command.name)) {
+      throw new RangeError(`Monitor command ${JSON.stringify(command.name)} is already registered`);
+    }
+    this.#commands.set(command.name, command);
+    return () => {
+      if (this.#commands.get(command.name) === command) this.#commands.delete(command.name);
+    };
+  }
+
+  /** The command named `name`, if any. */
+  get(name: string): MonitorCommand | undefined {
+    return this.#commands.get(name);
+  }
+
+  /** Command names in order. */
+  names(): string[] {
+    return [...this.#commands.keys()].sort();
+  }
+
+  /** The `monitor help` text. */
+  help(): string {
+    const lines = this.names().map((name) => `  ${this.#commands.get(name)!.help}`);
+    return `hvsh monitor commands:\n${lines.join("\n")}\n`;
+  }
+
+  /** Runs a command line (`"pt 0x100000"`); unknown commands and failures come back as text that says so. */
+  async run(line: string, context: MonitorContext): Promise<string> {
+    const trimmed = line.trim();
+    const [name = ""] = trimmed.split(/\s+/);
+    if (name === "") return this.help();
+    const command = this.#commands.get(name);
+    if (command === undefined) {
+      return `hvsh: unknown monitor command ${JSON.stringify(name)} (commands: ${this.names().join(", ")})\n`;
+    }
+    try {
+      const output = await command.run(trimmed.slice(name.length).trim(), context);
+      return output === "" || output.endsWith("\n") ? output : `${output}\n`;
+    } catch (error) {
+      return `hvsh: monitor ${name}: ${(error as Error).message}\n`;
+    }
+  }
+}
+
+function hex(value: bigint | number, width = 0): string {
+  return `0x${value.toString(16).padStart(width, "0")}`;
+}
+
+function segmentLine(name: string, s: Segment): string {
+  const attrs = [
+    s.present ? "P" : "-",
+    `dpl=${s.dpl}`,
+    `type=${hex(s.type)}`,
+    s.l ? "L" : "",
+    s.db ? "D" : "",
+    s.g ? "G" : "",
+    s.unusable ? "unusable" : "",
+  ].filter((a) => a !== "");
+  return `${name.padEnd(3)} ${hex(s.selector, 4)}  base ${hex(s.base, 16)}  limit ${hex(s.limit, 8)}  ${attrs.join(" ")}`;
+}
+
+/** The `monitor regs` text: general, segment, control and descriptor-table registers of a vCPU, and its mode. */
+export function formatRegisters(cpu: Vcpu, symbolize?: (address: bigint) => string | undefined): string {
+  const r = cpu.regs;
+  const s = cpu.sregs;
+  const names = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"] as const;
+  const lines: string[] = [];
+  for (let i = 0; i < names.length; i += 4) {
+    lines.push(names.slice(i, i + 4).map((n) => `${n.padEnd(3)} ${hex(r[n], 16)}`).join("  "));
+  }
+  const symbol = symbolize?.(r.rip);
+  lines.push(`rip ${hex(r.rip, 16)}${symbol === undefined ? "" : ` <${symbol}>`}  rflags ${hex(r.rflags, 8)}`);
+  for (const name of ["cs", "ss", "ds", "es", "fs", "gs", "tr", "ldt"] as const) lines.push(segmentLine(name, s[name]));
+  lines.push(`gdt base ${hex(s.gdt.base, 16)}  limit ${hex(s.gdt.limit, 4)}`);
+  lines.push(`idt base ${hex(s.idt.base, 16)}  limit ${hex(s.idt.limit, 4)}`);
+  lines.push(`cr0 ${hex(s.cr0, 8)}  cr2 ${hex(s.cr2, 16)}  cr3 ${hex(s.cr3, 16)}`);
+  lines.push(`cr4 ${hex(s.cr4, 8)}  cr8 ${hex(s.cr8)}  efer ${hex(s.efer, 8)}`);
+  lines.push(`mode ${cpu.mode} (vCPU ${cpu.index})`);
+  return lines.join("\n") + "\n";
+}
+
+/** The `monitor js` evaluator: an async function of `vm`, `cpu` and `debug`. */
+async function evaluate(expression: string, context: MonitorContext): Promise<string> {
+  // deno-lint-ignore no-explicit-any
+  const AsyncFunction = (async () => {}).constructor as new (...args: string[]) => (...values: any[]) => Promise<unknown>;
+  let fn;
+  try {
+    fn = new AsyncFunction("vm", "cpu", "debug", `return (${expression}\n);`);
+  } catch {
+    fn = new AsyncFunction("vm", "cpu", "debug", expression);
+  }
+  const value = await fn(context.vm, context.cpu, context.vm.debug);
+  return typeof value === "string" ? value : Deno.inspect(value, { colors: false, depth: 4 });
+}
+
+const BUILTINS: MonitorCommand[] = [
+  {
+    name: "help",
+    help: "help: list monitor commands",
+    run: (_args, context) => context.registry.help(),
+  },
+  {
+    name: "phys",
+    help: "phys on|off: read and write memory (x, set, m/M packets) by physical address, or virtual (default)",
+    run: (args, context) => {
+      if (args === "on") context.memorySpace = "physical";
+      else if (args === "off") context.memorySpace = "virtual";
+      else if (args !== "") throw new RangeError(`expected "on" or "off", got ${JSON.stringify(args)}`);
+      return `memory accesses use ${context.memorySpace} addresses\n`;
+    },
+  },
+  {
+    name: "regs",
+    help: "regs: every register of the current vCPU, with segments, control registers and mode",
+    run: (_args, context) => formatRegisters(context.cpu, (a) => context.vm.debug.symbolize(a)),
+  },
+  {
+    name: "pt",
+    help: "pt ADDR: walk the page tables for a virtual address (or symbol)",
+    run: (args, context) => {
+      if (args === "") throw new RangeError("expected an address, e.g. monitor pt 0x100000");
+      return formatTranslation(context.vm.debug.translate(args, context.cpu));
+    },
+  },
+  {
+    name: "disas",
+    help: "disas [ADDR [COUNT]]: disassemble in the vCPU's current mode (16/32/64-bit), default at rip",
+    run: (args, context) => {
+      const [location, count] = args === "" ? [] : args.split(/\s+/);
+      const n = count === undefined ? 10 : Number(count);
+      if (!Number.isInteger(n) || n < 1 || n > 1000) throw new RangeError(`Invalid count ${JSON.stringify(count)}`);
+      return context.vm.debug.disassemble(location, n);
+    },
+  },
+  {
+    name: "js",
+    help: "js EXPR: evaluate JavaScript with vm, cpu and debug in scope and print the result",
+    run: (args, context) => {
+      if (!context.allowJs) {
+        throw new Error("disabled: this server listens beyond this host (start it with allowJs: true to enable)");
+      }
+      if (args === "") throw new RangeError("expected an expression, e.g. monitor js vm.serial.output");
+      return evaluate(args, context);
+    },
+  },
+];
+
+/** A registry holding the built-in commands. */
+export function defaultMonitorRegistry(): MonitorRegistry {
+  const registry = new MonitorRegistry();
+  for (const command of BUILTINS) registry.register(command);
+  return registry;
+}
+
+/** The registry every gdb server uses unless given another. */
+export const monitorCommands: MonitorRegistry = defaultMonitorRegistry();
+
+/**
+ * Adds a command to {@link monitorCommands} (every server that was not given
+ * its own registry). Returns a function that removes it.
+ *
+ * @example
+ * ```ts ignore
+ * const remove = registerMonitorCommand("serial", (_args, { vm }) => vm.serial.output, "serial: COM1 output so far");
+ * remove();
+ * ```
+ */
+export function registerMonitorCommand(name: string, run: MonitorHandler, help = name): () => void {
+  return monitorCommands.register({ name, help, run });
+}

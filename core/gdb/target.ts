@@ -1,0 +1,447 @@
+/**
+ * What the gdbstub needs from a debuggee, and its implementation over a
+ * hvsh {@link Vm} through the debug engine (`vm.debug`).
+ *
+ * The interface speaks hvsh's own types (register values by name, bigint
+ * addresses, {@link StopEvent}s), never protocol packets: the stub
+ * (stub.ts) translates. Threads are vCPUs, numbered from 1 as GDB numbers
+ * threads (thread 1 is vCPU 0).
+ *
+ * @module
+ */
+
+import type { Vm } from "../vm.ts";
+import type { Vcpu } from "../vcpu.ts";
+import type { StopEvent } from "../stop.ts";
+import type { FpuState, Segment, SpecialRegisters } from "../kvm/structs.ts";
+import { abridgedTagWord, fullTagWord, type RegisterValue, type X86Registers } from "./arch_x86.ts";
+
+/** Which addresses memory accesses use: guest virtual (through the page tables) or guest physical. */
+export type MemorySpace = "virtual" | "physical";
+
+/** Breakpoint kinds GDB can insert (Z0, Z1). */
+export type BreakKind = "software" | "hardware";
+
+/** Watchpoint kinds GDB can insert (Z2 write, Z3 read, Z4 access). */
+export type WatchKind = "write" | "read" | "access";
+
+/** A stop as the stub needs it: what kind, which thread, and the event behind it. */
+export type TargetStop =
+  | { kind: "breakpoint"; thread: number; hardware: boolean; event: StopEvent }
+  | { kind: "watchpoint"; thread: number; access: WatchKind; address: bigint; event: StopEvent }
+  | { kind: "step"; thread: number; event: StopEvent }
+  /** Paused (GDB's Ctrl-C, the REPL, a timeout). */
+  | { kind: "interrupted"; thread: number; event: StopEvent }
+  /** The guest ended: debug-exit (status as `hvsh boot` gives it) or a final HLT (status 0). */
+  | { kind: "exited"; status: number; event: StopEvent }
+  /** A stop GDB should see as a signal (crash, emulation failure, unclaimed access). */
+  | { kind: "signal"; thread: number; signal: number; event: StopEvent };
+
+/** Signal numbers as GDB's remote protocol numbers them. */
+export const SIGNALS = { SIGINT: 2, SIGILL: 4, SIGTRAP: 5, SIGSEGV: 11 } as const;
+
+/** The debuggee interface of the gdbstub. Every method may throw a RangeError naming what was refused. */
+export interface GdbTarget {
+  /** The VM behind the target, for monitor commands. */
+  readonly vm: Vm;
+  /** True while the guest runs. */
+  readonly running: boolean;
+  /** Thread ids (1-based). */
+  threads(): number[];
+  /** A short description of a thread for `info threads`, e.g. "vCPU 0 (long mode)". */
+  describeThread(thread: number): string;
+  /** Every register of the layout in arch_x86.ts. */
+  readRegisters(thread: number): X86Registers;
+  /** Writes the registers given (only those whose values differ from the current ones). */
+  writeRegisters(thread: number, values: X86Registers): void;
+  /** Reads up to `length` bytes; may return fewer when the range runs into unmapped memory; throws when none can be read. */
+  readMemory(address: bigint, length: number, space: MemorySpace, thread: number): Uint8Array;
+  /** Writes bytes; throws (writing nothing) when any byte is unmapped. */
+  writeMemory(address: bigint, data: Uint8Array, space: MemorySpace, thread: number): void;
+  /** Inserts a breakpoint (idempotent: inserting one twice keeps one). */
+  insertBreakpoint(kind: BreakKind, address: bigint): void;
+  /** Removes a breakpoint (idempotent). */
+  removeBreakpoint(kind: BreakKind, address: bigint): void;
+  /** Inserts a watchpoint on `[address, address + length)` (idempotent). */
+  insertWatchpoint(kind: WatchKind, address: bigint, length: number): void;
+  /** Removes a watchpoint (idempotent). */
+  removeWatchpoint(kind: WatchKind, address: bigint, length: number): void;
+  /** Removes every breakpoint and watchpoint inserted through this target. */
+  removeAll(): void;
+  /** Starts the guest (continue, or step one instruction); resolves when it stops (the stop also reaches {@link onStop}). */
+  resume(step: boolean): Promise<StopEvent>;
+  /** Stops a running guest; resolves once stopped. */
+  interrupt(): Promise<void>;
+  /** Calls `observer` for every stop, whoever ran the guest. Returns an unsubscribe function. */
+  onStop(observer: (stop: TargetStop) => void): () => void;
+  /** Forgets everything (unsubscribes from the VM). */
+  dispose(): void;
+}
+
+const GPR_NAMES = [
+  "rax",
+  "rbx",
+  "rcx",
+  "rdx",
+  "rsi",
+  "rdi",
+  "rbp",
+  "rsp",
+  "r8",
+  "r9",
+  "r10",
+  "r11",
+  "r12",
+  "r13",
+  "r14",
+  "r15",
+  "rip",
+] as const;
+const SEGMENT_NAMES = ["cs", "ss", "ds", "es", "fs", "gs"] as const;
+const CONTROL_NAMES = ["cr0", "cr2", "cr3", "cr4", "cr8", "efer"] as const;
+const CR0_PE = 1n;
+
+function hex(value: bigint | number): string {
+  return `0x${value.toString(16)}`;
+}
+
+function sameValue(a: RegisterValue | undefined, b: RegisterValue): boolean {
+  if (a === undefined) return false;
+  if (typeof a === "bigint" || typeof b === "bigint") return a === b;
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+function asBigint(name: string, value: RegisterValue): bigint {
+  if (typeof value !== "bigint") throw new TypeError(`Cannot set ${name}: expected an integer value`);
+  return value;
+}
+
+function asBytes(name: string, value: RegisterValue, size: number): Uint8Array {
+  if (typeof value === "bigint") {
+    const out = new Uint8Array(size);
+    let v = value;
+    for (let i = 0; i < size; i++, v >>= 8n) out[i] = Number(v & 0xffn);
+    return out;
+  }
+  if (value.length !== size) throw new RangeError(`Cannot set ${name}: got ${value.length} bytes, want ${size}`);
+  return value;
+}
+
+/** Decodes a segment descriptor (8 bytes) into a loaded segment register with `selector`. */
+function segmentFromDescriptor(selector: number, d: Uint8Array): Segment {
+  const access = d[5]!;
+  const flags = d[6]! >> 4;
+  let limit = d[0]! | (d[1]! << 8) | ((d[6]! & 0xf) << 16);
+  const g = (flags & 8) !== 0;
+  if (g) limit = ((limit << 12) | 0xfff) >>> 0;
+  return {
+    base: BigInt((d[2]! | (d[3]! << 8) | (d[4]! << 16) | (d[7]! << 24)) >>> 0),
+    limit,
+    selector,
+    type: access & 0xf,
+    present: (access & 0x80) !== 0,
+    dpl: (access >> 5) & 3,
+    db: (flags & 4) !== 0,
+    s: (access & 0x10) !== 0,
+    l: (flags & 2) !== 0,
+    g,
+    avl: (flags & 1) !== 0,
+    unusable: (access & 0x80) === 0,
+  };
+}
+
+/**
+ * The {@link GdbTarget} of a hvsh VM: registers through the vCPU API, memory
+ * through `vm.debug.readVirtual`/`writeVirtual` (or `vm.memory` for
+ * physical), breakpoints and watchpoints through `vm.debug`, execution
+ * through `vm.run()` / `vm.debug.step()`, stops through `vm.onStop` (so stops
+ * caused by another front end reach GDB too).
+ *
+ * @example
+ * ```ts ignore
+ * const target = new VmTarget(vm);
+ * target.insertBreakpoint("software", vm.debug.symbol("bump"));
+ * const stop = await target.resume(false); // { reason: "breakpoint", ... }
+ * ```
+ */
+export class VmTarget implements GdbTarget {
+  readonly vm: Vm;
+  /** gdb's breakpoints and watchpoints: key -> debugger id. */
+  #inserted = new Map<string, number>();
+  /** Debugger watchpoint id -> the kind GDB asked for. */
+  #watchKinds = new Map<number, WatchKind>();
+  #observers = new Set<(stop: TargetStop) => void>();
+  #unsubscribe: () => void;
+
+  constructor(vm: Vm) {
+    this.vm = vm;
+    this.#unsubscribe = vm.onStop((event) => {
+      const stop = this.classify(event);
+      for (const observer of this.#observers) observer(stop);
+    });
+  }
+
+  get running(): boolean {
+    return this.vm.running;
+  }
+
+  threads(): number[] {
+    return this.vm.cpus.map((_, i) => i + 1);
+  }
+
+  #cpu(thread: number): Vcpu {
+    if (!Number.isInteger(thread) || thread < 1 || thread > this.vm.cpus.length) {
+      throw new RangeError(`No thread ${thread}: threads are vCPUs 1-${this.vm.cpus.length}`);
+    }
+    return this.vm.cpu(thread - 1);
+  }
+
+  describeThread(thread: number): string {
+    const cpu = this.#cpu(thread);
+    return `vCPU ${cpu.index} (${cpu.mode} mode)`;
+  }
+
+  readRegisters(thread: number): X86Registers {
+    const cpu = this.#cpu(thread);
+    const regs = cpu.regs;
+    const sregs = cpu.sregs;
+    const fpu = cpu.fpu;
+    const values: X86Registers = {};
+    for (const name of GPR_NAMES) values[name] = regs[name];
+    values.eflags = regs.rflags & 0xffff_ffffn;
+    for (const name of SEGMENT_NAMES) values[name] = BigInt(sregs[name].selector);
+    fpu.fpr.forEach((bytes, i) => values[`st${i}`] = bytes);
+    values.fctrl = BigInt(fpu.fcw);
+    values.fstat = BigInt(fpu.fsw);
+    values.ftag = BigInt(fullTagWord(fpu.ftwx, fpu.fsw, fpu.fpr));
+    values.fiseg = (fpu.lastIp >> 32n) & 0xffffn;
+    values.fioff = fpu.lastIp & 0xffff_ffffn;
+    values.foseg = (fpu.lastDp >> 32n) & 0xffffn;
+    values.fooff = fpu.lastDp & 0xffff_ffffn;
+    values.fop = BigInt(fpu.lastOpcode & 0x7ff);
+    fpu.xmm.forEach((bytes, i) => values[`xmm${i}`] = bytes);
+    values.mxcsr = BigInt(fpu.mxcsr);
+    values.fs_base = sregs.fs.base;
+    values.gs_base = sregs.gs.base;
+    for (const name of CONTROL_NAMES) values[name] = sregs[name];
+    return values;
+  }
+
+  writeRegisters(thread: number, values: X86Registers): void {
+    const cpu = this.#cpu(thread);
+    const current = this.readRegisters(thread);
+    const changed = Object.entries(values).filter(([name, value]) => !sameValue(current[name], value));
+    if (changed.length === 0) return;
+    const gprs: Record<string, bigint> = {};
+    let sregs: SpecialRegisters | undefined;
+    let fpu: FpuState | undefined;
+    const getSregs = () => sregs ??= cpu.sregs;
+    const getFpu = () => fpu ??= cpu.fpu;
+    // Selectors before bases, so that `fs` then `fs_base` in one G packet keeps the base GDB sent.
+    const order = (name: string) => (SEGMENT_NAMES as readonly string[]).includes(name) ? 0 : 1;
+    changed.sort((a, b) => order(a[0]) - order(b[0]));
+    for (const [name, value] of changed) {
+      if ((GPR_NAMES as readonly string[]).includes(name)) {
+        gprs[name] = asBigint(name, value);
+      } else if (name === "eflags") {
+        gprs.rflags = asBigint(name, value) & 0xffff_ffffn;
+      } else if ((SEGMENT_NAMES as readonly string[]).includes(name)) {
+        const segment = name as typeof SEGMENT_NAMES[number];
+        getSregs()[segment] = this.#loadSegment(cpu, getSregs(), segment, Number(asBigint(name, value) & 0xffffn));
+      } else if (name === "fs_base" || name === "gs_base") {
+        const s = getSregs();
+        const segment = name === "fs_base" ? "fs" : "gs";
+        s[segment] = { ...s[segment], base: asBigint(name, value) };
+      } else if ((CONTROL_NAMES as readonly string[]).includes(name)) {
+        getSregs()[name as typeof CONTROL_NAMES[number]] = asBigint(name, value);
+      } else if (/^st[0-7]$/.test(name)) {
+        getFpu().fpr[Number(name.slice(2))] = asBytes(name, value, 10);
+      } else if (/^xmm([0-9]|1[0-5])$/.test(name)) {
+        getFpu().xmm[Number(name.slice(3))] = asBytes(name, value, 16);
+      } else {
+        const v = asBigint(name, value);
+        const f = getFpu();
+        switch (name) {
+          case "fctrl":
+            f.fcw = Number(v & 0xffffn);
+            break;
+          case "fstat":
+            f.fsw = Number(v & 0xffffn);
+            break;
+          case "ftag":
+            f.ftwx = abridgedTagWord(Number(v & 0xffffn));
+            break;
+          case "fiseg":
+            f.lastIp = (f.lastIp & 0xffff_ffffn) | ((v & 0xffffn) << 32n);
+            break;
+          case "fioff":
+            f.lastIp = (f.lastIp & ~0xffff_ffffn) | (v & 0xffff_ffffn);
+            break;
+          case "foseg":
+            f.lastDp = (f.lastDp & 0xffff_ffffn) | ((v & 0xffffn) << 32n);
+            break;
+          case "fooff":
+            f.lastDp = (f.lastDp & ~0xffff_ffffn) | (v & 0xffff_ffffn);
+            break;
+          case "fop":
+            f.lastOpcode = Number(v & 0x7ffn);
+            break;
+          case "mxcsr":
+            f.mxcsr = Number(v & 0xffff_ffffn);
+            break;
+          default:
+            throw new RangeError(`Cannot set register ${JSON.stringify(name)}: not in the x86-64 layout`);
+        }
+      }
+    }
+    if (sregs !== undefined) cpu.setSregs(sregs);
+    if (fpu !== undefined) cpu.setFpu(fpu);
+    if (Object.keys(gprs).length > 0) cpu.setRegs(gprs);
+  }
+
+  /** A segment register loaded with `selector` as the CPU would: base = selector * 16 in real mode, the GDT descriptor otherwise. */
+  #loadSegment(cpu: Vcpu, sregs: SpecialRegisters, name: string, selector: number): Segment {
+    const current = sregs[name as typeof SEGMENT_NAMES[number]];
+    if ((sregs.cr0 & CR0_PE) === 0n) return { ...current, selector, base: BigInt(selector << 4) };
+    if (selector < 4) {
+      if (name === "cs" || name === "ss") {
+        throw new RangeError(`Cannot load ${name} with the null selector ${hex(selector)}`);
+      }
+      return { ...current, selector, unusable: true, present: false };
+    }
+    if (selector & 4) {
+      throw new RangeError(`Cannot load ${name} with selector ${hex(selector)}: LDT selectors are not supported`);
+    }
+    const offset = selector & ~7;
+    if (offset + 7 > sregs.gdt.limit) {
+      throw new RangeError(
+        `Cannot load ${name} with selector ${hex(selector)}: beyond the GDT limit ${hex(sregs.gdt.limit)}`,
+      );
+    }
+    const descriptor = this.vm.debug.readVirtual(sregs.gdt.base + BigInt(offset), 8, cpu);
+    return segmentFromDescriptor(selector, descriptor);
+  }
+
+  readMemory(address: bigint, length: number, space: MemorySpace, thread: number): Uint8Array {
+    const cpu = this.#cpu(thread);
+    const out = new Uint8Array(length);
+    let done = 0;
+    let failure: Error | undefined;
+    while (done < length) {
+      const at = address + BigInt(done);
+      const chunk = Math.min(length - done, 0x1000 - Number(at & 0xfffn));
+      try {
+        out.set(this.#readChunk(at, chunk, space, cpu), done);
+      } catch (error) {
+        failure = error as Error;
+        break;
+      }
+      done += chunk;
+    }
+    if (done === 0 && length > 0) throw failure ?? new RangeError(`Cannot read ${space} ${hex(address)}`);
+    return out.subarray(0, done);
+  }
+
+  #readChunk(address: bigint, length: number, space: MemorySpace, cpu: Vcpu): Uint8Array {
+    if (space === "virtual") return this.vm.debug.readVirtual(address, length, cpu);
+    if (address > BigInt(Number.MAX_SAFE_INTEGER) || !this.vm.memory.isRam(Number(address), length)) {
+      throw new RangeError(`Cannot read physical ${hex(address)}: not RAM`);
+    }
+    return this.vm.memory.read(Number(address), length);
+  }
+
+  writeMemory(address: bigint, data: Uint8Array, space: MemorySpace, thread: number): void {
+    const cpu = this.#cpu(thread);
+    if (space === "virtual") return this.vm.debug.writeVirtual(address, data, cpu);
+    if (address > BigInt(Number.MAX_SAFE_INTEGER) || !this.vm.memory.isRam(Number(address), data.length)) {
+      throw new RangeError(`Cannot write ${data.length} bytes at physical ${hex(address)}: not RAM`);
+    }
+    this.vm.memory.write(Number(address), data);
+  }
+
+  insertBreakpoint(kind: BreakKind, address: bigint): void {
+    const key = `${kind}:${address}`;
+    if (this.#inserted.has(key)) return;
+    const bp = kind === "software" ? this.vm.debug.break(address) : this.vm.debug.hbreak(address);
+    this.#inserted.set(key, bp.id);
+  }
+
+  removeBreakpoint(kind: BreakKind, address: bigint): void {
+    this.#remove(`${kind}:${address}`);
+  }
+
+  insertWatchpoint(kind: WatchKind, address: bigint, length: number): void {
+    const key = `watch-${kind}:${address}:${length}`;
+    if (this.#inserted.has(key)) return;
+    const wp = this.vm.debug.watch(address, length, kind);
+    this.#inserted.set(key, wp.id);
+    this.#watchKinds.set(wp.id, kind);
+  }
+
+  removeWatchpoint(kind: WatchKind, address: bigint, length: number): void {
+    this.#remove(`watch-${kind}:${address}:${length}`);
+  }
+
+  #remove(key: string): void {
+    const id = this.#inserted.get(key);
+    if (id === undefined) return;
+    this.#inserted.delete(key);
+    this.#watchKinds.delete(id);
+    try {
+      this.vm.debug.delete(id);
+    } catch {
+      // deleted by another front end already
+    }
+  }
+
+  removeAll(): void {
+    for (const key of [...this.#inserted.keys()]) this.#remove(key);
+  }
+
+  resume(step: boolean): Promise<StopEvent> {
+    return step ? this.vm.debug.step(1) : this.vm.run();
+  }
+
+  async interrupt(): Promise<void> {
+    await this.vm.pause();
+  }
+
+  onStop(observer: (stop: TargetStop) => void): () => void {
+    this.#observers.add(observer);
+    return () => this.#observers.delete(observer);
+  }
+
+  /** How the stub should report a stop event. */
+  classify(event: StopEvent): TargetStop {
+    const thread = event.cpu + 1;
+    switch (event.reason) {
+      case "breakpoint":
+        return { kind: "breakpoint", thread, hardware: event.kind === "hardware", event };
+      case "watchpoint": {
+        const asked = event.id === undefined ? undefined : this.#watchKinds.get(event.id);
+        const access: WatchKind = asked ?? (event.access === "read" ? "read" : "write");
+        return { kind: "watchpoint", thread, access, address: event.address, event };
+      }
+      case "step":
+        return { kind: "step", thread, event };
+      case "paused":
+      case "timeout":
+        return { kind: "interrupted", thread, event };
+      case "exit":
+        return { kind: "exited", status: event.code & 0xff, event };
+      case "halt":
+        return { kind: "exited", status: 0, event };
+      case "shutdown":
+        return { kind: "signal", thread, signal: SIGNALS.SIGSEGV, event };
+      case "internal-error":
+        return { kind: "signal", thread, signal: SIGNALS.SIGILL, event };
+      default:
+        return { kind: "signal", thread, signal: SIGNALS.SIGTRAP, event };
+    }
+  }
+
+  dispose(): void {
+    this.#unsubscribe();
+    this.#observers.clear();
+  }
+}

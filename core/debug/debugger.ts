@@ -134,7 +134,7 @@ export class Debugger {
   #stepsRemaining = 0;
   #onStep: ((cpu: Vcpu) => void) | undefined;
   /** A planted breakpoint lifted for one step to execute the instruction under it. */
-  #steppingOver: { physical: number | undefined; hardware: boolean } | undefined;
+  #steppingOver: { physical: number | undefined; hardware: boolean; address?: bigint } | undefined;
   #blockIrq: number;
   #protectedPages = new Map<number, "readonly" | "none">();
 
@@ -251,9 +251,24 @@ export class Debugger {
 
   // ---------------------------------------------------------------- breakpoints
 
-  /** Sets a software breakpoint at an address or symbol. */
+  /**
+   * Sets a software breakpoint at an address or symbol. While the vCPU is in
+   * real mode a free debug register serves it instead: nested KVM emulates a
+   * real-mode int3 as the guest's own INT 3 and never reports it.
+   */
   break(location: bigint | number | string, options: BreakpointOptions = {}): Breakpoint {
-    return this.#addBreakpoint("software", this.resolve(location), options, false);
+    const address = this.resolve(location);
+    if (this.#vm.cpu(0).mode === "real") {
+      if (this.#hardwareBreakpoints().length >= MAX_HW_BREAKPOINTS) {
+        throw new RangeError(
+          `Cannot set a breakpoint at ${
+            hex(address)
+          } in real mode: int3 is not reported there on every host and all four debug registers are in use`,
+        );
+      }
+      return this.#addBreakpoint("hardware", address, options, false);
+    }
+    return this.#addBreakpoint("software", address, options, false);
   }
 
   /** Sets a hardware breakpoint (DR0-DR3); a fifth one is refused with a RangeError. */
@@ -515,7 +530,7 @@ export class Debugger {
   /** Steps one instruction, stepping over calls and rep-prefixed string instructions. */
   async next(): Promise<StopEvent> {
     const cpu = this.#vm.cpu(0);
-    const rip = cpu.regs.rip;
+    const rip = this.#ripLinear(cpu);
     const [insn] = this.instructions(rip, 1);
     if (insn === undefined || !(insn.isCall || insn.isRep)) return this.step(1);
     const rsp = cpu.regs.rsp;
@@ -536,11 +551,19 @@ export class Debugger {
 
   async #runTo(address: bigint, condition: BreakCondition | undefined): Promise<StopEvent> {
     const options: BreakpointOptions = condition === undefined ? {} : { condition };
-    const temp = this.#addBreakpoint("software", address, options, true);
+    // A free debug register serves every host and mode (int3 in real mode is emulated as INT 3 on nested KVM).
+    const hardware = this.#hardwareBreakpoints().length < MAX_HW_BREAKPOINTS;
+    const temp = this.#addBreakpoint(hardware ? "hardware" : "software", address, options, true);
+    if (hardware) this.#internalHardware = temp;
     try {
       return await this.#vm.run();
     } finally {
-      this.#unplant(temp);
+      if (hardware) {
+        this.#internalHardware = undefined;
+        this.#applyGuestDebug();
+      } else {
+        this.#unplant(temp);
+      }
     }
   }
 
@@ -574,14 +597,16 @@ export class Debugger {
   async trace(count: number, options: { file?: string } = {}): Promise<{ entries: TraceEntry[]; stop: StopEvent }> {
     const entries: TraceEntry[] = [];
     const record = (cpu: Vcpu) => {
-      const rip = cpu.regs.rip;
+      const rip = this.#ripLinear(cpu);
       let bytes: Uint8Array = new Uint8Array(0);
       try {
         bytes = this.readVirtual(rip, 15, cpu);
       } catch {
         // unmapped rip: record the address alone
       }
-      const [insn] = bytes.length > 0 ? decodeInstructions(bytes, rip, cpu.bitness, 1) : [];
+      const [insn] = bytes.length > 0
+        ? decodeInstructions(bytes, rip, cpu.bitness, 1, (a) => this.symbols.describe(a))
+        : [];
       entries.push({
         address: rip,
         bytes: insn?.bytes ?? bytes,
@@ -696,8 +721,11 @@ export class Debugger {
     }
   }
 
+  #internalHardware: Breakpoint | undefined;
+
   #hardwareBreakpoints(): Breakpoint[] {
-    return [...this.#breakpoints.values()].filter((b) => b.kind === "hardware" && b.enabled);
+    const user = [...this.#breakpoints.values()].filter((b) => b.kind === "hardware" && b.enabled);
+    return this.#internalHardware === undefined ? user : [...user, this.#internalHardware];
   }
 
   #applyGuestDebug(): void {
@@ -723,7 +751,7 @@ export class Debugger {
   #beforeResume(cpu: Vcpu): PendingStop | undefined {
     const rip = this.#ripLinear(cpu);
     const underRip = this.#breakpointAt(cpu, rip);
-    if (underRip !== undefined) this.#startStepOver(underRip);
+    if (underRip !== undefined) this.#startStepOver({ ...underRip, address: rip });
     this.#applyGuestDebug();
     return undefined;
   }
@@ -738,7 +766,7 @@ export class Debugger {
     return hardware || physical !== undefined ? { physical, hardware } : undefined;
   }
 
-  #startStepOver(target: { physical: number | undefined; hardware: boolean }): void {
+  #startStepOver(target: { physical: number | undefined; hardware: boolean; address?: bigint }): void {
     if (target.physical !== undefined) this.#vm.memory.unplant(target.physical);
     this.#steppingOver = target;
   }
@@ -799,8 +827,20 @@ export class Debugger {
   }
 
   #onSingleStep(cpu: Vcpu): PendingStop | "resume" {
-    const wasOver = this.#steppingOver !== undefined;
+    const over = this.#steppingOver;
+    const wasOver = over !== undefined;
     this.#endStepOver();
+    if (over !== undefined && this.#stepsRemaining === 0 && over.address === this.#ripLinear(cpu)) {
+      // A rep string instruction under the lifted breakpoint has not finished (one
+      // iteration per step on hardware; this emulated host leaves rip on it with rcx 0):
+      // keep the breakpoint lifted until rip leaves it.
+      const [insn] = this.instructions(over.address, 1);
+      if (insn?.isRep) {
+        this.#startStepOver(over);
+        this.#applyGuestDebug();
+        return "resume";
+      }
+    }
     if (this.#stepsRemaining > 0) {
       this.#stepsRemaining--;
       this.#onStep?.(cpu);
@@ -838,7 +878,7 @@ export class Debugger {
       return { reason: "breakpoint", id: bp.id, address, kind };
     }
     // No condition held: execute the instruction under the breakpoint and go on.
-    this.#startStepOver({ physical, hardware: kind === "hardware" });
+    this.#startStepOver({ physical, hardware: kind === "hardware", address });
     this.#applyGuestDebug();
     return "resume";
   }

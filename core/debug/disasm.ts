@@ -62,6 +62,7 @@ export function decodeInstructions(
   formatter.hexSuffix = "";
   formatter.uppercaseHex = false;
   formatter.leadingZeros = false;
+  formatter.branchLeadingZeros = false;
   formatter.spaceAfterOperandSeparator = true;
   const out: DecodedInstruction[] = [];
   try {

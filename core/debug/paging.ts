@@ -76,6 +76,10 @@ export function translate(virtual: bigint, sregs: SpecialRegisters, memory: Phys
   if ((sregs.efer & EFER_LMA) !== 0n) {
     const five = (sregs.cr4 & CR4_LA57) !== 0n;
     const names = five ? ["PML5E", "PML4E", "PDPTE", "PDE", "PTE"] : ["PML4E", "PDPTE", "PDE", "PTE"];
+    const sign = virtual >> (five ? 56n : 47n); // bits 63..47 (63..56) must all equal the top address bit
+    if (sign !== 0n && sign !== (five ? 0xffn : 0x1_ffffn)) {
+      return { virtual, paging: five ? "5-level" : "4-level", levels: [], fault: "non-canonical address" };
+    }
     return walk64(virtual, sregs.cr3, names, five ? "5-level" : "4-level", nx, memory);
   }
   if ((sregs.cr4 & CR4_PAE) !== 0n) {

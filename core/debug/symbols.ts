@@ -28,10 +28,11 @@ export class SymbolTable {
       if (symbol.name === "" || symbol.kind === "other" && symbol.address === 0n) continue;
       this.#byName.set(symbol.name, symbol);
     }
-    this.#sorted = [...this.#byName.values()].sort((
-      a,
-      b,
-    ) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
+    // Equal addresses: functions last, so find() (which scans downwards) meets them first.
+    const rank = (s: ImageSymbol) => (s.kind === "function" ? 1 : 0);
+    this.#sorted = [...this.#byName.values()].sort((a, b) =>
+      a.address < b.address ? -1 : a.address > b.address ? 1 : rank(a) - rank(b)
+    );
   }
 
   /** Forgets every symbol. */

@@ -17,17 +17,22 @@
  * | 57-58 | org.gnu.gdb.i386.segments | fs_base gs_base |
  * | 59-64 | org.hvsh.x86.system | cr0 cr2 cr3 cr4 cr8 efer |
  *
- * Debugging 16- and 32-bit code: GDB keeps the x86-64 description for the
- * whole session (a description cannot change while connected), so
- * - registers show their full 64-bit forms (`$rip` holds IP/EIP; `$cs` the
- *   selector); memory addresses are linear (segment base + offset), so in
- *   real mode use `x/8xb $cs*16+$rip`;
- * - `x/i` decodes as 64-bit code. `monitor disas [ADDR] [N]` disassembles in
- *   the vCPU's current mode with hvsh's decoder. GDB's `set architecture
- *   i8086` (or `i386`) only affects what GDB decodes while no target is
- *   connected (e.g. `x/i` on the ELF file before `target remote`); set while
- *   connected, GDB rejects the x86-64 description and can no longer read the
- *   registers, so set it back with `set architecture i386:x86-64`.
+ * Debugging 16- and 32-bit code (checked with GDB 13):
+ * - With a 32-bit ELF (or a 16-bit one such as tests/guests/build/hello16.elf)
+ *   run `set architecture i386:x86-64` *before* `target remote`; otherwise
+ *   GDB takes i386 from the file, rejects the x86-64 description and fails
+ *   with "Remote 'g' packet reply is too long" (QEMU's qemu-system-x86_64
+ *   behaves the same).
+ * - Registers show their 64-bit forms: `$rip` holds IP/EIP, `$cs` the
+ *   selector. Memory addresses (`x`, breakpoints) are linear, as in QEMU:
+ *   segment base + offset, so in real mode with CS != 0 use
+ *   `x/8xb $cs*16+$rip`.
+ * - `x/i` decodes as 64-bit code. `monitor disas [ADDR [COUNT]]` disassembles
+ *   in the vCPU's current mode. `set architecture i8086` (or `i386`) decodes
+ *   16-bit (32-bit) code only while no target is connected (e.g.
+ *   `x/10i _start` on the file); set while connected, GDB warns that it "is
+ *   not compatible with reported target architecture i386:x86-64" and keeps
+ *   decoding as before.
  *
  * @module
  */

@@ -122,14 +122,33 @@ function segmentLine(name: string, s: Segment): string {
     s.g ? "G" : "",
     s.unusable ? "unusable" : "",
   ].filter((a) => a !== "");
-  return `${name.padEnd(3)} ${hex(s.selector, 4)}  base ${hex(s.base, 16)}  limit ${hex(s.limit, 8)}  ${attrs.join(" ")}`;
+  return `${name.padEnd(3)} ${hex(s.selector, 4)}  base ${hex(s.base, 16)}  limit ${hex(s.limit, 8)}  ${
+    attrs.join(" ")
+  }`;
 }
 
 /** The `monitor regs` text: general, segment, control and descriptor-table registers of a vCPU, and its mode. */
 export function formatRegisters(cpu: Vcpu, symbolize?: (address: bigint) => string | undefined): string {
   const r = cpu.regs;
   const s = cpu.sregs;
-  const names = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"] as const;
+  const names = [
+    "rax",
+    "rbx",
+    "rcx",
+    "rdx",
+    "rsi",
+    "rdi",
+    "rbp",
+    "rsp",
+    "r8",
+    "r9",
+    "r10",
+    "r11",
+    "r12",
+    "r13",
+    "r14",
+    "r15",
+  ] as const;
   const lines: string[] = [];
   for (let i = 0; i < names.length; i += 4) {
     lines.push(names.slice(i, i + 4).map((n) => `${n.padEnd(3)} ${hex(r[n], 16)}`).join("  "));
@@ -147,8 +166,9 @@ export function formatRegisters(cpu: Vcpu, symbolize?: (address: bigint) => stri
 
 /** The `monitor js` evaluator: an async function of `vm`, `cpu` and `debug`. */
 async function evaluate(expression: string, context: MonitorContext): Promise<string> {
-  // deno-lint-ignore no-explicit-any
-  const AsyncFunction = (async () => {}).constructor as new (...args: string[]) => (...values: any[]) => Promise<unknown>;
+  const AsyncFunction = (async () => {}).constructor as new (
+    ...args: string[]
+  ) => (...values: unknown[]) => Promise<unknown>;
   let fn;
   try {
     fn = new AsyncFunction("vm", "cpu", "debug", `return (${expression}\n);`);

@@ -340,7 +340,8 @@ export type Command =
   | { kind: "monitor"; command: string }
   | { kind: "symbolLookup" }
   | { kind: "detach" }
-  | { kind: "kill" }
+  /** `k` (no reply) or `vKill;PID` (answered OK). */
+  | { kind: "kill"; reply: boolean }
   | { kind: "unknown"; name: string };
 
 function malformed(packet: string, why: string): PacketError {
@@ -503,7 +504,7 @@ const PACKETS: Record<string, Parser> = {
   },
   T: (p) => ({ kind: "threadAlive", thread: parseThread(p.slice(1)) }),
   D: () => ({ kind: "detach" }),
-  k: () => ({ kind: "kill" }),
+  k: () => ({ kind: "kill", reply: false }),
   q: (p) => {
     const name = /^q[A-Za-z]+/.exec(p)?.[0] ?? p;
     switch (name) {
@@ -538,7 +539,7 @@ const PACKETS: Record<string, Parser> = {
   Q: (p) => p === "QStartNoAckMode" ? { kind: "startNoAckMode" } : { kind: "unknown", name: p.split(":")[0]! },
   v: (p) => {
     if (p === "vCont?" || p.startsWith("vCont;")) return parseVCont(p);
-    if (p.startsWith("vKill")) return { kind: "kill" };
+    if (p.startsWith("vKill")) return { kind: "kill", reply: true };
     return { kind: "unknown", name: p.split(/[;:?]/)[0]! };
   },
 };

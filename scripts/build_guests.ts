@@ -102,6 +102,48 @@ const GUESTS: GuestSpec[] = [
     sources: ["lib/start64.S", "demo.c"],
     linkAddress: MIB,
   },
+  {
+    name: "smp",
+    kind: "elf32",
+    sources: ["lib/start32.S", "smp.c", "smp_tramp.S"],
+    linkAddress: MIB,
+  },
+  {
+    name: "pit_irq",
+    kind: "elf32",
+    sources: ["lib/start32.S", "pit_irq.c"],
+    linkAddress: MIB,
+  },
+  {
+    name: "lapic_timer",
+    kind: "elf32",
+    sources: ["lib/start32.S", "lapic_timer.c"],
+    linkAddress: MIB,
+  },
+  {
+    name: "serial_irq",
+    kind: "elf32",
+    sources: ["lib/start32.S", "serial_irq.c"],
+    linkAddress: MIB,
+  },
+  {
+    name: "fwcfg",
+    kind: "elf32",
+    sources: ["lib/start32.S", "fwcfg.c"],
+    linkAddress: MIB,
+  },
+  {
+    name: "madt",
+    kind: "elf32",
+    sources: ["lib/start32.S", "madt.c"],
+    linkAddress: MIB,
+  },
+  {
+    name: "reset",
+    kind: "elf32",
+    sources: ["lib/start32.S", "reset.c"],
+    linkAddress: MIB,
+  },
 ];
 
 /** Flags for C sources (both widths). */

@@ -1,0 +1,109 @@
+/**
+ * The PC platform builder: the one place that decides where legacy devices
+ * and firmware tables live (like Firecracker's builder / device manager), so
+ * kernels written for QEMU's `-kernel` on `pc` find what they expect.
+ *
+ * What is in the kernel and what is in hvsh: KVM emulates the PIC pair, the
+ * IOAPIC, every LAPIC and the PIT (with the speaker port 0x61); hvsh models
+ * the UART, fw_cfg, CMOS/RTC, the i8042 (for its reset line), the PCI host
+ * bridge's config ports, QEMU's pc-testdev and the debug-exit port, and
+ * writes ACPI and MP tables into the BIOS area.
+ *
+ * @module
+ */
+
+import type { Vm } from "./vm.ts";
+import { Cmos } from "../devices/cmos.ts";
+import { I8042 } from "../devices/i8042.ts";
+import { Port61 } from "../devices/port61.ts";
+import { PciHost } from "../devices/pci_host.ts";
+import { PC_TESTDEV, PcTestDev } from "../devices/pc_testdev.ts";
+import { FwCfg } from "../devices/fw_cfg.ts";
+import { buildAcpiTables } from "./firmware/acpi.ts";
+import { buildMpTable } from "./firmware/mptable.ts";
+
+/** Where the platform puts things (guest physical addresses and ports). */
+export const PC_LAYOUT = {
+  cmos: 0x70,
+  i8042Data: 0x60,
+  i8042Command: 0x64,
+  port61: 0x61,
+  pciConfig: 0xcf8,
+  fwCfg: 0x510,
+  fwCfgDma: 0x514,
+  /** ACPI tables (RSDT, XSDT, FADT, DSDT, MADT, FACS) in the BIOS area, outside the memory map's usable RAM. */
+  acpiTables: 0xe_0000,
+  /** The RSDP, found by kernels scanning 0xe0000-0xfffff on 16-byte boundaries. */
+  rsdp: 0xf_0000,
+  /** The MP floating pointer and configuration table, in 0xf0000-0xfffff. */
+  mpTable: 0xf_0100,
+} as const;
+
+/** The platform's devices, for scripts that want to reach them. */
+export interface PcPlatform {
+  fwCfg: FwCfg;
+  cmos: Cmos;
+  i8042: I8042;
+  pciHost: PciHost;
+  testDev: PcTestDev;
+}
+
+/**
+ * Installs the PC devices on a VM's buses and writes the firmware tables.
+ * `onReset` is called when the guest asks for a reset (i8042 0xfe, port 0xcf9).
+ */
+export function installPcPlatform(vm: Vm, onReset: (source: string) => void): PcPlatform {
+  const cpus = vm.cpus.length;
+  const memory = vm.memory;
+  const irqLine = (irq: number, level: boolean) => {
+    if (vm.hasIrqchip) vm.irqLine(irq, level);
+  };
+  // KVM's default GSI routing sends IRQ 0 to IOAPIC pin 0, so the tables must not claim the QEMU override.
+  const irq0Override = false;
+  const fwCfg = new FwCfg({
+    ramSize: memory.ramSize,
+    cpus,
+    maxCpus: cpus,
+    irq0Override,
+    memory: {
+      read: (address, length) => memory.read(address, length),
+      write: (address, bytes) => memory.write(address, bytes),
+    },
+  });
+  vm.io.insert(PC_LAYOUT.fwCfg, 2, "fw_cfg", fwCfg);
+  if (fwCfg.dmaPort !== undefined) vm.io.insert(PC_LAYOUT.fwCfgDma, 8, "fw_cfg-dma", fwCfg.dmaPort);
+
+  const cmos = new Cmos({ ramSize: memory.ramSize, cpus });
+  vm.io.insert(PC_LAYOUT.cmos, 2, "cmos", cmos);
+
+  const i8042 = new I8042({ onReset: () => onReset("i8042 reset command 0xfe"), setIrq: irqLine });
+  vm.io.insert(PC_LAYOUT.i8042Data, 1, "i8042-data", i8042.dataPort);
+  vm.io.insert(PC_LAYOUT.i8042Command, 1, "i8042-command", i8042.commandPort);
+
+  // With the in-kernel PIT, KVM serves port 0x61 (the speaker/gate port) itself.
+  if (!vm.hasIrqchip) vm.io.insert(PC_LAYOUT.port61, 1, "port61", new Port61());
+
+  const pciHost = new PciHost({ onReset: () => onReset("PCI reset control 0xcf9") });
+  vm.io.insert(PC_LAYOUT.pciConfig, 8, "pci-config", pciHost);
+
+  // pc-testdev's page flush makes QEMU re-fault a page; hvsh's iomem is always MMIO, so there is nothing to flush.
+  const testDev = new PcTestDev({ setIrq: irqLine, flushPage: () => {} });
+  vm.io.insert(PC_TESTDEV.ports, PC_TESTDEV.portCount, "pc-testdev", testDev.ports);
+  vm.io.insert(PC_TESTDEV.irqPorts, PC_TESTDEV.irqPortCount, "pc-testdev-irq", testDev.irqPorts);
+  vm.mmio.insert(BigInt(PC_TESTDEV.iomem), BigInt(PC_TESTDEV.iomemSize), "pc-testdev-iomem", testDev.iomem);
+
+  if (memory.isRam(PC_LAYOUT.acpiTables, 0x2_0000)) {
+    // KVM's in-kernel IOAPIC starts with id 0: the tables say so too.
+    const acpi = buildAcpiTables({
+      cpus,
+      rsdpAddress: PC_LAYOUT.rsdp,
+      tablesAddress: PC_LAYOUT.acpiTables,
+      ioapicId: 0,
+      irq0Override,
+    });
+    memory.write(PC_LAYOUT.acpiTables, acpi.tables);
+    memory.write(PC_LAYOUT.rsdp, acpi.rsdp);
+    memory.write(PC_LAYOUT.mpTable, buildMpTable({ cpus, address: PC_LAYOUT.mpTable, ioapicId: 0, irq0Override }));
+  }
+  return { fwCfg, cmos, i8042, pciHost, testDev };
+}

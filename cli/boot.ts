@@ -10,6 +10,7 @@ import { parseArgs } from "node:util";
 import { Vm } from "../core/vm.ts";
 import { describeStop, type StopEvent } from "../core/stop.ts";
 import type { ImageFormat, LoadOptions } from "../core/loader/mod.ts";
+import { isLoopback, listenGdb, parseGdbAddress, serveGdbUntilEnd } from "../core/gdb/server.ts";
 
 /** Exit statuses of `hvsh boot`. */
 export const BOOT_STATUS = {
@@ -30,11 +31,18 @@ export class UsageError extends Error {
 /** The usage text of `hvsh boot`. */
 export const BOOT_USAGE = `usage: hvsh boot --kernel FILE [--format auto|flat|elf|multiboot] [--load-addr ADDR]
                  [--append "CMDLINE"] [--initrd FILE] [--mem 64M] [--cpus N] [--timeout SECONDS]
-                 [--cpuid-hide FEATURE,...]
+                 [--cpuid-hide FEATURE,...] [--gdb [HOST:]PORT|SOCKET-PATH [--wait]]
 
 Runs the kernel with COM1 on this terminal. Exit status: (V << 1) | 1 when the guest
 writes V to port 0xf4; 0 when it halts for good; 4 when it crashes; 124 on --timeout;
-2 on a usage or image error.`;
+2 on a usage or image error.
+
+--gdb serves the GDB remote protocol (host 127.0.0.1 unless one is given; a path with
+a / is a Unix socket): gdb -ex 'target remote 127.0.0.1:PORT'. The guest runs at once
+(gdb stops it when it attaches) or, with --wait, stays at its first instruction until
+gdb continues. hvsh exits when the guest does; a crash while gdb is attached is shown
+to gdb and ends the run when gdb detaches. gdb's detach lets the guest run on; gdb's
+kill stops it: hvsh prints "hvsh: killed by gdb" and exits with status 0.`;
 
 /** Parsed `hvsh boot` options, shared with the REPL's `--kernel`. */
 export interface BootOptions {
@@ -45,12 +53,18 @@ export interface BootOptions {
   timeoutMs: number | undefined;
   cpuidHide: string[];
   initrd: string | undefined;
+  /** `--gdb`: where to serve gdb. */
+  gdb: { host?: string; port?: number; path?: string } | undefined;
+  /** `--wait`: hold the guest until gdb continues it. */
+  wait: boolean;
 }
 
 /** Parses a number written in decimal or 0x-hex, naming the option on error. */
 export function parseNumber(option: string, text: string): number {
   const value = /^0x[0-9a-f]+$/i.test(text) ? parseInt(text, 16) : /^\d+$/.test(text) ? parseInt(text, 10) : NaN;
-  if (!Number.isSafeInteger(value)) throw new UsageError(`Invalid ${option} ${JSON.stringify(text)}: expected a number`);
+  if (!Number.isSafeInteger(value)) {
+    throw new UsageError(`Invalid ${option} ${JSON.stringify(text)}: expected a number`);
+  }
   return value;
 }
 
@@ -70,6 +84,8 @@ export function parseBootArgs(args: string[]): BootOptions {
         cpus: { type: "string", default: "1" },
         timeout: { type: "string" },
         "cpuid-hide": { type: "string" },
+        gdb: { type: "string" },
+        wait: { type: "boolean", default: false },
       },
       allowPositionals: true,
       strict: true,
@@ -93,9 +109,20 @@ export function parseBootArgs(args: string[]): BootOptions {
   let timeoutMs: number | undefined;
   if (values.timeout !== undefined) {
     const seconds = Number(values.timeout);
-    if (!(seconds > 0)) throw new UsageError(`Invalid --timeout ${JSON.stringify(values.timeout)}: expected seconds > 0`);
+    if (!(seconds > 0)) {
+      throw new UsageError(`Invalid --timeout ${JSON.stringify(values.timeout)}: expected seconds > 0`);
+    }
     timeoutMs = seconds * 1000;
   }
+  let gdb: BootOptions["gdb"];
+  if (values.gdb !== undefined) {
+    try {
+      gdb = parseGdbAddress(values.gdb);
+    } catch (error) {
+      throw new UsageError(`Invalid --gdb: ${(error as Error).message}`);
+    }
+  }
+  if (values.wait && gdb === undefined) throw new UsageError("--wait needs --gdb [HOST:]PORT|PATH");
   return {
     kernel,
     load,
@@ -104,6 +131,8 @@ export function parseBootArgs(args: string[]): BootOptions {
     timeoutMs,
     cpuidHide: values["cpuid-hide"]?.split(",").filter((s) => s !== "") ?? [],
     initrd: values.initrd,
+    gdb,
+    wait: values.wait,
   };
 }
 
@@ -198,6 +227,39 @@ function pipeSerialToStdout(vm: Vm): () => void {
   };
 }
 
+/** `--gdb`: serves gdb until the guest ends. Returns the stop to report, or the exit status when none is left to report. */
+async function runUnderGdb(vm: Vm, options: BootOptions): Promise<StopEvent | number> {
+  const gdb = options.gdb!;
+  let server;
+  try {
+    server = listenGdb(vm, gdb);
+  } catch (error) {
+    console.error(`hvsh boot: ${(error as Error).message}`);
+    return BOOT_STATUS.usage;
+  }
+  if (gdb.host !== undefined && !isLoopback(gdb.host)) {
+    console.error(
+      `hvsh: warning: the gdb server listens on ${server.address}: anyone who can reach it can control the VM ` +
+        `(monitor js is disabled)`,
+    );
+  }
+  const held = options.wait ? " (the guest waits for gdb to continue)" : "";
+  console.error(`hvsh: gdb server on ${server.address}${held}: gdb -ex 'target remote ${server.address}'`);
+  const end = await serveGdbUntilEnd(vm, server, {
+    wait: options.wait,
+    ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
+  });
+  if (end.reason === "killed") {
+    console.error("hvsh: killed by gdb");
+    return 0;
+  }
+  if (end.reason === "timeout") {
+    console.error(`hvsh: timed out after ${options.timeoutMs} ms`);
+    return BOOT_STATUS.timeout;
+  }
+  return end.stop;
+}
+
 /** Runs `hvsh boot ARGS` and returns the process exit status. */
 export async function bootCommand(args: string[]): Promise<number> {
   if (args.includes("--help") || args.includes("-h")) {
@@ -217,8 +279,12 @@ export async function bootCommand(args: string[]): Promise<number> {
   const stopOutput = pipeSerialToStdout(vm);
   const input = pumpStdin(vm, stopInput.signal);
   try {
-    const stop = await vm.run(timeoutMs === undefined ? {} : { timeout: timeoutMs });
+    const options = parseBootArgs(args);
+    const stop = options.gdb === undefined
+      ? await vm.run(timeoutMs === undefined ? {} : { timeout: timeoutMs })
+      : await runUnderGdb(vm, options);
     stopOutput();
+    if (typeof stop === "number") return stop;
     const status = statusForStop(stop);
     if (status === BOOT_STATUS.crashed || status === BOOT_STATUS.timeout) {
       console.error(`hvsh: ${describeStop(stop)}`);

@@ -13,7 +13,7 @@
  * ```ts
  * import { encodePacket, FrameDecoder, parseCommand } from "./protocol.ts";
  * const decoder = new FrameDecoder();
- * const [event] = decoder.feed(new TextEncoder().encode("$m100,4#c2"));
+ * const [event] = decoder.feed(new TextEncoder().encode("$m100,4#5e"));
  * if (event?.type === "packet") parseCommand(event.data); // { kind: "readMemory", address: 0x100n, length: 4 }
  * new TextDecoder().decode(encodePacket("OK")); // "$OK#9a"
  * ```

@@ -131,6 +131,7 @@ function removeStaleSocket(path: string): void {
 
 interface Client {
   conn: Deno.Conn;
+  target: VmTarget;
   stub: GdbStub;
   writing: Promise<void>;
   done: Promise<void>;
@@ -208,7 +209,8 @@ class Server implements GdbServer {
 
   #serve(conn: Deno.Conn): void {
     if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
-    const client: Client = { conn, stub: undefined!, writing: Promise.resolve(), done: Promise.resolve() };
+    const target = new VmTarget(this.#vm);
+    const client: Client = { conn, target, stub: undefined!, writing: Promise.resolve(), done: Promise.resolve() };
     const send = (bytes: Uint8Array) => {
       client.writing = client.writing.then(() => writeAll(conn, bytes)).catch(() => {});
     };
@@ -221,7 +223,7 @@ class Server implements GdbServer {
         }
       });
     };
-    client.stub = new GdbStub(new VmTarget(this.#vm), {
+    client.stub = new GdbStub(target, {
       send,
       allowJs: this.#options.allowJs,
       ...(this.#options.monitor === undefined ? {} : { monitor: this.#options.monitor }),
@@ -251,6 +253,7 @@ class Server implements GdbServer {
     try {
       await client.stub.disconnect();
     } finally {
+      client.target.dispose();
       try {
         client.conn.close();
       } catch {

@@ -10,7 +10,8 @@
  * stop caused by another front end, e.g. the REPL pausing the VM, also ends
  * GDB's wait). A 0x03 byte while the guest runs pauses it (`T02`). Packets
  * are handled one at a time, in order; a malformed one gets the reply GDB
- * expects (`-`, empty, or `E xx`) and never reaches the VM.
+ * expects (`-`, empty, or `E xx`) and never reaches the VM. GDB's first `?`
+ * pauses a guest that is running (as QEMU stops the VM when GDB attaches).
  *
  * @module
  */

@@ -207,7 +207,8 @@ registerCommand({
   script(args) {
     const [verb, arg] = words(args);
     if (verb === "new") return `vm = await Vm.create({ memory: ${quote(arg ?? "64M")} });`;
-    if (verb === "close") return `await vm.close();`;
+    if (verb === "close") return `await session.closeVm(${arg === undefined ? "" : quote(arg)});`;
+    if (verb === "use" && arg !== undefined) return `session.use(${quote(arg)});`;
     return undefined;
   },
 });
@@ -309,7 +310,7 @@ registerCommand({
   run(args, session) {
     const [where, length] = words(args);
     const address = toLocation(session, where ?? "");
-    const n = length === undefined ? 64 : Number(length);
+    const n = length === undefined ? 64 : count(length, 64);
     session.output.print(hexdump(address, session.vm.debug.readVirtual(address, n)));
   },
   complete: symbolCompletions,
@@ -366,6 +367,7 @@ registerCommand({
   usage: ".delete N",
   help: "delete a breakpoint or watchpoint",
   run(args, session) {
+    if (args.trim() === "") throw new CommandError("Missing N (the id .info breakpoints lists)");
     const id = count(args, NaN);
     session.vm.debug.delete(id);
     session.output.print(`deleted ${id}`);
@@ -575,6 +577,7 @@ registerCommand({
       throw new Error(`Cannot read script ${file}: ${(error as Error).message}`);
     });
     const value = await session.evaluate(source);
+    session.transcript.push(`// .load-script ${file}`, source, ";");
     if (value !== undefined) session.output.print(session.format(value));
   },
 });
@@ -623,7 +626,7 @@ export async function runDotCommand(line: string, session: Session): Promise<voi
 
 /** Completion for a dot-command line. */
 export function completeDotCommand(line: string, session: Session): [string[], string] {
-  const match = /^\.([a-z-]*)(\s+(.*))?$/s.exec(line);
+  const match = /^\.([a-z-]*)(?:\/\S*)?(\s+(.*))?$/s.exec(line);
   if (match === null) return [[], line];
   if (match[2] === undefined) {
     const hits = [...registry.keys()].filter((n) => n.startsWith(match[1]!)).map((n) => `.${n}`);

@@ -10,9 +10,9 @@
 import * as readline from "node:readline";
 import { homedir } from "node:os";
 import { join } from "node:path";
-import { Session } from "./session.ts";
+import { installScope, Session } from "./session.ts";
 import { CommandError, completeDotCommand, ExitRequest, runDotCommand, setConsoleAttacher } from "./commands.ts";
-import { parseBootArgs, UsageError } from "../cli/boot.ts";
+import { createBootVm, parseBootArgs, UsageError } from "../cli/boot.ts";
 import { buildGuests } from "../scripts/build_guests.ts";
 
 const HISTORY_LIMIT = 1000;
@@ -43,7 +43,8 @@ export async function executeLine(line: string, session: Session): Promise<void>
       await runDotCommand(text.slice(1), session);
     } else {
       const value = await session.evaluate(text);
-      session.transcript.push(text.endsWith(";") || text.endsWith("}") ? text : `${text};`);
+      // A newline before the `;` keeps a trailing `// comment` from swallowing it.
+      session.transcript.push(text.endsWith(";") ? text : `${text}\n;`);
       if (value !== undefined) session.output.print(session.format(value));
     }
   } catch (error) {
@@ -92,14 +93,17 @@ export async function replCommand(args: string[]): Promise<number> {
       session.transcript.push(`vm = await Vm.create({ memory: "64M" });`, `await vm.load(${JSON.stringify(kernel)});`);
     } else {
       const options = parseBootArgs(args);
-      await session.createVm({
-        options: { memory: options.memory, cpus: options.cpus, cpuid: { hide: options.cpuidHide } },
-        kernel: options.kernel,
-        load: options.load,
-      });
+      const vm = await createBootVm(options);
+      const createOptions = { memory: options.memory, cpus: options.cpus, cpuid: { hide: options.cpuidHide } };
+      session.adopt(vm, { options: createOptions, kernel: options.kernel, load: options.load });
+      const modules = options.initrd === undefined
+        ? ""
+        : `, modules: [{ data: await Deno.readFile(${JSON.stringify(options.initrd)}), cmdline: ${
+          JSON.stringify(options.initrd)
+        } }]`;
       session.transcript.push(
-        `vm = await Vm.create({ memory: ${JSON.stringify(options.memory)} });`,
-        `await vm.load(${JSON.stringify(options.kernel)}, ${JSON.stringify(options.load)});`,
+        `vm = await Vm.create(${JSON.stringify(createOptions)});`,
+        `await vm.load(${JSON.stringify(options.kernel)}, { ...${JSON.stringify(options.load)}${modules} });`,
       );
     }
   } catch (error) {
@@ -120,6 +124,7 @@ export async function replCommand(args: string[]): Promise<number> {
     }
   }
 
+  installScope(session); // so completion sees vm, cpu, mem before the first line runs
   const history = interactive ? loadHistory() : [];
   rl = readline.createInterface({
     input: process.stdin,

@@ -98,7 +98,10 @@ export class Session {
 
   /** Closes a VM (the current one by default). */
   async closeVm(name = this.currentName): Promise<void> {
-    if (name === undefined || !this.vms.has(name)) throw new RangeError(`No VM named ${JSON.stringify(name)}`);
+    if (name === undefined) throw new RangeError("No VM to close");
+    if (!this.vms.has(name)) {
+      throw new RangeError(`No VM named ${JSON.stringify(name)} (VMs: ${[...this.vms.keys()].join(", ") || "none"})`);
+    }
     const { vm } = this.vms.get(name)!;
     this.vms.delete(name);
     if (name === this.currentName) {

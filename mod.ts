@@ -44,6 +44,18 @@ export type {
   LoadTarget,
   MultibootModule,
 } from "./core/loader/types.ts";
+export {
+  attachGdb,
+  type GdbListenOptions,
+  type GdbServer,
+  listenGdb,
+  monitorCommands,
+  MonitorRegistry,
+  registerMonitorCommand,
+} from "./core/gdb/mod.ts";
+export * from "./core/debug/debugger.ts";
+export { formatTranslation, type Translation, type WalkLevel } from "./core/debug/paging.ts";
+export * from "./core/platform.ts";
 export * from "./devices/bus.ts";
 export * from "./devices/serial.ts";
 export * from "./devices/debug_exit.ts";

@@ -203,7 +203,11 @@ static struct machine create_machine(void) {
 
     /* Intel needs the TSS pages placed before the first vCPU exists (real-mode emulation uses them). */
     xioctl(m.vm, KVM_SET_TSS_ADDR, (void *)TSS_ADDR, "KVM_SET_TSS_ADDR");
+    /* The same machine as hvsh's default: in-kernel irqchip (before the vCPU) and PIT. */
+    xioctl(m.vm, KVM_CREATE_IRQCHIP, (void *)0, "KVM_CREATE_IRQCHIP");
     m.vcpu = xioctl(m.vm, KVM_CREATE_VCPU, (void *)0, "KVM_CREATE_VCPU");
+    struct kvm_pit_config pit = { .flags = 0 };
+    xioctl(m.vm, KVM_CREATE_PIT2, &pit, "KVM_CREATE_PIT2");
 
     int run_size = xioctl(m.kvm, KVM_GET_VCPU_MMAP_SIZE, NULL, "KVM_GET_VCPU_MMAP_SIZE");
     m.run = mmap(NULL, (size_t)run_size, PROT_READ | PROT_WRITE, MAP_SHARED, m.vcpu, 0);

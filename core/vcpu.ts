@@ -185,6 +185,14 @@ export class Vcpu {
     return structuredClone(this.#sregs ??= this.#fd.getSregs());
   }
 
+  /**
+   * The special registers without a defensive copy, for hot internal paths
+   * (mode checks on every single-step). Callers must not modify it.
+   */
+  get sregsView(): Readonly<SpecialRegisters> {
+    return this.#sregs ??= this.#fd.getSregs();
+  }
+
   /** Writes the special registers given; the others keep their values. */
   setSregs(values: Partial<SpecialRegisters>): void {
     const sregs = { ...(this.#sregs ?? this.#fd.getSregs()), ...values };
@@ -220,7 +228,7 @@ export class Vcpu {
 
   /** The current execution mode, from CR0.PE, EFER.LMA and CS.L/D. */
   get mode(): CpuMode {
-    return modeOf(this.sregs);
+    return modeOf(this.sregsView);
   }
 
   /** The address width of the current mode: 16, 32 or 64. */
@@ -346,7 +354,7 @@ export class Vcpu {
 }
 
 /** The execution mode described by a set of special registers. */
-export function modeOf(sregs: SpecialRegisters): CpuMode {
+export function modeOf(sregs: Readonly<SpecialRegisters>): CpuMode {
   if ((sregs.cr0 & CR0_PE) === 0n) return "real";
   if ((sregs.efer & EFER_LMA) !== 0n) return sregs.cs.l ? "long" : "compat";
   return sregs.cs.db ? "protected" : "protected16";

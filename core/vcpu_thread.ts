@@ -14,7 +14,7 @@
 
 import { KVM } from "./kvm/ioctls.ts";
 import { lastErrno, sys } from "./kvm/_ffi.ts";
-import { currentThreadId, drainKick, kickThread, prepareKickSignal } from "./kvm/signals.ts";
+import { currentThreadId, kickThread } from "./kvm/signals.ts";
 
 /** Indices into the shared mailbox. */
 export const Mailbox = {
@@ -49,7 +49,7 @@ interface Start {
 
 function serve(start: Start): void {
   const box = new Int32Array(start.mailbox);
-  prepareKickSignal();
+  // The kick's handler is process-wide: the main thread installed it before starting this worker.
   Atomics.store(box, Mailbox.tid, currentThreadId());
   Atomics.notify(box, Mailbox.tid);
   for (;;) {
@@ -64,10 +64,7 @@ function serve(start: Start): void {
     }
     if (sys.ioctl(start.fd, KVM.RUN, null) < 0) {
       const errno = lastErrno();
-      if (errno === EINTR || errno === EAGAIN) {
-        drainKick();
-        continue;
-      }
+      if (errno === EINTR || errno === EAGAIN) continue;
       Atomics.store(box, Mailbox.errno, errno);
       Atomics.store(box, Mailbox.reason, -1);
     } else {

@@ -202,12 +202,12 @@ export class Debugger {
 
   /** Walks the guest page tables for a virtual (linear) address. */
   translate(address: bigint | number | string, cpu: Vcpu = this.#vm.cpu(0)): Translation {
-    return translate(this.resolve(address), cpu.sregs, this.#vm.memory);
+    return translate(this.resolve(address), cpu.sregsView, this.#vm.memory);
   }
 
   /** The physical address of a virtual one; throws a RangeError naming the missing level. */
   physical(address: bigint, cpu: Vcpu = this.#vm.cpu(0)): number {
-    const t = translate(address, cpu.sregs, this.#vm.memory);
+    const t = translate(address, cpu.sregsView, this.#vm.memory);
     if (t.physical === undefined) throw new RangeError(`Cannot access virtual ${hex(address)}: ${t.fault}`);
     return Number(t.physical);
   }
@@ -216,7 +216,7 @@ export class Debugger {
   readVirtual(address: bigint | number | string, length: number, cpu: Vcpu = this.#vm.cpu(0)): Uint8Array {
     const start = this.resolve(address);
     const out = new Uint8Array(length);
-    const sregs = cpu.sregs;
+    const sregs = cpu.sregsView;
     let done = 0;
     while (done < length) {
       const at = start + BigInt(done);
@@ -672,7 +672,15 @@ export class Debugger {
 
   #ripLinear(cpu: Vcpu): bigint {
     const rip = cpu.regs.rip;
-    return cpu.bitness === 64 ? rip : cpu.sregs.cs.base + rip;
+    return cpu.bitness === 64 ? rip : cpu.sregsView.cs.base + rip;
+  }
+
+  /** Linear addresses where a breakpoint may sit: a cheap filter before translating on every step. */
+  #breakpointAddresses(): Set<bigint> {
+    const addresses = new Set<bigint>();
+    for (const set of this.#planted.values()) for (const bp of set) addresses.add(bp.address);
+    for (const bp of this.#hardwareBreakpoints()) addresses.add(bp.address);
+    return addresses;
   }
 
   /** Frames by following frame pointers, with symbols; stops safely at a bad frame (64 frames at most). */
@@ -744,8 +752,14 @@ export class Debugger {
     });
     debugreg[7] = dr7 | (dr7 === 0n ? 0n : 0x400n);
     const cpu = this.#vm.cpu(0);
-    cpu.fd.setGuestDebug(control === 0 ? 0 : control | KVM_GUESTDBG.ENABLE, debugreg);
+    const flags = control === 0 ? 0 : control | KVM_GUESTDBG.ENABLE;
+    const key = `${flags}:${debugreg.join(",")}`;
+    if (key === this.#guestDebugKey) return; // unchanged: skip the ioctl
+    cpu.fd.setGuestDebug(flags, debugreg);
+    this.#guestDebugKey = key;
   }
+
+  #guestDebugKey = "0:0,0,0,0,0,0,0,0";
 
   /** Lifts the breakpoint under rip (software or hardware) for one step. */
   #beforeResume(cpu: Vcpu): PendingStop | undefined {
@@ -760,7 +774,7 @@ export class Debugger {
     const hardware = this.#hardwareBreakpoints().some((b) => b.address === linear);
     let physical: number | undefined;
     if (this.#planted.size > 0) {
-      const t = translate(linear, cpu.sregs, this.#vm.memory);
+      const t = translate(linear, cpu.sregsView, this.#vm.memory);
       if (t.physical !== undefined && this.#planted.has(Number(t.physical))) physical = Number(t.physical);
     }
     return hardware || physical !== undefined ? { physical, hardware } : undefined;
@@ -820,6 +834,7 @@ export class Debugger {
       if (at?.physical !== undefined) return this.#onBreakpointHit(cpu, rip, at.physical, "software");
       // The guest's own int3: give it back to the guest.
       cpu.fd.setGuestDebug(KVM_GUESTDBG.ENABLE | KVM_GUESTDBG.INJECT_BP);
+      this.#guestDebugKey = "";
       this.#applyGuestDebug();
       return "resume";
     }
@@ -830,7 +845,9 @@ export class Debugger {
     const over = this.#steppingOver;
     const wasOver = over !== undefined;
     this.#endStepOver();
-    if (over !== undefined && this.#stepsRemaining === 0 && over.address === this.#ripLinear(cpu)) {
+    // kvm_run's debug.arch.pc is the linear rip after the step: no register ioctl per step.
+    const pc = cpu.fd.runView.getBigUint64(40, true);
+    if (over !== undefined && this.#stepsRemaining === 0 && over.address === pc) {
       // A rep string instruction under the lifted breakpoint has not finished (one
       // iteration per step on hardware; this emulated host leaves rip on it with rcx 0):
       // keep the breakpoint lifted until rip leaves it.
@@ -848,9 +865,11 @@ export class Debugger {
         const rip = cpu.regs.rip;
         return { reason: "step", address: rip };
       }
-      const next = this.#breakpointAt(cpu, this.#ripLinear(cpu));
+      const mayHit = (this.#planted.size > 0 || this.#hardwareBreakpoints().length > 0) &&
+        this.#breakpointAddresses().has(pc);
+      const next = mayHit ? this.#breakpointAt(cpu, this.#ripLinear(cpu)) : undefined;
       if (next !== undefined) {
-        this.#startStepOver(next);
+        this.#startStepOver({ ...next, address: pc });
         this.#applyGuestDebug();
       } else if (wasOver) {
         this.#applyGuestDebug();

@@ -38,6 +38,8 @@ export interface ShutdownStop extends StopContext {
   reason: "shutdown";
   /** What happened, e.g. "triple fault". */
   detail: string;
+  /** `"triple-fault"` (a crash), `"reset"` (the guest asked: i8042, port 0xcf9) or `"system-event"`. */
+  cause: "triple-fault" | "reset" | "system-event";
 }
 
 /** KVM could not run the guest (emulation failure, failed VM entry, unknown exit). */
@@ -129,7 +131,9 @@ export function describeStop(stop: StopEvent): string {
     case "halt":
       return `guest halted at ${where}`;
     case "shutdown":
-      return `guest crashed: ${stop.detail} at ${where}`;
+      return stop.cause === "reset"
+        ? `guest asked for a reset: ${stop.detail} at ${where}`
+        : `guest crashed: ${stop.detail} at ${where}`;
     case "internal-error": {
       const bytes = stop.bytes === undefined
         ? ""

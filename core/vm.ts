@@ -14,7 +14,7 @@
 import { setImmediate } from "node:timers";
 import { Kvm, type VcpuFd, type VmFd } from "./kvm/kvm.ts";
 import { KVM_CAP, KVM_EXIT, KVM_MEM_READONLY } from "./kvm/ioctls.ts";
-import { currentThreadId, drainKick, kickThread, mainThreadKick, prepareKickSignal } from "./kvm/signals.ts";
+import { currentThreadId, kickThread, mainThreadKick, prepareKickSignal } from "./kvm/signals.ts";
 import { Command, Mailbox, State } from "./vcpu_thread.ts";
 import { GuestMemory, parseSize } from "./memory.ts";
 import { Vcpu } from "./vcpu.ts";
@@ -23,7 +23,7 @@ import type { StopContext, StopEvent } from "./stop.ts";
 import { IoBus, MmioBus } from "../devices/bus.ts";
 import { Serial16550 } from "../devices/serial.ts";
 import { DebugExit, SinkPort } from "../devices/debug_exit.ts";
-import { type LoadedImage, loadImage, type LoadOptions } from "./loader/mod.ts";
+import { detectFormat, type LoadedImage, loadImage, type LoadOptions } from "./loader/mod.ts";
 import { Debugger } from "./debug/debugger.ts";
 import { installPcPlatform, type PcPlatform } from "./platform.ts";
 import { FW_CFG_KEY } from "../devices/fw_cfg.ts";
@@ -158,6 +158,9 @@ async function yieldToEventLoop(): Promise<void> {
   await new Promise((resolve) => setTimeout(resolve, 0));
 }
 
+/** How often the run loop yields to the event loop (the kick timer's period too). */
+const TICK_MS = 10;
+
 let sharedKvm: Kvm | undefined;
 let openVms = 0;
 
@@ -249,7 +252,7 @@ export class Vm {
       this.#resetRequested = true;
       return;
     }
-    this.requestStop({ reason: "shutdown", detail: `reset requested (${source})` });
+    this.requestStop({ reason: "shutdown", cause: "reset", detail: `reset requested (${source})` });
   }
 
   /**
@@ -431,7 +434,18 @@ export class Vm {
     }
     const loadOptions: LoadOptions = { ...options };
     if (typeof source === "string" && loadOptions.path === undefined) loadOptions.path = source;
+    return this.#loadBytes(bytes, loadOptions);
+  }
+
+  /** Loads an image's bytes and sets up vCPU 0 (also the reset path, while the run loop owns the VM). */
+  #loadBytes(bytes: Uint8Array, loadOptions: LoadOptions): LoadedImage {
     const memory = this.memory;
+    // A command line for a kernel that is not multiboot reaches it through fw_cfg only (QEMU's -append does the same).
+    const format = loadOptions.format === undefined || loadOptions.format === "auto"
+      ? detectFormat(bytes, loadOptions.path)
+      : loadOptions.format;
+    const cmdline = loadOptions.cmdline ?? "";
+    if (format !== "multiboot") delete loadOptions.cmdline;
     const image = loadImage(bytes, {
       ramSize: memory.ramSize,
       isRam: (address, length) => memory.isRam(address, length),
@@ -450,9 +464,8 @@ export class Vm {
       cpu.enterLongMode({ entry, registers: image.registers });
     }
     this.image = image;
-    this.#lastLoad = { bytes, options: loadOptions };
+    this.#lastLoad = { bytes, options: { ...loadOptions, cmdline } };
     if (image.symbols.length > 0) this.debug.symbols.add(image.symbols);
-    const cmdline = loadOptions.cmdline ?? "";
     if (this.platform !== undefined && cmdline !== "") {
       const data = new TextEncoder().encode(cmdline + "\0");
       const size = new Uint8Array(4);
@@ -584,7 +597,6 @@ export class Vm {
     } finally {
       this.#parkAps();
       mainThreadKick.release();
-      drainKick();
       this.#running = false;
       this.#pendingStop = undefined;
       if (stop === undefined) {
@@ -603,8 +615,13 @@ export class Vm {
   async #loop(cpu: Vcpu, deadline: number, options: RunOptions): Promise<StopEvent> {
     const fd = cpu.fd;
     const stopOnUnhandled = (options.unhandled ?? this.#unhandled) === "stop";
+    // A kick that lands while this thread is in JavaScript is handled and lost, so a guest
+    // that exits all the time also gets its ticks from the clock, looked at every 64 exits.
+    let exits = 0;
+    let nextTick = performance.now() + TICK_MS;
     for (;;) {
       const reason = fd.run();
+      let tick = reason === KVM_EXIT.INTR;
       if (reason === KVM_EXIT.IO || reason === KVM_EXIT.MMIO) {
         // Inline try/catch, not a closure per exit: this is the hot path.
         try {
@@ -620,22 +637,8 @@ export class Vm {
           this.#completeExit(cpu);
           throw error;
         }
-      } else if (reason === KVM_EXIT.INTR) {
-        drainKick();
-        cpu.invalidate();
-        if (this.#aps.length > 0) this.#serviceAps(stopOnUnhandled);
-        if (this.#pendingStop !== undefined) {
-          const pending = this.#pendingStop;
-          this.#pendingStop = undefined;
-          return this.#withContext(this.#stopCpu ?? cpu, pending);
-        }
-        if (this.#irqchip && this.#haltedForGood(cpu)) return this.#withContext(cpu, { reason: "halt" });
-        await yieldToEventLoop();
-        if (this.#closed) return this.#withContext(cpu, { reason: "paused" });
-        if (this.#pauseRequested) return this.#withContext(cpu, { reason: "paused" });
-        if (performance.now() >= deadline) return this.#withContext(cpu, { reason: "timeout" });
-        continue;
-      } else {
+        if ((++exits & 63) === 0 && performance.now() >= nextTick) tick = true;
+      } else if (!tick) {
         cpu.invalidate();
         const intercepted = this.exitInterceptor?.onExit(cpu, reason);
         if (intercepted === "resume") continue;
@@ -645,12 +648,7 @@ export class Vm {
         this.#resetRequested = false;
         this.#completeExit(cpu);
         const last = this.#lastLoad!;
-        this.#running = false;
-        try {
-          await this.load(last.bytes, last.options);
-        } finally {
-          this.#running = true;
-        }
+        this.#loadBytes(last.bytes, last.options);
         continue;
       }
       if (this.#pendingStop !== undefined) {
@@ -658,6 +656,30 @@ export class Vm {
         this.#pendingStop = undefined;
         this.#completeExit(cpu);
         return this.#withContext(this.#stopCpu ?? cpu, pending);
+      }
+      if (!tick) continue;
+      nextTick = performance.now() + TICK_MS;
+      if (reason === KVM_EXIT.INTR) cpu.invalidate();
+      // An I/O exit must be completed before anyone looks at the vCPU (KVM's rule); an INTR has nothing pending.
+      const settle = () => reason === KVM_EXIT.INTR ? cpu.invalidate() : this.#completeExit(cpu);
+      if (this.#aps.length > 0) this.#serviceAps(stopOnUnhandled);
+      if (this.#pendingStop !== undefined) {
+        const pending = this.#pendingStop;
+        this.#pendingStop = undefined;
+        settle();
+        return this.#withContext(this.#stopCpu ?? cpu, pending);
+      }
+      if (reason === KVM_EXIT.INTR && this.#irqchip && this.#haltedForGood(cpu)) {
+        return this.#withContext(cpu, { reason: "halt" });
+      }
+      await yieldToEventLoop();
+      if (this.#closed || this.#pauseRequested) {
+        settle();
+        return this.#withContext(cpu, { reason: "paused" });
+      }
+      if (performance.now() >= deadline) {
+        settle();
+        return this.#withContext(cpu, { reason: "timeout" });
       }
     }
   }
@@ -782,11 +804,11 @@ export class Vm {
         // Without an in-kernel irqchip nothing can interrupt the guest, so HLT is final.
         return { reason: "halt" };
       case KVM_EXIT.SHUTDOWN:
-        return { reason: "shutdown", detail: "triple fault (KVM_EXIT_SHUTDOWN)" };
+        return { reason: "shutdown", cause: "triple-fault", detail: "triple fault (KVM_EXIT_SHUTDOWN)" };
       case KVM_EXIT.SYSTEM_EVENT: {
         const type = view.getUint32(32, true);
         const name = ({ 1: "shutdown", 2: "reset", 3: "crash" } as Record<number, string>)[type] ?? `type ${type}`;
-        return { reason: "shutdown", detail: `system event: ${name}` };
+        return { reason: "shutdown", cause: type === 2 ? "reset" : "system-event", detail: `system event: ${name}` };
       }
       case KVM_EXIT.INTERNAL_ERROR: {
         const suberror = view.getUint32(32, true);

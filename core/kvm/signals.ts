@@ -32,9 +32,6 @@ export function prepareKickSignal(): void {
   prepared = true;
 }
 
-/** Kept for the run loops: with a handler installed, no signal stays pending, so there is nothing to drain. */
-export function drainKick(): void {}
-
 /** The kernel thread id of the calling thread. */
 export function currentThreadId(): number {
   return sys.gettid();
@@ -112,4 +109,4 @@ export class KickTimer {
  * kick costs 30-60 µs outside the guest here (measured by scripts/bench.ts:
  * 5 ms cost 1-2 % of exit throughput), and 10 ms keeps pause well inside 50 ms.
  */
-export const mainThreadKick: KickTimer = new KickTimer(10);
+export const mainThreadKick: KickTimer = new KickTimer(10); // core/vm.ts's TICK_MS

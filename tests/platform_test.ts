@@ -1,0 +1,127 @@
+/**
+ * The PC platform with real guests: interrupts from the PIT, the LAPIC timer
+ * and the UART through the in-kernel irqchip; application processors started
+ * with INIT/SIPI; fw_cfg and the ACPI/MP tables checked against what the host
+ * configured; the i8042 reset line. Guests: tests/guests/{smp,pit_irq,
+ * lapic_timer,serial_irq,fwcfg,madt,reset}.c.
+ */
+
+import assert from "node:assert/strict";
+import { Vm } from "../mod.ts";
+import { guest, kvmAvailable } from "./_helpers.ts";
+
+const TIMEOUT = 20_000;
+
+function kvmTest(name: string, fn: () => Promise<void>): void {
+  Deno.test({ name, ignore: !kvmAvailable, fn });
+}
+
+for (const cpus of [2, 4]) {
+  kvmTest(
+    `Vm.create({ cpus: ${cpus} }) lets the guest start ${cpus - 1} APs with INIT/SIPI, each printing its APIC id`,
+    async () => {
+      await using vm = await Vm.create({ cpus });
+      await vm.load(await guest("smp.elf"));
+      const stop = await vm.run({ timeout: TIMEOUT });
+      assert.equal(stop.reason, "exit", vm.serial.output);
+      assert.equal(stop.reason === "exit" ? stop.value : -1, 0);
+      const ids = [...vm.serial.output.matchAll(/^ap (\d+)$/gm)].map((m) => Number(m[1])).sort();
+      assert.deepEqual(ids, Array.from({ length: cpus - 1 }, (_, i) => i + 1));
+      assert.match(vm.serial.output, new RegExp(`^bsp 0 saw ${cpus - 1} aps$`, "m"));
+    },
+  );
+}
+
+kvmTest("Vm.pause() stops every vCPU of an SMP guest and run() resumes them", async () => {
+  await using vm = await Vm.create({ cpus: 2 });
+  await vm.load(await guest("smp.elf"));
+  const running = vm.run({ timeout: TIMEOUT });
+  setTimeout(() => void vm.pause(), 5);
+  const first = await running;
+  assert.ok(["paused", "exit"].includes(first.reason));
+  if (first.reason === "paused") {
+    const rip = vm.cpu(1).regs.rip; // readable: the AP is out of KVM_RUN
+    assert.equal(typeof rip, "bigint");
+    const stop = await vm.run({ timeout: TIMEOUT });
+    assert.equal(stop.reason, "exit", vm.serial.output);
+  }
+  assert.match(vm.serial.output, /^bsp 0 saw 1 aps$/m);
+});
+
+kvmTest("the PIT interrupts the guest through the in-kernel PIC (IRQ 0)", async () => {
+  await using vm = await Vm.create();
+  await vm.load(await guest("pit_irq.elf"));
+  const stop = await vm.run({ timeout: TIMEOUT });
+  assert.equal(stop.reason === "exit" ? stop.value : stop.reason, 0, vm.serial.output);
+  assert.match(vm.serial.output, /pit ticks 5/);
+});
+
+kvmTest("the LAPIC timer interrupts the guest", async () => {
+  await using vm = await Vm.create();
+  await vm.load(await guest("lapic_timer.elf"));
+  const stop = await vm.run({ timeout: TIMEOUT });
+  assert.equal(stop.reason === "exit" ? stop.value : stop.reason, 0, vm.serial.output);
+  assert.match(vm.serial.output, /lapic ticks 3/);
+});
+
+kvmTest("a received serial byte raises IRQ 4 and wakes a guest waiting with sti; hlt", async () => {
+  await using vm = await Vm.create();
+  await vm.load(await guest("serial_irq.elf"));
+  const running = vm.run({ timeout: TIMEOUT });
+  await vm.serial.waitFor("ready\n", { timeout: TIMEOUT });
+  vm.serial.send("xy");
+  await vm.serial.waitFor("xy", { timeout: TIMEOUT });
+  vm.serial.send("q");
+  const stop = await running;
+  assert.equal(stop.reason === "exit" ? stop.value : stop.reason, 0, vm.serial.output);
+  assert.equal(vm.serial.output, "ready\nxyq\nirq bye\n");
+});
+
+kvmTest("fw_cfg tells the guest the signature, RAM size, CPU count and command line the host configured", async () => {
+  await using vm = await Vm.create({ memory: "96M", cpus: 3 });
+  await vm.load(await guest("fwcfg.elf"), { cmdline: "console=ttyS0 answer=42" });
+  const stop = await vm.run({ timeout: TIMEOUT });
+  assert.equal(stop.reason === "exit" ? stop.value : stop.reason, 0, vm.serial.output);
+  assert.equal(vm.serial.output.trim(), "sig=QEMU ram=96 cpus=3 cmdline=console=ttyS0 answer=42");
+});
+
+for (const cpus of [1, 3]) {
+  kvmTest(`the ACPI MADT and the MP table list ${cpus} CPU(s) and the IOAPIC`, async () => {
+    await using vm = await Vm.create({ cpus });
+    await vm.load(await guest("madt.elf"));
+    const stop = await vm.run({ timeout: TIMEOUT });
+    assert.equal(stop.reason === "exit" ? stop.value : stop.reason, 0, vm.serial.output);
+    assert.match(vm.serial.output, new RegExp(`^madt cpus=${cpus} ioapic=1 lapic=fee00000$`, "m"));
+    assert.match(vm.serial.output, new RegExp(`^mp cpus=${cpus}$`, "m"));
+  });
+}
+
+kvmTest("the i8042 reset command stops the VM with a shutdown of cause reset", async () => {
+  await using vm = await Vm.create();
+  await vm.load(await guest("reset.elf"));
+  const stop = await vm.run({ timeout: TIMEOUT });
+  assert.equal(stop.reason, "shutdown");
+  assert.equal(stop.reason === "shutdown" ? stop.cause : "", "reset");
+  assert.match(vm.serial.output, /resetting/);
+});
+
+kvmTest("Vm.create({ onReset: 'reset' }) reloads the image on an i8042 reset and runs it again", async () => {
+  await using vm = await Vm.create({ onReset: "reset" });
+  await vm.load(await guest("reset.elf"));
+  const running = vm.run({ timeout: TIMEOUT });
+  await vm.serial.waitFor("resetting\nresetting\n", { timeout: TIMEOUT });
+  await vm.pause();
+  const stop = await running;
+  assert.equal(stop.reason, "paused");
+});
+
+kvmTest("unknown ports read all-ones and the PCI host answers 'no device' past the host bridge", async () => {
+  await using vm = await Vm.create();
+  // 32-bit: mov eax, 0x80000800 (bus 0, dev 1, fn 0); mov dx, 0xcf8; out dx, eax; mov dx, 0xcfc;
+  // in eax, dx; cmp eax, -1; sete al; out 0xf4, al
+  const code = [0x66, 0xb8, 0x00, 0x08, 0x00, 0x80, 0xba, 0xf8, 0x0c, 0x66, 0xef, 0xba, 0xfc, 0x0c, 0x66, 0xed];
+  const tail = [0x66, 0x83, 0xf8, 0xff, 0x0f, 0x94, 0xc0, 0xe6, 0xf4];
+  await vm.load(new Uint8Array([...code, ...tail]), { format: "flat" });
+  const stop = await vm.run({ timeout: TIMEOUT });
+  assert.equal(stop.reason === "exit" ? stop.value : stop.reason, 1);
+});

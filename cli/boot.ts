@@ -31,7 +31,7 @@ export class UsageError extends Error {
 /** The usage text of `hvsh boot`. */
 export const BOOT_USAGE = `usage: hvsh boot --kernel FILE [--format auto|flat|elf|multiboot] [--load-addr ADDR]
                  [--append "CMDLINE"] [--initrd FILE] [--mem 64M] [--cpus N] [--timeout SECONDS]
-                 [--cpuid-hide FEATURE,...] [--gdb [HOST:]PORT|SOCKET-PATH [--wait]]
+                 [--cpuid-hide FEATURE,...] [--cpuid-vendor VENDOR12] [--gdb [HOST:]PORT|SOCKET-PATH [--wait]]
 
 Runs the kernel with COM1 on this terminal. Exit status: (V << 1) | 1 when the guest
 writes V to port 0xf4; 0 when it halts for good or asks for a reset (i8042 0xfe, port
@@ -53,6 +53,8 @@ export interface BootOptions {
   cpus: number;
   timeoutMs: number | undefined;
   cpuidHide: string[];
+  /** CPUID vendor string (12 characters), e.g. GenuineIntel. */
+  cpuidVendor: string | undefined;
   initrd: string | undefined;
   /** `--gdb`: where to serve gdb. */
   gdb: { host?: string; port?: number; path?: string } | undefined;
@@ -85,6 +87,7 @@ export function parseBootArgs(args: string[]): BootOptions {
         cpus: { type: "string", default: "1" },
         timeout: { type: "string" },
         "cpuid-hide": { type: "string" },
+        "cpuid-vendor": { type: "string" },
         gdb: { type: "string" },
         wait: { type: "boolean", default: false },
       },
@@ -131,6 +134,7 @@ export function parseBootArgs(args: string[]): BootOptions {
     cpus: parseNumber("--cpus", values.cpus),
     timeoutMs,
     cpuidHide: values["cpuid-hide"]?.split(",").filter((s) => s !== "") ?? [],
+    cpuidVendor: values["cpuid-vendor"],
     initrd: values.initrd,
     gdb,
     wait: values.wait,
@@ -142,7 +146,9 @@ export async function createBootVm(options: BootOptions): Promise<Vm> {
   const vm = await Vm.create({
     memory: options.memory,
     cpus: options.cpus,
-    cpuid: { hide: options.cpuidHide },
+    cpuid: options.cpuidVendor === undefined
+      ? { hide: options.cpuidHide }
+      : { hide: options.cpuidHide, vendor: options.cpuidVendor },
   });
   try {
     const load = { ...options.load };

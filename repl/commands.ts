@@ -536,17 +536,22 @@ export function setConsoleAttacher(attach: (session: Session) => Promise<void>):
 registerCommand({
   name: "gdb",
   usage: ".gdb [PORT]",
-  help: "serve gdb's remote protocol for this VM on 127.0.0.1:PORT (default 1234)",
+  help: "serve gdb's remote protocol for this VM on 127.0.0.1:PORT (default 1234); gdb's monitor runs dot commands",
   async run(args, session) {
     const port = args.trim() === "" ? 1234 : count(args, 1234);
-    let server: typeof import("../core/gdb/server.ts");
-    try {
-      server = await import("../core/gdb/server.ts");
-    } catch (error) {
-      throw new Error(`The gdbstub is not available: ${(error as Error).message}`);
+    const { listenGdb, defaultMonitorRegistry } = await import("../core/gdb/mod.ts");
+    // gdb's `monitor CMD` runs the stub's own commands first, then any REPL dot command, with its output captured.
+    const monitor = defaultMonitorRegistry();
+    for (const command of registry.values()) {
+      if (monitor.get(command.name) !== undefined || ["console", "exit", "gdb", "vm"].includes(command.name)) continue;
+      monitor.register({
+        name: command.name,
+        help: `${command.usage.slice(1)}: ${command.help}`,
+        run: (monitorArgs) => session.capture(() => runDotCommand(`${command.name} ${monitorArgs}`, session)),
+      });
     }
-    const handle = await server.listenGdb(session.vm, { port });
-    session.output.print(`gdb: target remote 127.0.0.1:${handle.port ?? port}`);
+    const server = listenGdb(session.vm, { port, monitor });
+    session.output.print(`gdb: target remote ${server.address} (monitor help lists the commands)`);
   },
 });
 

@@ -38,7 +38,7 @@ export class Session {
   showContext = true;
   /** Lines of TypeScript that replay what this session did, for `.save`. */
   readonly transcript: string[] = [];
-  readonly output: SessionOutput;
+  output: SessionOutput;
   #previousRegs: Registers | undefined;
   #nextVm = 1;
   #detachConsole: (() => void) | undefined;
@@ -137,6 +137,19 @@ export class Session {
     const vm = this.vm;
     this.output.print(formatContext(vm, vm.lastStop, this.#previousRegs, this.context, this.style));
     this.#previousRegs = vm.cpu(0).regs;
+  }
+
+  /** Runs `action` with the session's printed lines collected instead of shown (gdb's `monitor` uses it). */
+  async capture(action: () => Promise<void> | void): Promise<string> {
+    const shown = this.output;
+    const lines: string[] = [];
+    this.output = { print: (text) => lines.push(text), console: shown.console };
+    try {
+      await action();
+    } finally {
+      this.output = shown;
+    }
+    return lines.join("\n");
   }
 
   /** Formats a value for printing. */

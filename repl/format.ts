@@ -9,6 +9,7 @@ import type { Vm } from "../core/vm.ts";
 import type { Registers } from "../core/kvm/structs.ts";
 import type { Segment, SpecialRegisters } from "../core/kvm/structs.ts";
 import { describeStop, type StopEvent } from "../core/stop.ts";
+import { DISPLAY_REGISTER_ORDER } from "../core/kvm/structs.ts";
 
 /** Colour helpers that do nothing when colour is off. */
 export interface Style {
@@ -70,25 +71,7 @@ export function formatValue(value: unknown, colors: boolean): string {
   return Deno.inspect(hexify(value, 0, new Set()), { colors, depth: 4, breakLength: 100 });
 }
 
-const GPR_ORDER: (keyof Registers)[] = [
-  "rax",
-  "rbx",
-  "rcx",
-  "rdx",
-  "rsi",
-  "rdi",
-  "rbp",
-  "rsp",
-  "r8",
-  "r9",
-  "r10",
-  "r11",
-  "r12",
-  "r13",
-  "r14",
-  "r15",
-  "rip",
-];
+const GPR_ORDER = DISPLAY_REGISTER_ORDER;
 
 const RFLAGS_BITS: [number, string][] = [
   [0, "CF"],

@@ -37,6 +37,8 @@
  * @module
  */
 
+import { DISPLAY_REGISTER_ORDER } from "../kvm/structs.ts";
+
 /** One register of the layout. */
 export interface RegisterInfo {
   /** GDB's name (`rax`, `eflags`, `st0`, `xmm3`, `cr3`, ...). */
@@ -63,17 +65,7 @@ function reg(feature: string, name: string, bits: number, type: string, group?: 
   return group === undefined ? { name, bits, type, feature } : { name, bits, type, group, feature };
 }
 
-const GPRS = [
-  "rax",
-  "rbx",
-  "rcx",
-  "rdx",
-  "rsi",
-  "rdi",
-  "rbp",
-  "rsp",
-  ...Array.from({ length: 8 }, (_, i) => `r${i + 8}`),
-];
+const GPRS: readonly string[] = DISPLAY_REGISTER_ORDER.slice(0, 16);
 
 /** The registers in GDB's remote numbering (index = register number). */
 export const X86_64_REGISTERS: readonly RegisterInfo[] = [

@@ -19,6 +19,7 @@ import type { Vcpu } from "../vcpu.ts";
 import type { Segment } from "../kvm/structs.ts";
 import { formatTranslation } from "../debug/paging.ts";
 import type { MemorySpace } from "./target.ts";
+import { DISPLAY_REGISTER_ORDER } from "../kvm/structs.ts";
 
 /** What a monitor command can see and change. */
 export interface MonitorContext {
@@ -131,24 +132,7 @@ function segmentLine(name: string, s: Segment): string {
 export function formatRegisters(cpu: Vcpu, symbolize?: (address: bigint) => string | undefined): string {
   const r = cpu.regs;
   const s = cpu.sregs;
-  const names = [
-    "rax",
-    "rbx",
-    "rcx",
-    "rdx",
-    "rsi",
-    "rdi",
-    "rbp",
-    "rsp",
-    "r8",
-    "r9",
-    "r10",
-    "r11",
-    "r12",
-    "r13",
-    "r14",
-    "r15",
-  ] as const;
+  const names = DISPLAY_REGISTER_ORDER.slice(0, 16);
   const lines: string[] = [];
   for (let i = 0; i < names.length; i += 4) {
     lines.push(names.slice(i, i + 4).map((n) => `${n.padEnd(3)} ${hex(r[n], 16)}`).join("  "));

@@ -15,6 +15,7 @@ import type { Vcpu } from "../vcpu.ts";
 import type { StopEvent } from "../stop.ts";
 import type { FpuState, Segment, SpecialRegisters } from "../kvm/structs.ts";
 import { abridgedTagWord, fullTagWord, type RegisterValue, type X86Registers } from "./arch_x86.ts";
+import { DISPLAY_REGISTER_ORDER } from "../kvm/structs.ts";
 
 /** Which addresses memory accesses use: guest virtual (through the page tables) or guest physical. */
 export type MemorySpace = "virtual" | "physical";
@@ -78,25 +79,7 @@ export interface GdbTarget {
   dispose(): void;
 }
 
-const GPR_NAMES = [
-  "rax",
-  "rbx",
-  "rcx",
-  "rdx",
-  "rsi",
-  "rdi",
-  "rbp",
-  "rsp",
-  "r8",
-  "r9",
-  "r10",
-  "r11",
-  "r12",
-  "r13",
-  "r14",
-  "r15",
-  "rip",
-] as const;
+const GPR_NAMES = DISPLAY_REGISTER_ORDER;
 const SEGMENT_NAMES = ["cs", "ss", "ds", "es", "fs", "gs"] as const;
 const CONTROL_NAMES = ["cr0", "cr2", "cr3", "cr4", "cr8", "efer"] as const;
 const CR0_PE = 1n;

@@ -31,6 +31,30 @@ export const REGISTER_NAMES = [
 /** Name of a general-purpose register. */
 export type RegisterName = typeof REGISTER_NAMES[number];
 
+/**
+ * The general registers in the x86 convention gdb, QEMU and the REPL show
+ * (rbp before rsp), rip last; rflags is not included.
+ */
+export const DISPLAY_REGISTER_ORDER = [
+  "rax",
+  "rbx",
+  "rcx",
+  "rdx",
+  "rsi",
+  "rdi",
+  "rbp",
+  "rsp",
+  "r8",
+  "r9",
+  "r10",
+  "r11",
+  "r12",
+  "r13",
+  "r14",
+  "r15",
+  "rip",
+] as const satisfies readonly RegisterName[];
+
 /** `struct kvm_regs`: every value a 64-bit bigint. */
 export type Registers = Record<RegisterName, bigint>;
 

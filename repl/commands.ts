@@ -317,6 +317,27 @@ registerCommand({
 });
 
 registerCommand({
+  name: "find",
+  usage: ".find TEXT|0xHEX... [ADDR LEN]",
+  help: "search guest physical memory (or LEN bytes of virtual memory from ADDR) for a string or bytes",
+  run(args, session) {
+    const match = /^("(?:[^"\\]|\\.)*"|\S+)(?:\s+(\S+)\s+(\S+))?$/.exec(args.trim());
+    if (match === null) throw new CommandError("Missing TEXT or bytes");
+    const what = match[1]!;
+    const pattern = what.startsWith('"')
+      ? JSON.parse(what) as string
+      : /^(0x)?([0-9a-f]{2})+$/i.test(what)
+      ? Uint8Array.from(what.replace(/^0x/i, "").match(/../g)!.map((b) => parseInt(b, 16)))
+      : what;
+    const options = match[2] === undefined
+      ? {}
+      : { start: toLocation(session, match[2]), length: count(match[3]!, 0x1000), virtual: true };
+    const hits = session.vm.debug.search(pattern, options);
+    session.output.print(hits.length === 0 ? "not found" : hits.map((a) => hex(a)).join("\n"));
+  },
+});
+
+registerCommand({
   name: "dis",
   usage: ".dis [ADDR] [N]",
   help: "disassemble N instructions (default: 10 at rip)",

@@ -995,3 +995,24 @@ kvmTest("Debugger.next() in real mode with a non-zero CS base steps over a near 
   const end = await vm.debug.cont({ timeout: RUN_TIMEOUT_MS });
   assert.equal(end.reason === "exit" && end.value, 5);
 });
+
+kvmTest(
+  "Debugger.search() finds strings and bytes in RAM, across 1 MiB chunks and under planted breakpoints",
+  async () => {
+    await using vm = await dbgVm();
+    const debug = vm.debug;
+    const bump = debug.symbol("bump");
+    const prologue = debug.readVirtual(bump, 4);
+    debug.break(bump);
+    assert.ok(debug.search(prologue).includes(bump), "the original bytes under a planted int3 are found");
+    const [text] = debug.search("dbg done counter=");
+    assert.ok(text !== undefined);
+    assert.equal(new TextDecoder().decode(vm.memory.read(text, 8)), "dbg done");
+    // A pattern that straddles the boundary between two 1 MiB search chunks (0x400000).
+    vm.memory.write(0x3f_fffe, new TextEncoder().encode("hvsh-needle"));
+    assert.deepEqual(debug.search("hvsh-needle"), [0x3f_fffen]);
+    assert.deepEqual(debug.search("hvsh-needle", { start: bump, length: 64, virtual: true }), []);
+    assert.deepEqual(debug.search("no such bytes anywhere in ram"), []);
+    assert.throws(() => debug.search(""), /empty pattern/);
+  },
+);

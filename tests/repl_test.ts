@@ -865,3 +865,10 @@ Deno.test({
     assert.match(out[3]!, /^1\s+break\s+y\s+0x[0-9a-f]+\s+bump\s+hits 1/m);
   },
 });
+
+kvmTest(".find searches guest memory for a string or hex bytes", async () => {
+  const out = await dbg(['.find "dbg done"', ".find 0x554889e5", '.find "nowhere-to-be-found"']);
+  assert.match(out[0]!, /^0x[0-9a-f]+$/);
+  assert.ok(out[1]!.split("\n").includes(hex(await dbgSymbol("bump"))));
+  assert.equal(out[2], "not found");
+});

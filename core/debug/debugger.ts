@@ -249,6 +249,56 @@ export class Debugger {
     for (const [physical, piece] of pieces) this.#vm.memory.write(physical, piece);
   }
 
+  /**
+   * Finds a byte pattern (a string is searched as UTF-8) in guest memory:
+   * physical RAM by default, or `length` bytes of virtual memory from `start`.
+   * Returns up to `limit` (default 100) addresses; planted breakpoints read as
+   * the original bytes.
+   */
+  search(
+    pattern: string | Uint8Array | readonly number[],
+    options: { start?: bigint | number | string; length?: number; virtual?: boolean; limit?: number } = {},
+  ): bigint[] {
+    const needle = typeof pattern === "string" ? new TextEncoder().encode(pattern) : Uint8Array.from(pattern);
+    if (needle.length === 0) throw new RangeError("Cannot search for an empty pattern");
+    const limit = options.limit ?? 100;
+    const found: bigint[] = [];
+    const scan = (bytes: Uint8Array, base: bigint) => {
+      for (
+        let at = bytes.indexOf(needle[0]!);
+        at >= 0 && found.length < limit;
+        at = bytes.indexOf(needle[0]!, at + 1)
+      ) {
+        if (at + needle.length > bytes.length) break;
+        let match = true;
+        for (let i = 1; i < needle.length && match; i++) match = bytes[at + i] === needle[i];
+        if (match) found.push(base + BigInt(at));
+      }
+    };
+    if (options.virtual) {
+      const start = this.resolve(options.start ?? 0n);
+      scan(this.readVirtual(start, options.length ?? 0x1000), start);
+      return found;
+    }
+    const memory = this.#vm.memory;
+    const chunk = 1 << 20;
+    for (const region of memory.regions) {
+      const from = options.start === undefined
+        ? region.base
+        : Math.max(region.base, Number(this.resolve(options.start)));
+      const to = Math.min(region.base + region.size, options.length === undefined ? Infinity : from + options.length);
+      // Chunks overlap by the pattern's length so a match across a boundary is not missed.
+      for (let at = from; at < to && found.length < limit; at += chunk) {
+        const length = Math.min(chunk + needle.length - 1, to - at);
+        const before = found.length;
+        scan(memory.read(at, length), BigInt(at));
+        // A match in the overlap is found again by the next chunk: drop the duplicate.
+        if (found.length > before && found.at(-1)! >= BigInt(at + chunk)) found.pop();
+      }
+    }
+    return found;
+  }
+
   // ---------------------------------------------------------------- breakpoints
 
   /**

@@ -105,5 +105,63 @@ export function installPcPlatform(vm: Vm, onReset: (source: string) => void): Pc
     memory.write(PC_LAYOUT.rsdp, acpi.rsdp);
     memory.write(PC_LAYOUT.mpTable, buildMpTable({ cpus, address: PC_LAYOUT.mpTable, ioapicId: 0, irq0Override }));
   }
+  if (vm.hasIrqchip && memory.isRam(0, 0x10_0000)) installBiosState(vm);
   return { fwCfg, cmos, i8042, pciHost, testDev };
+}
+
+/** Where the real-mode interrupt stubs live (segment 0xf000, as SeaBIOS places its handlers). */
+const BIOS_STUBS = {
+  /** `iret`: the default for every vector (SeaBIOS's F000:FF53). */
+  iret: 0xfff53,
+  /** IRQ 0-7: EOI to the master PIC, `iret` (SeaBIOS's timer entry is F000:FEA5). */
+  masterIrq: 0xffea5,
+  /** IRQ 8-15: EOI to both PICs, `iret`. */
+  slaveIrq: 0xffe00,
+} as const;
+
+/**
+ * Leaves the machine as SeaBIOS leaves it for QEMU's `-kernel`, so kernels
+ * and tests that rely on it behave the same (kvm-unit-tests' realmode waits
+ * in `hlt` for the BIOS timer tick): the PICs initialised with vector bases
+ * 0x08 and 0x70, IRQ 0 and the cascade unmasked; the PIT's channel 0 ticking
+ * at 18.2 Hz (mode 3, count 65536); a real-mode IVT whose vectors point at
+ * stubs that acknowledge the PIC and return. Protected-mode kernels remap and
+ * mask the PICs before they enable interrupts, as they must under QEMU too.
+ */
+function installBiosState(vm: Vm): void {
+  const memory = vm.memory;
+  memory.write(BIOS_STUBS.iret, [0xcf]);
+  // push ax; mov al, 0x20; out 0x20, al; pop ax; iret
+  memory.write(BIOS_STUBS.masterIrq, [0x50, 0xb0, 0x20, 0xe6, 0x20, 0x58, 0xcf]);
+  // push ax; mov al, 0x20; out 0xa0, al; out 0x20, al; pop ax; iret
+  memory.write(BIOS_STUBS.slaveIrq, [0x50, 0xb0, 0x20, 0xe6, 0xa0, 0xe6, 0x20, 0x58, 0xcf]);
+  for (let vector = 0; vector < 256; vector++) {
+    const stub = vector >= 0x08 && vector < 0x10
+      ? BIOS_STUBS.masterIrq
+      : vector >= 0x70 && vector < 0x78
+      ? BIOS_STUBS.slaveIrq
+      : BIOS_STUBS.iret;
+    memory.writeU16(vector * 4, stub & 0xffff);
+    memory.writeU16(vector * 4 + 2, 0xf000);
+  }
+  // struct kvm_irqchip: chip_id, pad, then struct kvm_pic_state (imr @2, irq_base @5, init_state @9, init4 @13).
+  const pic = (device: "pic-master" | "pic-slave", base: number, imr: number) => {
+    const state = vm.kernelDeviceState(device);
+    state[8 + 2] = imr;
+    state[8 + 5] = base;
+    state[8 + 9] = 0;
+    state[8 + 13] = 1;
+    vm.setKernelDeviceState(device, state);
+  };
+  pic("pic-master", 0x08, 0xfa); // IRQ 0 (timer) and 2 (cascade) unmasked
+  pic("pic-slave", 0x70, 0xff);
+  // struct kvm_pit_state2: channel 0 = {count u32 @0, read_state @9, write_state @10, rw_mode @12, mode @13, gate @15}.
+  const pit = vm.kernelDeviceState("pit");
+  new DataView(pit.buffer).setUint32(0, 0, true); // 0 loads 65536: 1193182 / 65536 = 18.2 Hz
+  pit[9] = 3;
+  pit[10] = 3;
+  pit[12] = 3; // lobyte then hibyte
+  pit[13] = 3; // square wave
+  pit[15] = 1;
+  vm.setKernelDeviceState("pit", pit);
 }

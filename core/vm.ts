@@ -158,6 +158,8 @@ async function yieldToEventLoop(): Promise<void> {
   await new Promise((resolve) => setTimeout(resolve, 0));
 }
 
+const IRQCHIP_IDS = { "pic-master": 0, "pic-slave": 1, "ioapic": 2 } as const;
+
 /** How often the run loop yields to the event loop (the kick timer's period too). */
 const TICK_MS = 10;
 
@@ -360,6 +362,23 @@ export class Vm {
       throw new Error(`Cannot raise IRQ ${irq}: this VM has no irqchip (Vm.create({ irqchip: true }))`);
     }
     this.#vmFd.irqLine(irq, level);
+  }
+
+  /**
+   * The in-kernel interrupt controllers' and PIT's raw KVM state, for
+   * snapshots and firmware set-up: `"pic-master"`, `"pic-slave"`, `"ioapic"`
+   * (`struct kvm_irqchip`) or `"pit"` (`struct kvm_pit_state2`).
+   */
+  kernelDeviceState(device: "pic-master" | "pic-slave" | "ioapic" | "pit"): Uint8Array<ArrayBuffer> {
+    if (!this.#irqchip) throw new Error(`Cannot read the ${device} state: this VM has no irqchip`);
+    return device === "pit" ? this.#vmFd.getPit2() : this.#vmFd.getIrqchip(IRQCHIP_IDS[device]);
+  }
+
+  /** Writes state read with {@link kernelDeviceState} (possibly changed) back into KVM. */
+  setKernelDeviceState(device: "pic-master" | "pic-slave" | "ioapic" | "pit", state: Uint8Array<ArrayBuffer>): void {
+    if (!this.#irqchip) throw new Error(`Cannot set the ${device} state: this VM has no irqchip`);
+    if (device === "pit") this.#vmFd.setPit2(state);
+    else this.#vmFd.setIrqchip(state);
   }
 
   /** True when the VM has the in-kernel PIC, IOAPIC, LAPICs and PIT. */

@@ -125,3 +125,15 @@ kvmTest("unknown ports read all-ones and the PCI host answers 'no device' past t
   const stop = await vm.run({ timeout: TIMEOUT });
   assert.equal(stop.reason === "exit" ? stop.value : stop.reason, 1);
 });
+
+kvmTest(
+  "a real-mode guest waiting with sti; hlt is woken by the BIOS-state timer tick (IRQ 0 at vector 8)",
+  async () => {
+    await using vm = await Vm.create();
+    // sti; hlt; mov al, 7; out 0xf4, al — as SeaBIOS leaves a PC: PIT at 18.2 Hz, IVT stubs that EOI.
+    await vm.load(new Uint8Array([0xfb, 0xf4, 0xb0, 0x07, 0xe6, 0xf4]), { format: "flat" });
+    const stop = await vm.run({ timeout: TIMEOUT });
+    assert.equal(stop.reason === "exit" ? stop.value : stop.reason, 7);
+    assert.equal(vm.memory.readU32(0x08 * 4), 0xf000_fea5, "IRQ 0's vector points at the EOI stub");
+  },
+);

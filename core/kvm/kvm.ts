@@ -253,6 +253,34 @@ export class VmFd {
     ioctlBuffer(this.#open(), KVM.CREATE_PIT2, new Uint8Array(64));
   }
 
+  /**
+   * KVM_GET_IRQCHIP: the raw `struct kvm_irqchip` state (520 bytes) of chip 0
+   * (master PIC), 1 (slave PIC) or 2 (IOAPIC).
+   */
+  getIrqchip(chip: number): Uint8Array<ArrayBuffer> {
+    const buffer = new Uint8Array(520);
+    new DataView(buffer.buffer).setUint32(0, chip, true);
+    ioctlBuffer(this.#open(), KVM.GET_IRQCHIP, buffer, `chip ${chip}`);
+    return buffer;
+  }
+
+  /** KVM_SET_IRQCHIP with a raw `struct kvm_irqchip` (as {@link getIrqchip} returns). */
+  setIrqchip(state: Uint8Array<ArrayBuffer>): void {
+    ioctlBuffer(this.#open(), KVM.SET_IRQCHIP, state);
+  }
+
+  /** KVM_GET_PIT2: the raw `struct kvm_pit_state2` (112 bytes). */
+  getPit2(): Uint8Array<ArrayBuffer> {
+    const buffer = new Uint8Array(112);
+    ioctlBuffer(this.#open(), KVM.GET_PIT2, buffer);
+    return buffer;
+  }
+
+  /** KVM_SET_PIT2 with a raw `struct kvm_pit_state2`. */
+  setPit2(state: Uint8Array<ArrayBuffer>): void {
+    ioctlBuffer(this.#open(), KVM.SET_PIT2, state);
+  }
+
   /** KVM_IRQ_LINE: set a GSI's level. */
   irqLine(irq: number, level: boolean): void {
     const buffer = new Uint8Array(8);

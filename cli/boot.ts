@@ -34,8 +34,9 @@ export const BOOT_USAGE = `usage: hvsh boot --kernel FILE [--format auto|flat|el
                  [--cpuid-hide FEATURE,...] [--cpuid-vendor VENDOR12] [--gdb [HOST:]PORT|SOCKET-PATH [--wait]]
 
 Runs the kernel with COM1 on this terminal. Exit status: (V << 1) | 1 when the guest
-writes V to port 0xf4; 0 when it halts for good or asks for a reset (i8042 0xfe, port
-0xcf9: the run ends as with QEMU's -no-reboot); 4 when it crashes; 124 on --timeout;
+writes V to port 0xf4; 0 when it halts for good, powers off (ACPI S5) or asks for a
+reset (i8042 0xfe, port 0xcf9: the run ends as with QEMU's -no-reboot); 4 when it
+crashes; 124 on --timeout;
 2 on a usage or image error.
 
 --gdb serves the GDB remote protocol (host 127.0.0.1 unless one is given; a path with
@@ -180,7 +181,7 @@ export function statusForStop(stop: StopEvent): number {
       return BOOT_STATUS.timeout;
     case "shutdown":
       // A reset the guest asked for ends the run cleanly, like QEMU's -no-reboot.
-      return stop.cause === "reset" ? BOOT_STATUS.halted : BOOT_STATUS.crashed;
+      return stop.cause === "reset" || stop.cause === "power-off" ? BOOT_STATUS.halted : BOOT_STATUS.crashed;
     default:
       return BOOT_STATUS.crashed;
   }

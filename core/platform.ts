@@ -19,6 +19,7 @@ import { Port61 } from "../devices/port61.ts";
 import { PciHost } from "../devices/pci_host.ts";
 import { PC_TESTDEV, PcTestDev } from "../devices/pc_testdev.ts";
 import { FwCfg } from "../devices/fw_cfg.ts";
+import { AcpiPm, PM1_STATUS } from "../devices/acpi_pm.ts";
 import { buildAcpiTables } from "./firmware/acpi.ts";
 import { buildMpTable } from "./firmware/mptable.ts";
 
@@ -30,6 +31,8 @@ export const PC_LAYOUT = {
   port61: 0x61,
   pciConfig: 0xcf8,
   fwCfg: 0x510,
+  /** The ACPI PM1 block and PM timer (the FADT's PM base), as QEMU's PIIX4 places it. */
+  acpiPm: 0x600,
   fwCfgDma: 0x514,
   /** ACPI tables (RSDT, XSDT, FADT, DSDT, MADT, FACS) in the BIOS area, outside the memory map's usable RAM. */
   acpiTables: 0xe_0000,
@@ -46,6 +49,9 @@ export interface PcPlatform {
   i8042: I8042;
   pciHost: PciHost;
   testDev: PcTestDev;
+  acpiPm: AcpiPm;
+  /** Where the ACPI FACS is (its firmware waking vector is at +12), when the tables were written. */
+  facs: number | undefined;
 }
 
 /**
@@ -92,6 +98,31 @@ export function installPcPlatform(vm: Vm, onReset: (source: string) => void): Pc
   vm.io.insert(PC_TESTDEV.irqPorts, PC_TESTDEV.irqPortCount, "pc-testdev-irq", testDev.irqPorts);
   vm.mmio.insert(BigInt(PC_TESTDEV.iomem), BigInt(PC_TESTDEV.iomemSize), "pc-testdev-iomem", testDev.iomem);
 
+  let facs: number | undefined;
+  // Sleep types as QEMU's DSDT names them: 1 = S3 (suspend to RAM), 0 = S5 (soft off).
+  const acpiPm = new AcpiPm({
+    onSleep: (type) => {
+      if (type !== 1) {
+        vm.requestStop({ reason: "shutdown", cause: "power-off", detail: `ACPI sleep type ${type} (S5, soft off)` });
+        return;
+      }
+      const delay = cmos.alarmDelay();
+      if (delay === undefined || facs === undefined) {
+        vm.requestStop({ reason: "shutdown", cause: "power-off", detail: "ACPI S3 with no RTC alarm to wake it" });
+        return;
+      }
+      // The wake: the RTC alarm fires, PM1 says why, and the BSP resumes in real mode at the
+      // FACS firmware waking vector, as SeaBIOS's resume path does.
+      vm.requestSleep(delay, () => {
+        cmos.fireAlarm();
+        acpiPm.raise(PM1_STATUS.wake | PM1_STATUS.rtc);
+        const vector = memory.readU32(facs! + 12);
+        vm.cpu(0).enterRealMode({ cs: vector >>> 4, ip: vector & 0xf, dataSegment: 0 });
+      });
+    },
+  });
+  vm.io.insert(PC_LAYOUT.acpiPm, 12, "acpi-pm", acpiPm);
+
   if (memory.isRam(PC_LAYOUT.acpiTables, 0x2_0000)) {
     // KVM's in-kernel IOAPIC starts with id 0: the tables say so too.
     const acpi = buildAcpiTables({
@@ -100,13 +131,15 @@ export function installPcPlatform(vm: Vm, onReset: (source: string) => void): Pc
       tablesAddress: PC_LAYOUT.acpiTables,
       ioapicId: 0,
       irq0Override,
+      pmBase: PC_LAYOUT.acpiPm,
     });
+    facs = acpi.addresses.facs;
     memory.write(PC_LAYOUT.acpiTables, acpi.tables);
     memory.write(PC_LAYOUT.rsdp, acpi.rsdp);
     memory.write(PC_LAYOUT.mpTable, buildMpTable({ cpus, address: PC_LAYOUT.mpTable, ioapicId: 0, irq0Override }));
   }
   if (vm.hasIrqchip && memory.isRam(0, 0x10_0000)) installBiosState(vm);
-  return { fwCfg, cmos, i8042, pciHost, testDev };
+  return { fwCfg, cmos, i8042, pciHost, testDev, acpiPm, facs };
 }
 
 /** Where the real-mode interrupt stubs live (segment 0xf000, as SeaBIOS places its handlers). */

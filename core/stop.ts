@@ -38,8 +38,11 @@ export interface ShutdownStop extends StopContext {
   reason: "shutdown";
   /** What happened, e.g. "triple fault". */
   detail: string;
-  /** `"triple-fault"` (a crash), `"reset"` (the guest asked: i8042, port 0xcf9) or `"system-event"`. */
-  cause: "triple-fault" | "reset" | "system-event";
+  /**
+   * `"triple-fault"` (a crash), `"reset"` (the guest asked: i8042, port 0xcf9),
+   * `"power-off"` (ACPI S5, or S3 with nothing to wake it) or `"system-event"`.
+   */
+  cause: "triple-fault" | "reset" | "power-off" | "system-event";
 }
 
 /** KVM could not run the guest (emulation failure, failed VM entry, unknown exit). */
@@ -133,6 +136,8 @@ export function describeStop(stop: StopEvent): string {
     case "shutdown":
       return stop.cause === "reset"
         ? `guest asked for a reset: ${stop.detail} at ${where}`
+        : stop.cause === "power-off"
+        ? `guest powered off: ${stop.detail} at ${where}`
         : `guest crashed: ${stop.detail} at ${where}`;
     case "internal-error": {
       const bytes = stop.bytes === undefined

@@ -238,11 +238,12 @@ export class Vcpu {
   }
 
   /**
-   * Puts the vCPU in real mode at `cs:ip` with the other segments equal to `cs`
-   * (as a boot sector expects when cs is 0).
+   * Puts the vCPU in real mode at `cs:ip` with the other segments equal to
+   * `dataSegment` (default `cs`, as a boot sector expects when cs is 0).
    */
-  enterRealMode(options: { cs?: number; ip: number; sp?: number }): void {
+  enterRealMode(options: { cs?: number; ip: number; sp?: number; dataSegment?: number }): void {
     const cs = options.cs ?? 0;
+    const data = options.dataSegment ?? cs;
     const segment = (selector: number, code: boolean): Segment => ({
       ...flatSegment(selector, code, 16),
       base: BigInt(selector << 4),
@@ -250,11 +251,11 @@ export class Vcpu {
     const sregs = this.#fd.getSregs();
     this.setSregs({
       cs: segment(cs, true),
-      ds: segment(cs, false),
-      es: segment(cs, false),
-      fs: segment(cs, false),
-      gs: segment(cs, false),
-      ss: segment(cs, false),
+      ds: segment(data, false),
+      es: segment(data, false),
+      fs: segment(data, false),
+      gs: segment(data, false),
+      ss: segment(data, false),
       cr0: sregs.cr0 & ~(CR0_PE | CR0_PG) | CR0_ET,
       cr4: 0n,
       efer: 0n,

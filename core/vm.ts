@@ -247,6 +247,16 @@ export class Vm {
   readonly platform: PcPlatform | undefined;
   #resetPolicy: "stop" | "reset";
   #resetRequested = false;
+  #sleep: { wakeAfterMs: number; onWake: () => void } | undefined;
+
+  /**
+   * Puts the machine to sleep (ACPI S3) after the current exit: no vCPU runs
+   * until `wakeAfterMs` have passed (pause and timeout still work), then
+   * `onWake` sets up the resume and the guest goes on. The platform uses it.
+   */
+  requestSleep(wakeAfterMs: number, onWake: () => void): void {
+    this.#sleep = { wakeAfterMs, onWake };
+  }
   #lastLoad: { bytes: Uint8Array; options: LoadOptions } | undefined;
 
   #onGuestReset(source: string): void {
@@ -675,6 +685,19 @@ export class Vm {
         this.#pendingStop = undefined;
         this.#completeExit(cpu);
         return this.#withContext(this.#stopCpu ?? cpu, pending);
+      }
+      if (this.#sleep !== undefined) {
+        const sleep = this.#sleep;
+        this.#completeExit(cpu);
+        const wakeAt = performance.now() + sleep.wakeAfterMs;
+        while (performance.now() < wakeAt) {
+          await new Promise((resolve) => setTimeout(resolve, Math.min(TICK_MS, wakeAt - performance.now())));
+          if (this.#closed || this.#pauseRequested) return this.#withContext(cpu, { reason: "paused" });
+          if (performance.now() >= deadline) return this.#withContext(cpu, { reason: "timeout" });
+        }
+        this.#sleep = undefined;
+        sleep.onWake();
+        continue;
       }
       if (!tick) continue;
       nextTick = performance.now() + TICK_MS;

@@ -52,6 +52,13 @@ const STATUS_B_SET = 0x80;
 const STATUS_B_24H = 0x02;
 const STATUS_B_BINARY = 0x04;
 const STATUS_D_VRT = 0x80;
+const STATUS_B_AIE = 0x20;
+const STATUS_C_IRQF = 0x80;
+const STATUS_C_AF = 0x20;
+/** An alarm byte with its two top bits set matches any value ("don't care"). */
+const ALARM_DONT_CARE = 0xc0;
+/** How long before each second's update UIP reads as set (the chip's is 244 µs; guests poll slower here). */
+const UIP_WINDOW_MS = 2;
 
 const KIB = 1024;
 const MIB = 1024 * KIB;
@@ -213,6 +220,35 @@ export class Cmos implements IoDevice {
     }
   }
 
+  #alarmFired = false;
+
+  /**
+   * Milliseconds until the alarm (registers 1, 3, 5, each "don't care" when
+   * 0xc0-0xff) next matches the RTC, or undefined when the alarm interrupt
+   * (register B bit 5) is off. Used to wake a sleeping (S3) machine.
+   */
+  alarmDelay(): number | undefined {
+    if ((this.#ram[CMOS_INDEX.statusB]! & STATUS_B_AIE) === 0) return undefined;
+    const now = this.#guestMs();
+    const want = [CMOS_INDEX.secondsAlarm, CMOS_INDEX.minutesAlarm, CMOS_INDEX.hoursAlarm].map((i) => {
+      const byte = this.#ram[i]!;
+      return byte >= ALARM_DONT_CARE ? undefined : this.#decode(byte);
+    });
+    for (let second = 1; second <= 86_400; second++) {
+      const at = Math.floor(now / 1000) * 1000 + second * 1000;
+      const t = fieldsOf(at);
+      if ([t.seconds, t.minutes, t.hours].every((value, i) => want[i] === undefined || want[i] === value)) {
+        return at - now;
+      }
+    }
+    return undefined;
+  }
+
+  /** Marks the alarm as fired (status C reads IRQF|AF once), as a wake by the alarm does. */
+  fireAlarm(): void {
+    this.#alarmFired = true;
+  }
+
   #guestMs(): number {
     return this.#now().getTime() + this.#offsetMs;
   }
@@ -248,10 +284,17 @@ export class Cmos implements IoDevice {
         return this.#encode(((time.year % 100) + 100) % 100);
       case CMOS_INDEX.century:
         return this.#encode(Math.floor(time.year / 100));
-      case CMOS_INDEX.statusA:
-        return this.#ram[index]! & ~STATUS_A_UIP; // never mid-update
-      case CMOS_INDEX.statusC:
-        return 0; // no interrupt sources are modelled
+      case CMOS_INDEX.statusA: {
+        // UIP rises just before each second's update, so guests that wait for an update edge see one.
+        const inSecond = ((this.#guestMs() % 1000) + 1000) % 1000;
+        return (this.#ram[index]! & ~STATUS_A_UIP) | (inSecond >= 1000 - UIP_WINDOW_MS ? STATUS_A_UIP : 0);
+      }
+      case CMOS_INDEX.statusC: {
+        // Only the alarm flag is modelled (set by a wake from sleep); reading clears it.
+        const flags = this.#alarmFired ? STATUS_C_IRQF | STATUS_C_AF : 0;
+        this.#alarmFired = false;
+        return flags;
+      }
       case CMOS_INDEX.statusD:
         return STATUS_D_VRT;
       default:

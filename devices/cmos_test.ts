@@ -54,8 +54,8 @@ Deno.test("Cmos reads 12-hour time with the PM bit when register B bit 1 is clea
   assert.equal(readCmos(cmos, 0x04), 0x01);
 });
 
-Deno.test("Cmos status registers: A never shows update-in-progress, C reads 0, D reports valid RAM", () => {
-  const cmos = new Cmos();
+Deno.test("Cmos status registers: A keeps its rate bits (UIP is read-only), C reads 0, D reports valid RAM", () => {
+  const cmos = new Cmos({ now: () => new Date("2026-11-26T12:00:00.500Z") }); // mid-second: UIP clear
   assert.equal(readCmos(cmos, 0x0a), 0x26);
   writeCmos(cmos, 0x0a, 0xa6);
   assert.equal(readCmos(cmos, 0x0a), 0x26);
@@ -137,4 +137,33 @@ Deno.test("Cmos applies a single field written while the clock runs", () => {
 Deno.test("Cmos rejects a bad RAM size or CPU count", () => {
   assert.throws(() => new Cmos({ ramSize: -1 }), /RAM size -1/);
   assert.throws(() => new Cmos({ cpus: 0 }), /CPU count 0/);
+});
+
+Deno.test("Cmos register A shows UIP in the last 2 ms before each second's update", () => {
+  const time = clock("2026-11-26T12:00:00.500Z");
+  const cmos = new Cmos({ now: time.now });
+  assert.equal(readCmos(cmos, 0x0a) & 0x80, 0);
+  time.advance(499); // .999
+  assert.equal(readCmos(cmos, 0x0a) & 0x80, 0x80);
+  time.advance(2); // 01.001
+  assert.equal(readCmos(cmos, 0x0a) & 0x80, 0);
+});
+
+Deno.test("Cmos.alarmDelay() follows the alarm registers and AIE; fireAlarm() flags status C once", () => {
+  const time = clock("2026-11-26T12:00:10.250Z");
+  const cmos = new Cmos({ now: time.now });
+  writeCmos(cmos, 0x01, 0xc0);
+  writeCmos(cmos, 0x03, 0xc0);
+  writeCmos(cmos, 0x05, 0xc0);
+  assert.equal(cmos.alarmDelay(), undefined, "AIE is off");
+  writeCmos(cmos, 0x0b, readCmos(cmos, 0x0b) | 0x20);
+  assert.equal(cmos.alarmDelay(), 750, "every byte don't care: the next second");
+  writeCmos(cmos, 0x01, 0x15); // BCD 15 seconds
+  assert.equal(cmos.alarmDelay(), 4750);
+  writeCmos(cmos, 0x03, 0x01); // at 12:01:15
+  assert.equal(cmos.alarmDelay(), 64750);
+  assert.equal(readCmos(cmos, 0x0c), 0);
+  cmos.fireAlarm();
+  assert.equal(readCmos(cmos, 0x0c), 0xa0);
+  assert.equal(readCmos(cmos, 0x0c), 0);
 });

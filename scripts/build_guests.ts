@@ -58,6 +58,18 @@ const GUESTS: GuestSpec[] = [
     sources: ["hello16.S"],
     linkAddress: BOOT_SECTOR,
   },
+  {
+    name: "sleep",
+    kind: "flat16",
+    sources: ["sleep.S"],
+    linkAddress: BOOT_SECTOR,
+  },
+  {
+    name: "modeswitch",
+    kind: "flat16",
+    sources: ["modeswitch.S"],
+    linkAddress: BOOT_SECTOR,
+  },
   { name: "hello32", kind: "elf32", sources: ["hello32.S"], linkAddress: MIB },
   { name: "hello64", kind: "elf64", sources: ["hello64.S"], linkAddress: MIB },
   {

@@ -137,3 +137,24 @@ kvmTest(
     assert.equal(vm.memory.readU32(0x08 * 4), 0xf000_fea5, "IRQ 0's vector points at the EOI stub");
   },
 );
+
+kvmTest("ACPI S3: the guest sleeps, the RTC alarm wakes it, and it resumes at the FACS waking vector", async () => {
+  await using vm = await Vm.create();
+  await vm.load(await guest("sleep.bin"));
+  assert.ok(vm.platform?.facs !== undefined);
+  vm.cpu(0).setRegs({ rbx: vm.platform.facs });
+  const started = performance.now();
+  const stop = await vm.run({ timeout: TIMEOUT });
+  assert.equal(stop.reason === "exit" ? stop.value : stop.reason, 0, vm.serial.output);
+  assert.equal(vm.serial.output, "sleeping\nawake\n");
+  assert.ok(performance.now() - started >= 50, "the machine slept until the alarm's second");
+});
+
+kvmTest("ACPI S5 (SLP_TYP 0) powers the VM off: a shutdown of cause power-off", async () => {
+  await using vm = await Vm.create();
+  // mov dx, 0x604; mov ax, 0x2000 (SLP_EN, SLP_TYP 0); out dx, ax; mov al, 1; out 0xf4, al
+  await vm.load(new Uint8Array([0xba, 0x04, 0x06, 0xb8, 0x00, 0x20, 0xef, 0xb0, 0x01, 0xe6, 0xf4]), { format: "flat" });
+  const stop = await vm.run({ timeout: TIMEOUT });
+  assert.equal(stop.reason, "shutdown");
+  assert.equal(stop.reason === "shutdown" ? stop.cause : "", "power-off");
+});

@@ -45,10 +45,13 @@ interface Start {
   fd: number;
   mainTid: number;
   mailbox: SharedArrayBuffer;
+  /** One Int32 shared by every AP: set when any exit waits, so the main thread notices without the kick. */
+  pending: SharedArrayBuffer;
 }
 
 function serve(start: Start): void {
   const box = new Int32Array(start.mailbox);
+  const pending = new Int32Array(start.pending);
   // The kick's handler is process-wide: the main thread installed it before starting this worker.
   Atomics.store(box, Mailbox.tid, currentThreadId());
   Atomics.notify(box, Mailbox.tid);
@@ -72,6 +75,8 @@ function serve(start: Start): void {
     }
     Atomics.store(box, Mailbox.serviced, 0);
     Atomics.store(box, Mailbox.state, State.exit);
+    // The flag covers a kick that lands while the main thread is in JavaScript (the kick is then lost).
+    Atomics.store(pending, 0, 1);
     kickThread(start.mainTid);
     while (Atomics.load(box, Mailbox.serviced) === 0 && Atomics.load(box, Mailbox.command) !== Command.quit) {
       Atomics.wait(box, Mailbox.serviced, 0, 50);

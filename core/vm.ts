@@ -214,6 +214,8 @@ export class Vm {
   #slotCount = 0;
   readonly #irqchip: boolean;
   #aps: { cpu: Vcpu; worker: Worker; mailbox: Int32Array }[] = [];
+  /** Set by an AP thread when an exit waits for this thread (see core/vcpu_thread.ts). */
+  #apPending = new Int32Array(new SharedArrayBuffer(4));
   /** The vCPU whose exit is being handled (devices' stop requests name it). */
   #servicing: Vcpu | undefined;
   #stopCpu: Vcpu | undefined;
@@ -290,7 +292,7 @@ export class Vm {
       // Parked until the first run(): the worker must not enter KVM_RUN before the BSP is set up.
       mailbox[Mailbox.command] = Command.park;
       const worker = new Worker(new URL("./vcpu_thread.ts", import.meta.url), { type: "module" });
-      worker.postMessage({ fd: cpu.fd.fd, mainTid, mailbox: mailbox.buffer });
+      worker.postMessage({ fd: cpu.fd.fd, mainTid, mailbox: mailbox.buffer, pending: this.#apPending.buffer });
       this.#aps.push({ cpu, worker, mailbox });
     }
     for (const { cpu, mailbox } of this.#aps) {
@@ -332,6 +334,7 @@ export class Vm {
 
   /** Completes the exits application processors handed to this thread. */
   #serviceAps(stopOnUnhandled: boolean): void {
+    Atomics.store(this.#apPending, 0, 0);
     for (const { cpu, mailbox } of this.#aps) {
       if (Atomics.load(mailbox, Mailbox.state) !== State.exit || Atomics.load(mailbox, Mailbox.serviced) === 1) {
         continue;
@@ -667,6 +670,7 @@ export class Vm {
           throw error;
         }
         if ((++exits & 63) === 0 && performance.now() >= nextTick) tick = true;
+        if (this.#apPending[0] !== 0) this.#serviceAps(stopOnUnhandled);
       } else if (!tick) {
         cpu.invalidate();
         const intercepted = this.exitInterceptor?.onExit(cpu, reason);

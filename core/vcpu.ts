@@ -125,6 +125,11 @@ export class Vcpu {
   readonly #memory: GuestMemory;
   #regs: Registers | undefined;
   #sregs: SpecialRegisters | undefined;
+  /** The run generation the caches belong to (see VcpuFd.generation). */
+  #regsGeneration = -1;
+  #sregsGeneration = -1;
+  /** A write after this generation's run made kvm_run's synced copy stale. */
+  #writtenGeneration = -1;
 
   /** @internal Created by the Vm. */
   constructor(fd: VcpuFd, memory: GuestMemory) {
@@ -144,12 +149,35 @@ export class Vcpu {
     this.#sregs = undefined;
   }
 
+  #synced(): boolean {
+    const fd = this.#fd;
+    return fd.syncedGeneration === fd.generation && this.#writtenGeneration !== fd.generation;
+  }
+
+  #loadRegs(): Registers {
+    const fd = this.#fd;
+    if (this.#regs === undefined || this.#regsGeneration !== fd.generation) {
+      this.#regs = this.#synced() ? fd.syncedRegs() : fd.getRegs();
+      this.#regsGeneration = fd.generation;
+    }
+    return this.#regs;
+  }
+
+  #loadSregs(): SpecialRegisters {
+    const fd = this.#fd;
+    if (this.#sregs === undefined || this.#sregsGeneration !== fd.generation) {
+      this.#sregs = this.#synced() ? fd.syncedSregs() : fd.getSregs();
+      this.#sregsGeneration = fd.generation;
+    }
+    return this.#sregs;
+  }
+
   /**
    * General-purpose registers, rip and rflags; property assignment writes
    * through (`cpu.regs.rax = 5n`; at run time numbers work too, and `setRegs` takes them typed).
    */
   get regs(): Registers {
-    const regs = this.#regs ??= this.#fd.getRegs();
+    const regs = this.#loadRegs();
     return new Proxy(regs, {
       set: (target, key, value) => {
         if (typeof key !== "string" || !(REGISTER_NAMES as readonly string[]).includes(key)) {
@@ -157,6 +185,7 @@ export class Vcpu {
         }
         target[key as RegisterName] = toRegisterValue(key, value);
         this.#fd.setRegs(target);
+        this.#writtenGeneration = this.#fd.generation;
         return true;
       },
     });
@@ -169,7 +198,7 @@ export class Vcpu {
 
   /** Writes the named registers; the others keep their values. */
   setRegs(values: RegisterValues): void {
-    const regs = { ...(this.#regs ?? this.#fd.getRegs()) };
+    const regs = { ...this.#loadRegs() };
     for (const [name, value] of Object.entries(values)) {
       if (!(REGISTER_NAMES as readonly string[]).includes(name)) {
         throw new RangeError(`Unknown register ${name} (registers: ${REGISTER_NAMES.join(", ")})`);
@@ -178,11 +207,12 @@ export class Vcpu {
     }
     this.#fd.setRegs(regs);
     this.#regs = regs;
+    this.#writtenGeneration = this.#fd.generation;
   }
 
   /** Segment registers, descriptor tables, control registers, EFER, APIC base. */
   get sregs(): SpecialRegisters {
-    return structuredClone(this.#sregs ??= this.#fd.getSregs());
+    return structuredClone(this.#loadSregs());
   }
 
   /**
@@ -190,14 +220,15 @@ export class Vcpu {
    * (mode checks on every single-step). Callers must not modify it.
    */
   get sregsView(): Readonly<SpecialRegisters> {
-    return this.#sregs ??= this.#fd.getSregs();
+    return this.#loadSregs();
   }
 
   /** Writes the special registers given; the others keep their values. */
   setSregs(values: Partial<SpecialRegisters>): void {
-    const sregs = { ...(this.#sregs ?? this.#fd.getSregs()), ...values };
+    const sregs = { ...this.#loadSregs(), ...values };
     this.#fd.setSregs(sregs);
     this.#sregs = structuredClone(sregs);
+    this.#writtenGeneration = this.#fd.generation;
   }
 
   /** x87 and SSE state. */

@@ -898,7 +898,7 @@ export class Vm {
   }
 
   #withContext(cpu: Vcpu, pending: PendingStop): StopEvent {
-    cpu.invalidate();
+    // No invalidate: the vCPU's caches are stamped with its run generation (and AP paths forget theirs).
     const rip = cpu.regs.rip;
     const context: StopContext = { cpu: cpu.index, rip, mode: cpu.mode };
     const symbol = this.symbolize?.(rip);

@@ -8,15 +8,16 @@
  *
  * Ignored (with the reason printed once) without /dev/kvm or without gdb.
  *
- * Not covered: debugging across a real-to-long-mode switch, because no test
- * guest switches modes yet; the register layout is the same in every mode
- * (checked in gdb_protocol_test.ts: the `g` reply is 600 bytes in real and
- * long mode), which is what keeps GDB working across such a switch.
+ * Debugging across a real -> protected -> long mode switch (modeswitch.bin)
+ * works because the register layout is the same in every mode (the `g`
+ * reply is 600 bytes in real and long mode, checked in gdb_protocol_test.ts
+ * too); the modeswitch test says how to debug the 16- and 32-bit parts.
  */
 
 import assert from "node:assert/strict";
 import { Vm } from "../core/vm.ts";
 import { type GdbServer, listenGdb } from "../core/gdb/server.ts";
+import { readElfSymbols } from "../core/loader/elf.ts";
 import { guest, kvmAvailable, kvmMissingReason } from "./_helpers.ts";
 
 function probeGdb(): string | undefined {
@@ -271,6 +272,77 @@ gdbTest("gdb: real-mode hello16 with set architecture i386:x86-64: registers, st
   assert.match(out.stdout, /exited with code 01/);
   assert.equal(s.vm.serial.output, "hello\n");
 });
+
+/**
+ * How to debug a guest that starts in real mode and switches to protected
+ * and long mode (checked here with GDB 13):
+ * - `set architecture i386:x86-64` before `target remote` (modeswitch.elf is
+ *   an ELF32: without it GDB takes i386 from the file and fails with "Remote
+ *   'g' packet reply is too long"); it then holds across every switch, since
+ *   hvsh reports the same 64-bit register layout in every mode.
+ * - Breakpoints on the mode switches are `hbreak` at linear addresses (the
+ *   ELF's symbols; CS base 0 here): a debug register matches in every mode
+ *   and leaves guest memory alone. (`break` works too with hvsh, which
+ *   recognises its int3 from the emulation failure this host's KVM reports
+ *   instead of a debug exit.)
+ * - `$rip` holds IP/EIP, `$cs` the selector (0 in real mode, then 0x08 and
+ *   0x18 after the far jumps); `monitor js cpu.mode` names the mode.
+ * - GDB decodes `x/i` as 64-bit code: `monitor disas` disassembles in the
+ *   vCPU's current mode (16-bit at real_start, 32-bit at prot_start).
+ */
+gdbTest(
+  "gdb: modeswitch real -> protected -> long: hbreak at prot_start and long_start, registers at each stop",
+  async () => {
+    const elf = await guest("modeswitch.elf");
+    const symbols = readElfSymbols(await Deno.readFile(elf), elf);
+    const address = (name: string) => `0x${symbols.find((s) => s.name === name)!.address.toString(16)}`;
+    const prot = address("prot_start");
+    const long = address("long_start");
+    await using s = await served("modeswitch.bin");
+    const out = await gdb(s.server, elf, [
+      "info registers rip",
+      "p $cs",
+      "monitor js cpu.mode",
+      "monitor disas",
+      `hbreak *${prot}`,
+      `hbreak *${long}`,
+      "continue",
+      "info registers rip",
+      "p $cs",
+      "monitor js cpu.mode",
+      "monitor disas",
+      "continue",
+      "info registers rip",
+      "p $cs",
+      "monitor js cpu.mode",
+      "info registers efer",
+      "continue",
+    ], { before: ["set architecture i386:x86-64"] });
+    assert.doesNotMatch(out.all, /too long/);
+    // real_start and _start share 0x7c00: GDB may name either.
+    const rips = [...out.stdout.matchAll(/^rip\s+(0x[0-9a-f]+)\s+0x[0-9a-f]+ <(\w+)>$/gm)].map((m) =>
+      `${m[1]} ${m[2]}`
+    );
+    assert.deepEqual(rips.map((rip) => rip.replace(/ _start$/, " real_start")), [
+      "0x7c00 real_start",
+      `${prot} prot_start`,
+      `${long} long_start`,
+    ]);
+    assert.deepEqual(printed(out.stdout), ["0", "8", "24"], "$cs: 0 in real mode, then the GDT's 0x08 and 0x18");
+    assert.deepEqual([...out.all.matchAll(/^(real|protected|long)$/gm)].map((m) => m[1]), [
+      "real",
+      "protected",
+      "long",
+    ]);
+    assert.match(out.stdout, /^Breakpoint 1, prot_start \(\) at .*modeswitch\.S:\d+$/m);
+    assert.match(out.stdout, /^Breakpoint 2, long_start \(\) at .*modeswitch\.S:\d+$/m);
+    assert.match(out.all, /=> 0x7c00: fa +cli\n +0x7c01: fc +cld\n +0x7c02: 31 c0 +xor ax, ax$/m, "16-bit disassembly");
+    assert.match(out.all, new RegExp(`=> ${prot}: 66 b8 10 00 +mov ax, 0x10$`, "m"), "32-bit disassembly");
+    assert.match(out.stdout, /^efer\s+0x500\s+\[ LME LMA \]$/m);
+    assert.match(out.stdout, /\[Inferior 1 \(Remote target\) exited with code 01\]/);
+    assert.equal(s.vm.serial.output, "real\nprot\nlong\n");
+  },
+);
 
 // ---------------------------------------------------------------- hvsh boot --gdb
 

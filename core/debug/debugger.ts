@@ -802,6 +802,8 @@ export class Debugger {
     });
     debugreg[7] = dr7 | (dr7 === 0n ? 0n : 0x400n);
     const cpu = this.#vm.cpu(0);
+    // Stepping reads registers at every stop: let KVM leave them in kvm_run instead of two ioctls per step.
+    cpu.fd.setSyncRegs(stepping);
     const flags = control === 0 ? 0 : control | KVM_GUESTDBG.ENABLE;
     const key = `${flags}:${debugreg.join(",")}`;
     if (key === this.#guestDebugKey) return; // unchanged: skip the ioctl
@@ -845,7 +847,8 @@ export class Debugger {
   #afterStop(): void {
     this.#endStepOver();
     this.#stepsRemaining = 0;
-    this.#applyGuestDebug();
+    // The guest-debug flags are brought up to date before the next run (beforeResume): a run of single
+    // steps then leaves KVM_GUESTDBG_SINGLESTEP set throughout instead of two ioctls per step.
   }
 
   #onExit(cpu: Vcpu, reason: number): PendingStop | "resume" | undefined {
@@ -911,10 +914,7 @@ export class Debugger {
     if (this.#stepsRemaining > 0) {
       this.#stepsRemaining--;
       this.#onStep?.(cpu);
-      if (this.#stepsRemaining === 0) {
-        const rip = cpu.regs.rip;
-        return { reason: "step", address: rip };
-      }
+      if (this.#stepsRemaining === 0) return { reason: "step", address: pc };
       const mayHit = (this.#planted.size > 0 || this.#hardwareBreakpoints().length > 0) &&
         this.#breakpointAddresses().has(pc);
       const next = mayHit ? this.#breakpointAt(cpu, this.#ripLinear(cpu)) : undefined;

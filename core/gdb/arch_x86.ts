@@ -109,8 +109,14 @@ export function encodeRegister(info: RegisterInfo, value: RegisterValue): Uint8A
     out.set(value.subarray(0, size));
     return out;
   }
-  let v = BigInt.asUintN(info.bits, value);
-  for (let i = 0; i < size; i++, v >>= 8n) out[i] = Number(v & 0xffn);
+  // One DataView store instead of a BigInt shift per byte (this runs for every expedited stop reply).
+  const view = new DataView(out.buffer);
+  if (size === 8) view.setBigUint64(0, BigInt.asUintN(64, value), true);
+  else if (size === 4) view.setUint32(0, Number(BigInt.asUintN(32, value)), true);
+  else {
+    let v = BigInt.asUintN(info.bits, value);
+    for (let i = 0; i < size; i++, v >>= 8n) out[i] = Number(v & 0xffn);
+  }
   return out;
 }
 

@@ -61,6 +61,9 @@ export interface GdbStubOptions {
 const Z_KINDS: readonly ("software" | "hardware" | WatchKind)[] = ["software", "hardware", "write", "read", "access"];
 const WATCH_REPLY: Record<WatchKind, string> = { write: "watch", read: "rwatch", access: "awatch" };
 
+/** rax..r15, rip, eflags, cs, ss, ds, es, fs, gs. */
+const EXPEDITED_REGISTERS = 24;
+
 function hex2(value: number): string {
   return value.toString(16).padStart(2, "0");
 }
@@ -422,6 +425,34 @@ export class GdbStub {
     return [];
   }
 
+  /**
+   * The core registers (0-23: general, rip, eflags, segment selectors) in the
+   * stop reply, as gdbserver expedites registers: gdb then needs no `g`
+   * packet to show where a `stepi` landed. They come from the vCPU's cached
+   * (after a step, kvm_run-synced) state, so this costs no ioctl.
+   */
+  #expedited(thread: number): string {
+    const cpu = this.#target.vm.cpu(thread - 1);
+    const regs = cpu.regs;
+    const sregs = cpu.sregsView;
+    const values: Record<string, bigint> = {
+      ...regs,
+      eflags: regs.rflags,
+      cs: BigInt(sregs.cs.selector),
+      ss: BigInt(sregs.ss.selector),
+      ds: BigInt(sregs.ds.selector),
+      es: BigInt(sregs.es.selector),
+      fs: BigInt(sregs.fs.selector),
+      gs: BigInt(sregs.gs.selector),
+    };
+    let out = "";
+    for (let n = 0; n < EXPEDITED_REGISTERS; n++) {
+      const info = X86_64_REGISTERS[n]!;
+      out += `${hex2(n)}:${hexEncode(encodeRegister(info, values[info.name] ?? 0n))};`;
+    }
+    return out;
+  }
+
   /** The stop reply packet for a stop. */
   #stopReply(stop: TargetStop): string {
     switch (stop.kind) {
@@ -429,14 +460,16 @@ export class GdbStub {
         return `W${hex2(stop.status)}`;
       case "breakpoint": {
         const reason = stop.hardware ? (this.#peerHwbreak ? "hwbreak:;" : "") : this.#peerSwbreak ? "swbreak:;" : "";
-        return `T05${reason}thread:${stop.thread.toString(16)};`;
+        return `T05${reason}thread:${stop.thread.toString(16)};${this.#expedited(stop.thread)}`;
       }
       case "watchpoint":
-        return `T05${WATCH_REPLY[stop.access]}:${stop.address.toString(16)};thread:${stop.thread.toString(16)};`;
+        return `T05${WATCH_REPLY[stop.access]}:${stop.address.toString(16)};thread:${stop.thread.toString(16)};${
+          this.#expedited(stop.thread)
+        }`;
       case "step":
-        return `T05thread:${stop.thread.toString(16)};`;
+        return `T05thread:${stop.thread.toString(16)};${this.#expedited(stop.thread)}`;
       case "interrupted":
-        return `T02thread:${stop.thread.toString(16)};`;
+        return `T02thread:${stop.thread.toString(16)};${this.#expedited(stop.thread)}`;
       case "signal":
         return `T${hex2(stop.signal)}thread:${stop.thread.toString(16)};`;
     }

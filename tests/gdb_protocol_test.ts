@@ -445,7 +445,7 @@ function snapshot(vm: Vm): string {
 kvmTest("gdbstub acks each packet until QStartNoAckMode, then sends bare replies", async () => {
   await using f = await fixture("dbg64.elf");
   const supported = await f.client.ask("qSupported:multiprocess+;swbreak+;hwbreak+;xmlRegisters=i386");
-  for (const feature of ["PacketSize=4000", "qXfer:features:read+", "vContSupported+", "swbreak+", "hwbreak+"]) {
+  for (const feature of ["PacketSize=20000", "qXfer:features:read+", "vContSupported+", "swbreak+", "hwbreak+"]) {
     assert.ok(supported.split(";").includes(feature), `${feature} in ${supported}`);
   }
   assert.ok(supported.includes("QStartNoAckMode+"));

@@ -21,8 +21,12 @@
  * @module
  */
 
-/** The largest packet hvsh accepts and advertises (`PacketSize`, in bytes of payload). */
-export const MAX_PACKET_SIZE = 0x4000;
+/**
+ * The largest packet hvsh accepts and advertises (`PacketSize`, in bytes of
+ * payload). 128 KiB: with run-length encoding a 16 MiB `dump` of mostly-zero
+ * RAM then needs few round trips (measured 2.9x QEMU's MiB/s; 1.9x at 16 KiB).
+ */
+export const MAX_PACKET_SIZE = 0x20000;
 
 /**
  * The most bytes one `m` may ask for: its hex reply must fit in a packet.

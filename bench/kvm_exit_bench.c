@@ -34,6 +34,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_common.h"
+
 #define RAM_SIZE (64UL << 20)
 /* Same address as hvsh and QEMU: three pages just below the BIOS area at 4 GiB. */
 #define TSS_ADDR 0xfffbd000UL
@@ -47,47 +49,6 @@
 
 #define CR0_PE 0x1ULL
 #define CR0_ET 0x10ULL
-
-/* Prints what failed with errno's text and ends the process: a bench has no recovery path. */
-static void die(const char *what) {
-    perror(what);
-    exit(1);
-}
-
-/* ioctl that must succeed; returns its (non-negative) result. */
-static int xioctl(int fd, unsigned long request, void *arg, const char *name) {
-    int ret = ioctl(fd, request, arg);
-    if (ret < 0) die(name);
-    return ret;
-}
-
-/* Reads the whole file at `path` into a malloc'd buffer. */
-static uint8_t *read_file(const char *path, size_t *size) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) die(path);
-    struct stat st;
-    if (fstat(fd, &st) < 0) die("fstat");
-    uint8_t *data = malloc((size_t)st.st_size);
-    if (data == NULL) die("malloc");
-    size_t done = 0;
-    while (done < (size_t)st.st_size) {
-        ssize_t n = read(fd, data + done, (size_t)st.st_size - done);
-        if (n < 0) die("read");
-        if (n == 0) break;
-        done += (size_t)n;
-    }
-    close(fd);
-    *size = done;
-    return data;
-}
-
-/* Fails with a message (no errno involved) when an ELF check does not hold. */
-static void elf_check(int ok, const char *path, const char *what) {
-    if (!ok) {
-        fprintf(stderr, "%s: not a loadable ELF32 i386 image: %s\n", path, what);
-        exit(1);
-    }
-}
 
 /*
  * Copies an ELF32 image's PT_LOAD segments into guest RAM at p_paddr (zeroing

@@ -99,10 +99,11 @@ async function runCommand(
   return result;
 }
 
-/** Compiles one C baseline into bench/build/ unless the binary is newer than its source. */
+/** Compiles one C baseline into bench/build/ unless the binary is newer than its source and the shared header. */
 async function buildC(sourcePath: string, binaryPath: string): Promise<string> {
-  const source = await mtimeMs(sourcePath);
-  if (source === undefined) throw new Error(`Missing ${sourcePath}`);
+  const sourceTime = await mtimeMs(sourcePath);
+  if (sourceTime === undefined) throw new Error(`Missing ${sourcePath}`);
+  const source = Math.max(sourceTime, (await mtimeMs(join(ROOT, "bench", "bench_common.h"))) ?? 0);
   const binary = await mtimeMs(binaryPath);
   if (binary !== undefined && binary >= source) return binaryPath;
   await Deno.mkdir(dirname(binaryPath), { recursive: true });

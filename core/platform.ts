@@ -25,6 +25,10 @@ import { buildMpTable } from "./firmware/mptable.ts";
 
 /** Where the platform puts things (guest physical addresses and ports). */
 export const PC_LAYOUT = {
+  /** COM1, debug-exit and POST are placed by the Vm itself (also with `platform: "none"`). */
+  com1: 0x3f8,
+  debugExit: 0xf4,
+  post: 0x80,
   cmos: 0x70,
   i8042Data: 0x60,
   i8042Command: 0x64,

@@ -25,7 +25,7 @@ import { Serial16550 } from "../devices/serial.ts";
 import { DebugExit, SinkPort } from "../devices/debug_exit.ts";
 import { detectFormat, type LoadedImage, loadImage, type LoadOptions } from "./loader/mod.ts";
 import { Debugger } from "./debug/debugger.ts";
-import { installPcPlatform, type PcPlatform } from "./platform.ts";
+import { installPcPlatform, PC_LAYOUT, type PcPlatform } from "./platform.ts";
 import { FW_CFG_KEY } from "../devices/fw_cfg.ts";
 import { attachGdb, type VmGdb } from "./gdb/server.ts";
 
@@ -126,13 +126,6 @@ const INTERNAL_SUBERRORS: Record<number, string> = {
   4: "unexpected exit reason",
 };
 
-/** Default placement of the legacy devices (one place for addresses). */
-export const PC_PORTS = {
-  com1: 0x3f8,
-  debugExit: 0xf4,
-  post: 0x80,
-} as const;
-
 /**
  * Lets timers, stdin and sockets run between guest slices. Measured here
  * (a 10 ms busy slice, then the yield; pipe data sent at 200 ms): setImmediate
@@ -231,14 +224,14 @@ export class Vm {
     this.#canCompleteExits = vmFd.kvm.checkExtension(KVM_CAP.IMMEDIATE_EXIT) > 0;
     this.setPageProtection(new Map());
     if (this.#irqchip) this.serial.connectInterrupt((level) => this.irqLine(4, level));
-    this.io.insert(PC_PORTS.com1, 8, "com1", this.serial);
+    this.io.insert(PC_LAYOUT.com1, 8, "com1", this.serial);
     this.io.insert(
-      PC_PORTS.debugExit,
+      PC_LAYOUT.debugExit,
       1,
       "debug-exit",
       new DebugExit((value) => this.requestStop({ reason: "exit", value, code: ((value << 1) | 1) >>> 0 })),
     );
-    this.io.insert(PC_PORTS.post, 1, "post", new SinkPort());
+    this.io.insert(PC_LAYOUT.post, 1, "post", new SinkPort());
     this.#resetPolicy = options.onReset ?? "stop";
     if ((options.platform ?? "pc") === "pc") {
       this.platform = installPcPlatform(this, (source) => this.#onGuestReset(source));

@@ -21,14 +21,11 @@ const libc = Deno.dlopen("libc.so.6", {
     result: "pointer",
   },
   munmap: { parameters: ["pointer", "usize"], result: "i32" },
-  mprotect: { parameters: ["pointer", "usize", "i32"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
   strerror: { parameters: ["i32"], result: "pointer" },
   gettid: { parameters: [], result: "i32" },
   getpid: { parameters: [], result: "i32" },
   tgkill: { parameters: ["i32", "i32", "i32"], result: "i32" },
-  pthread_sigmask: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
-  sigtimedwait: { parameters: ["buffer", "pointer", "buffer"], result: "i32" },
   timer_create: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   timer_settime: { parameters: ["pointer", "i32", "buffer", "pointer"], result: "i32" },
   timer_delete: { parameters: ["pointer"], result: "i32" },
@@ -90,7 +87,6 @@ export function viewNative(pointer: Deno.PointerObject, size: number): ArrayBuff
 
 export const O_RDWR = 2;
 export const O_CLOEXEC = 0o2000000;
-export const PROT_NONE = 0;
 export const PROT_READ = 1;
 export const PROT_WRITE = 2;
 export const MAP_SHARED = 1;
@@ -98,10 +94,6 @@ export const MAP_PRIVATE = 2;
 export const MAP_ANONYMOUS = 0x20;
 export const MAP_NORESERVE = 0x4000;
 export const MAP_FAILED = -1n;
-export const SIGUSR1 = 10;
-export const SIG_BLOCK = 0;
-export const SIG_UNBLOCK = 1;
-export const SIG_SETMASK = 2;
 export const CLOCK_MONOTONIC = 1;
 export const SIGEV_THREAD_ID = 4;
 

@@ -75,6 +75,8 @@ export interface CpuidOptions {
   hide?: readonly string[];
   /** 12-character vendor string for leaf 0, e.g. `"GenuineIntel"`. */
   vendor?: string;
+  /** The APIC id the vCPU reports (leaf 1 EBX[31:24], leaf 0xb EDX); default its index. */
+  apicId?: number;
 }
 
 /**
@@ -89,6 +91,12 @@ export function cpuidForVcpu(
   options: CpuidOptions = {},
 ): CpuidEntry[] {
   const entries = supported.map((e) => ({ ...e }));
+  if (options.apicId !== undefined) {
+    if (!Number.isInteger(options.apicId) || options.apicId < 0 || options.apicId > 255) {
+      throw new RangeError(`Invalid APIC id ${options.apicId}: expected 0-255`);
+    }
+    apicId = options.apicId;
+  }
   for (const name of options.hide ?? []) {
     const feature = CPUID_FEATURES[name.toLowerCase()];
     if (feature === undefined) {

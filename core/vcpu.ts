@@ -7,6 +7,7 @@
 
 import type { VcpuFd } from "./kvm/kvm.ts";
 import {
+  type CpuidEntry,
   type DebugRegisters,
   type FpuState,
   REGISTER_NAMES,
@@ -239,6 +240,11 @@ export class Vcpu {
   /** Writes the x87/SSE fields given; the others keep their values. */
   setFpu(values: Partial<FpuState>): void {
     this.#fd.setFpu({ ...this.#fd.getFpu(), ...values });
+  }
+
+  /** The CPUID table this vCPU reports (KVM_GET_CPUID2); set it with `Vm.create({ cpuid })`. */
+  get cpuid(): CpuidEntry[] {
+    return this.#fd.getCpuid();
   }
 
   /** Debug registers DR0-3, DR6, DR7 as the guest sees them. */

@@ -35,8 +35,11 @@ export interface VmOptions {
   memory?: string | number;
   /** Number of vCPUs. Default 1. */
   cpus?: number;
-  /** CPUID changes for every vCPU, e.g. `{ hide: ["cx16"] }`. */
-  cpuid?: CpuidOptions;
+  /**
+   * CPUID changes for every vCPU, e.g. `{ hide: ["cx16"] }`, or a function
+   * giving each vCPU its own (`(index) => ({ apicId: index * 2 })`).
+   */
+  cpuid?: CpuidOptions | ((index: number) => CpuidOptions);
   /** What an access to an unclaimed port or MMIO address does: `"ignore"` (default) or `"stop"`. */
   unhandled?: "ignore" | "stop";
   /** A name for listings. */
@@ -413,7 +416,8 @@ export class Vm {
       for (let id = 0; id < cpuCount; id++) {
         const fd = vmFd.createVcpu(id);
         vcpuFds.push(fd);
-        fd.setCpuid(cpuidForVcpu(supported, id, cpuCount, options.cpuid));
+        const cpuid = typeof options.cpuid === "function" ? options.cpuid(id) : options.cpuid;
+        fd.setCpuid(cpuidForVcpu(supported, id, cpuCount, cpuid));
       }
       if (options.irqchip ?? true) vmFd.createPit2();
     } catch (error) {

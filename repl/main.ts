@@ -72,16 +72,40 @@ export async function replCommand(args: string[]): Promise<number> {
   // Assigned once the VM is ready; `print` clears the prompt line only after that.
   // deno-lint-ignore prefer-const
   let rl: readline.Interface | undefined;
+  // Output that arrives while the prompt waits (a stop or guest output after gdb or a script resumed the
+  // guest) must not break the line being typed: clear it, print, then redraw the prompt and the input.
+  let busy = false;
+  let promptHidden = false;
+  const hidePrompt = (): boolean => {
+    const atPrompt = interactive && rl !== undefined && !busy;
+    if (atPrompt && !promptHidden) {
+      readline.clearLine(process.stdout, 0);
+      readline.cursorTo(process.stdout, 0);
+      promptHidden = true;
+    }
+    return atPrompt;
+  };
+  const showPrompt = () => {
+    promptHidden = false;
+    rl!.prompt(true);
+  };
   const print = (text: string) => {
-    if (rl !== undefined && interactive) {
+    if (rl !== undefined && interactive && busy) {
       readline.clearLine(process.stdout, 0);
       readline.cursorTo(process.stdout, 0);
     }
+    const atPrompt = hidePrompt();
     console.log(text);
+    if (atPrompt) showPrompt();
+  };
+  const writeConsole = (bytes: Uint8Array) => {
+    const atPrompt = hidePrompt();
+    Deno.stdout.writeSync(bytes);
+    if (atPrompt && bytes[bytes.length - 1] === 0x0a) showPrompt();
   };
   const session = new Session({
     print,
-    console: (bytes) => Deno.stdout.writeSync(bytes),
+    console: (bytes) => writeConsole(bytes),
   }, colors);
 
   try {
@@ -193,7 +217,13 @@ export async function replCommand(args: string[]): Promise<number> {
     if (interactive) rl.prompt();
     for await (const line of rl) {
       if (interactive && line.trim() !== "") entered.push(line);
-      await executeLine(line, session);
+      busy = true;
+      try {
+        await executeLine(line, session);
+      } finally {
+        busy = false;
+        promptHidden = false;
+      }
       if (interactive) rl.prompt();
     }
   } catch (error) {

@@ -418,3 +418,22 @@ ttyTest("no colours on a terminal with NO_COLOR=1", async () => {
     assert.ok(!raw.includes("\x1b"), `NO_COLOR=1 but the screen has ESC sequences:\n${await rawScreen(pane)}`);
   });
 });
+
+ttyTest("guest output and a stop arriving while the prompt waits keep the prompt and the half-typed line", async () => {
+  await withRepl([], async (pane) => {
+    await pane.enter(".context off");
+    await pane.waitForPromptLine();
+    // The demo guest runs in the background (the promise is not awaited) and prints "tick N" lines.
+    await pane.enter("void vm.run({ timeout: 1000 })");
+    await pane.typeOnPrompt("40 + ");
+    await pane.waitForText(/^tick \d+$/m);
+    // The stop line appears, then the prompt comes back with the input as typed.
+    const screen = await pane.waitFor("the stop line and the prompt after it", (s) => {
+      const lines = s.trimEnd().split("\n");
+      return /^\[timed out at rip /.test(lines.at(-2) ?? "") && lines.at(-1) === "hvsh> 40 +" ? s : undefined;
+    });
+    assert.doesNotMatch(screen, /hvsh> 40 \+ ?tick/, "guest output never lands on the prompt line");
+    await pane.enter("2");
+    await pane.waitForText(/^42$/m);
+  });
+});

@@ -448,3 +448,25 @@ kvmTest("Vcpu of a closed VM throws instead of reaching another VM's vCPU throug
   assert.throws(() => cpu.setRegs({ rax: 1 }), /closed/);
   assert.equal(other.cpu(0).fd.getRegs().rax, 0x0bad_cafen, "the other VM's registers are untouched");
 });
+
+Deno.test({
+  name: "Vm.create({ cpuid: (index) => ... }) gives each vCPU its own APIC id and vendor in CPUID",
+  ignore: !kvmAvailable,
+  fn: async () => {
+    await using vm = await Vm.create({
+      cpus: 2,
+      cpuid: (index) => ({ apicId: 10 + index, vendor: index === 0 ? "GenuineIntel" : "AuthenticAMD" }),
+    });
+    const leaf = (index: number, fn: number) => vm.cpu(index).cpuid.find((e) => e.function === fn)!;
+    assert.equal(leaf(0, 1).ebx >>> 24, 10);
+    assert.equal(leaf(1, 1).ebx >>> 24, 11);
+    const vendor = (index: number) => {
+      const e = leaf(index, 0);
+      const bytes = new Uint8Array(new Uint32Array([e.ebx, e.edx, e.ecx]).buffer);
+      return new TextDecoder().decode(bytes);
+    };
+    assert.equal(vendor(0), "GenuineIntel");
+    assert.equal(vendor(1), "AuthenticAMD");
+    await assert.rejects(() => Vm.create({ cpuid: { apicId: 300 } }), /Invalid APIC id 300/);
+  },
+});

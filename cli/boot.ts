@@ -291,9 +291,17 @@ export async function bootCommand(args: string[]): Promise<number> {
   const input = pumpStdin(vm, stopInput.signal);
   try {
     const options = parseBootArgs(args);
-    const stop = options.gdb === undefined
-      ? await vm.run(timeoutMs === undefined ? {} : { timeout: timeoutMs })
-      : await runUnderGdb(vm, options);
+    let stop: Awaited<ReturnType<typeof runUnderGdb>>;
+    try {
+      stop = options.gdb === undefined
+        ? await vm.run(timeoutMs === undefined ? {} : { timeout: timeoutMs })
+        : await runUnderGdb(vm, options);
+    } catch (error) {
+      // A device model or hook failed on what the guest did: report it as a crash, not a stack trace.
+      stopOutput();
+      console.error(`hvsh: the guest could not run on: ${(error as Error).message}`);
+      return BOOT_STATUS.crashed;
+    }
     stopOutput();
     if (typeof stop === "number") return stop;
     const status = statusForStop(stop);

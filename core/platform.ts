@@ -121,6 +121,15 @@ export function installPcPlatform(vm: Vm, onReset: (source: string) => void): Pc
         cmos.fireAlarm();
         acpiPm.raise(PM1_STATUS.wake | PM1_STATUS.rtc);
         const vector = memory.readU32(facs! + 12);
+        if (vector >= 0x10_0000) {
+          // The waking vector is a real-mode address; anything else is the guest's mistake, not hvsh's.
+          vm.requestStop({
+            reason: "shutdown",
+            cause: "power-off",
+            detail: `ACPI S3 resume: waking vector 0x${vector.toString(16)} is not a real-mode address`,
+          });
+          return;
+        }
         vm.cpu(0).enterRealMode({ cs: vector >>> 4, ip: vector & 0xf, dataSegment: 0 });
       });
     },

@@ -835,9 +835,8 @@ export class Vm {
         answer = mask;
       }
     }
-    const scratch = new DataView(new ArrayBuffer(8));
-    scratch.setBigUint64(0, answer, true);
-    fd.run8.set(new Uint8Array(scratch.buffer, 0, size), 40);
+    // kvm_run's mmio.data is 8 bytes at offset 40; the guest takes `size` of them.
+    fd.runView.setBigUint64(40, answer, true);
   }
 
   #decodeStop(cpu: Vcpu, reason: number): PendingStop {

@@ -89,19 +89,23 @@ export async function replCommand(args: string[]): Promise<number> {
     promptHidden = false;
     rl!.prompt(true);
   };
+  // Guest output may stop mid-line: hvsh's own next line then starts on a fresh one instead of erasing it.
+  let guestMidLine = false;
   const print = (text: string) => {
-    if (rl !== undefined && interactive && busy) {
-      readline.clearLine(process.stdout, 0);
-      readline.cursorTo(process.stdout, 0);
-    }
     const atPrompt = hidePrompt();
+    if (guestMidLine) {
+      Deno.stdout.writeSync(new Uint8Array([0x0a]));
+      guestMidLine = false;
+    }
     console.log(text);
     if (atPrompt) showPrompt();
   };
   const writeConsole = (bytes: Uint8Array) => {
+    if (bytes.length === 0) return;
     const atPrompt = hidePrompt();
     Deno.stdout.writeSync(bytes);
-    if (atPrompt && bytes[bytes.length - 1] === 0x0a) showPrompt();
+    guestMidLine = bytes[bytes.length - 1] !== 0x0a;
+    if (atPrompt && !guestMidLine) showPrompt();
   };
   const session = new Session({
     print,

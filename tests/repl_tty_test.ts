@@ -437,3 +437,19 @@ ttyTest("guest output and a stop arriving while the prompt waits keep the prompt
     await pane.waitForText(/^42$/m);
   });
 });
+
+ttyTest(".console attaches the terminal to the guest's serial port; Ctrl-] returns to the prompt", async () => {
+  await withRepl(["--kernel", await guest("echo.elf")], async (pane) => {
+    await pane.enter(".context off");
+    await pane.waitForPromptLine();
+    await pane.enter(".console");
+    await pane.waitForText(/^\[console attached: guest serial on this terminal; Ctrl-\] returns\]$/m);
+    await pane.type("hello"); // raw keys to the guest, which echoes each byte back
+    await pane.waitForText(/^hello$/m);
+    await pane.keys("C-]");
+    await pane.waitForText(/^hello\n\[paused at rip 0x[0-9a-f]+ <_start\+\d+> \(protected mode, vCPU 0\)\]$/m);
+    await pane.waitForPromptLine();
+    await pane.enter("vm.serial.output");
+    await pane.waitForText(/^"hello"$/m);
+  });
+});

@@ -13,7 +13,7 @@
  */
 
 import { KVM } from "./kvm/ioctls.ts";
-import { lastErrno, sys } from "./kvm/_ffi.ts";
+import { lastErrno, sys, viewAddress } from "./kvm/_ffi.ts";
 import { currentThreadId, kickThread } from "./kvm/signals.ts";
 
 /** Indices into the shared mailbox. */
@@ -47,11 +47,16 @@ interface Start {
   mailbox: SharedArrayBuffer;
   /** One Int32 shared by every AP: set when any exit waits, so the main thread notices without the kick. */
   pending: SharedArrayBuffer;
+  /** Address of the main thread's vCPU's kvm_run, or undefined without KVM_CAP_IMMEDIATE_EXIT. */
+  mainRun: bigint | undefined;
 }
 
 function serve(start: Start): void {
   const box = new Int32Array(start.mailbox);
   const pending = new Int32Array(start.pending);
+  // kvm_run.immediate_exit (byte 1) of the main thread's vCPU: set before the kick, it makes a KVM_RUN the
+  // main thread is about to enter return at once, so a kick that lands just before it is not lost.
+  const mainImmediateExit = start.mainRun === undefined ? undefined : viewAddress(start.mainRun, 2);
   // The kick's handler is process-wide: the main thread installed it before starting this worker.
   Atomics.store(box, Mailbox.tid, currentThreadId());
   Atomics.notify(box, Mailbox.tid);
@@ -77,6 +82,7 @@ function serve(start: Start): void {
     Atomics.store(box, Mailbox.state, State.exit);
     // The flag covers a kick that lands while the main thread is in JavaScript (the kick is then lost).
     Atomics.store(pending, 0, 1);
+    if (mainImmediateExit !== undefined) mainImmediateExit[1] = 1;
     kickThread(start.mainTid);
     while (Atomics.load(box, Mailbox.serviced) === 0 && Atomics.load(box, Mailbox.command) !== Command.quit) {
       Atomics.wait(box, Mailbox.serviced, 0, 50);

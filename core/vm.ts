@@ -288,7 +288,13 @@ export class Vm {
       // Parked until the first run(): the worker must not enter KVM_RUN before the BSP is set up.
       mailbox[Mailbox.command] = Command.park;
       const worker = new Worker(new URL("./vcpu_thread.ts", import.meta.url), { type: "module" });
-      worker.postMessage({ fd: cpu.fd.fd, mainTid, mailbox: mailbox.buffer, pending: this.#apPending.buffer });
+      worker.postMessage({
+        fd: cpu.fd.fd,
+        mainTid,
+        mailbox: mailbox.buffer,
+        pending: this.#apPending.buffer,
+        mainRun: this.#canCompleteExits ? this.cpu(0).fd.runArea.address : undefined,
+      });
       this.#aps.push({ cpu, worker, mailbox });
     }
     for (const { cpu, mailbox } of this.#aps) {
@@ -330,6 +336,8 @@ export class Vm {
 
   /** Completes the exits application processors handed to this thread. */
   #serviceAps(stopOnUnhandled: boolean): void {
+    // Cleared before the mailboxes are read: an AP that posts after this sets them again (see vcpu_thread.ts).
+    this.cpu(0).fd.run8[1] = 0;
     Atomics.store(this.#apPending, 0, 0);
     for (const { cpu, mailbox } of this.#aps) {
       if (Atomics.load(mailbox, Mailbox.state) !== State.exit || Atomics.load(mailbox, Mailbox.serviced) === 1) {

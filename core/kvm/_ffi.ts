@@ -97,6 +97,11 @@ export const MAP_FAILED = -1n;
 export const CLOCK_MONOTONIC = 1;
 export const SIGEV_THREAD_ID = 4;
 
+/** Bytes of native memory at an address another thread passed along (e.g. the main vCPU's kvm_run). */
+export function viewAddress(address: bigint, size: number): Uint8Array {
+  return new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(Deno.UnsafePointer.create(address)!, size));
+}
+
 /** Address of a native pointer as a bigint (0n for null). */
 export function pointerValue(pointer: Deno.PointerValue): bigint {
   return BigInt(Deno.UnsafePointer.value(pointer));

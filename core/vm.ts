@@ -11,7 +11,6 @@
  * @module
  */
 
-import { setImmediate } from "node:timers";
 import { Kvm, type VcpuFd, type VmFd } from "./kvm/kvm.ts";
 import { KVM_CAP, KVM_EXIT, KVM_MEM_READONLY } from "./kvm/ioctls.ts";
 import { currentThreadId, kickThread, mainThreadKick, prepareKickSignal } from "./kvm/signals.ts";
@@ -134,15 +133,12 @@ const INTERNAL_SUBERRORS: Record<number, string> = {
  * (a 10 ms busy slice, then the yield; pipe data sent at 200 ms): setImmediate
  * saw the data after ~600 ms (the loop never polls I/O), a MessageChannel
  * never, setTimeout(0) at once but idles ~2 ms per call, and an async op that
- * finishes at once (a stat of "/", ~55 µs) at once. So: the op on every
- * fourth yield (it cost ~3 % of exit throughput on every yield), with
- * setTimeout as the fallback when file reads are not permitted.
+ * finishes at once (a stat of "/", ~55 µs) at once. So: the op, with
+ * setTimeout as the fallback when file reads are not permitted. (node:timers'
+ * setImmediate also cost ~15 ms of start-up for Node compatibility.)
  */
 let statAllowed = true;
-let yields = 0;
 async function yieldToEventLoop(): Promise<void> {
-  // Three cheap turns (timers, promises) for each I/O-polling one: I/O waits at most ~40 ms at a 10 ms kick.
-  if (++yields % 4 !== 0) return await new Promise((resolve) => setImmediate(resolve));
   if (statAllowed) {
     try {
       await Deno.stat("/");

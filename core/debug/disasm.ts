@@ -1,18 +1,24 @@
 /**
  * Disassembly with the npm package iced-x86 (Rust compiled to wasm). It is
- * loaded on first use with a synchronous require (~20 ms), so `hvsh` starts
- * without paying for it and disassembly stays a synchronous call.
+ * loaded on first use with a synchronous require (~20 ms, plus Node
+ * compatibility's first use), so `hvsh` starts without paying for it and
+ * disassembly stays a synchronous call.
  *
  * @module
  */
 
-import { createRequire } from "node:module";
-
 type Iced = typeof import("iced-x86");
 let iced: Iced | undefined;
 
+/** Deno's Node-compatible `process`, reached only here so start-up never pays for Node compatibility (~15 ms). */
+interface NodeProcess {
+  getBuiltinModule(name: "node:module"): typeof import("node:module");
+}
+
 function loadIced(): Iced {
-  return iced ??= createRequire(import.meta.url)("iced-x86") as Iced;
+  if (iced !== undefined) return iced;
+  const process = (globalThis as unknown as { process: NodeProcess }).process;
+  return iced = process.getBuiltinModule("node:module").createRequire(import.meta.url)("iced-x86") as Iced;
 }
 
 /** One decoded instruction. */

@@ -222,3 +222,20 @@ kvmTest("Vm.load() of a missing file rejects with a message naming it", async ()
   await using vm = await Vm.create({ memory: "16M" });
   await assert.rejects(vm.load("/nonexistent/kernel.elf"), /Cannot read kernel image \/nonexistent\/kernel\.elf/);
 });
+
+kvmTest("Vm.run() stops with reason internal-error when the guest executes from an address with no RAM", async () => {
+  await using vm = await Vm.create();
+  await vm.load(await guest("hello32.elf"));
+  // mov eax, 0xfe000000; jmp eax — KVM cannot fetch instructions from MMIO on any host.
+  vm.memory.write(0x100000, [0xb8, 0x00, 0x00, 0x00, 0xfe, 0xff, 0xe0]);
+  const stop = await vm.run({ timeout: RUN_TIMEOUT_MS });
+  assert.equal(stop.reason, "internal-error");
+  assert.equal(stop.rip, 0xfe00_0000n);
+  assert.match(
+    describeStop(stop),
+    /^guest crashed: KVM internal error: .* at rip 0xfe000000 \(protected mode, vCPU 0\)/,
+  );
+  // The VM stays usable: load and run again.
+  await vm.load(await guest("hello32.elf"));
+  assert.equal((await vm.run({ timeout: RUN_TIMEOUT_MS })).reason, "exit");
+});

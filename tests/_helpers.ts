@@ -12,20 +12,22 @@
 
 import { buildGuests } from "../scripts/build_guests.ts";
 import type { Vm } from "../core/vm.ts";
+import { Kvm } from "../core/kvm/kvm.ts";
 
+/** Opens /dev/kvm the way hvsh does (and asks for its API version), so a device that is not KVM counts as missing. */
 function probeKvm(): string | undefined {
   try {
-    Deno.openSync("/dev/kvm", { read: true, write: true }).close();
+    Kvm.open().close();
     return undefined;
   } catch (error) {
-    return `cannot open /dev/kvm for reading and writing (${(error as Error).message})`;
+    return `cannot use /dev/kvm (${(error as Error).message})`;
   }
 }
 
 /** Why the KVM tests cannot run here, or undefined when they can. */
 export const kvmMissingReason: string | undefined = probeKvm();
 
-/** True when `/dev/kvm` can be opened for reading and writing. */
+/** True when `/dev/kvm` opens and answers KVM's API version. */
 export const kvmAvailable: boolean = kvmMissingReason === undefined;
 
 // Each test module runs in its own isolate; the environment is the process's, so the notice prints once.

@@ -7,11 +7,10 @@
  */
 
 import type { Session } from "./session.ts";
-import { describeStop, type StopEvent } from "../core/stop.ts";
+import type { StopEvent } from "../core/stop.ts";
 import { examine, formatRegisters, formatSpecialRegisters, hex, hexdump } from "./format.ts";
 import { formatTranslation } from "../core/debug/paging.ts";
 import { REGISTER_NAMES, type RegisterName } from "../core/kvm/structs.ts";
-import { evaluate } from "./evaluator.ts";
 import type { BreakCondition, WatchAccess } from "../core/debug/debugger.ts";
 import { parseSize } from "../core/memory.ts";
 
@@ -664,6 +663,3 @@ export function completeDotCommand(line: string, session: Session): [string[], s
   const hits = command?.complete?.(lastWord, session) ?? [];
   return [hits, lastWord];
 }
-
-/** Re-exported for the evaluator-facing `.load-script` path. */
-export { describeStop, evaluate };

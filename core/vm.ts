@@ -5,8 +5,11 @@
  * The run loop runs vCPU 0 on the main thread, synchronously through the
  * fast FFI path, so devices, hooks and the debugger are plain closures on
  * this thread. A periodic kick (see core/kvm/signals.ts) interrupts KVM_RUN
- * every few milliseconds so the loop can yield to the event loop: timers,
- * stdin and sockets stay live while a guest spins without exits.
+ * every 10 ms so the loop can yield to the event loop: timers, stdin and
+ * sockets stay live while a guest spins without exits. Application
+ * processors run KVM_RUN on their own Worker threads and hand the exits that
+ * need a device to this thread (core/vcpu_thread.ts); with the in-kernel
+ * irqchip those are rare.
  *
  * @module
  */

@@ -587,6 +587,17 @@ export class Vm {
     return this.#vmFd.kvm.checkExtension(capability);
   }
 
+  #closers = new Set<() => void | Promise<void>>();
+
+  /**
+   * Calls `closer` when the VM closes, before its vCPUs and memory go (a gdb
+   * server, a console). Returns a function that forgets it.
+   */
+  onClose(closer: () => void | Promise<void>): () => void {
+    this.#closers.add(closer);
+    return () => void this.#closers.delete(closer);
+  }
+
   /** Calls `observer` on every stop, whoever caused the run. Returns a function that unsubscribes. */
   onStop(observer: (stop: StopEvent) => void): () => void {
     this.#stopObservers.add(observer);
@@ -938,6 +949,14 @@ export class Vm {
   async close(): Promise<void> {
     if (this.#closed) return;
     if (this.#running) await this.pause();
+    for (const closer of [...this.#closers]) {
+      try {
+        await closer();
+      } catch {
+        // closing goes on: the VM's own resources must be released whatever a closer did
+      }
+    }
+    this.#closers.clear();
     this.#closed = true;
     for (const { mailbox, worker } of this.#aps) {
       Atomics.store(mailbox, Mailbox.command, Command.quit);

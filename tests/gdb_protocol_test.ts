@@ -693,3 +693,19 @@ Deno.test("runLengthEncode() output expands back to the input and never uses # o
   }
   assert.ok(bytesToText(runLengthEncode(textToBytes("0".repeat(200)))).length < 20, "long runs shrink");
 });
+
+kvmTest("Vm.close() closes the gdb servers listening for it, with a client attached", async () => {
+  const vm = await Vm.create();
+  await vm.load(await guest("dbg64.elf"));
+  const server = listenGdb(vm, { port: 0 });
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.port! });
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  await vm.close();
+  assert.equal(await server.closed, "closed");
+  const buffer = new Uint8Array(64);
+  assert.equal(await conn.read(buffer).catch(() => null), null, "the client sees the connection end");
+  conn.close();
+  // The port is free again.
+  const again = Deno.listen({ hostname: "127.0.0.1", port: server.port! });
+  again.close();
+});

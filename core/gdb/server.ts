@@ -118,7 +118,11 @@ export function listenGdb(vm: Vm, options: GdbListenOptions = {}): GdbServer {
     }
   }
   const allowJs = options.allowJs ?? (path !== undefined || isLoopback(host));
-  return new Server(vm, listener, path, { ...options, allowJs });
+  const server = new Server(vm, listener, path, { ...options, allowJs });
+  // The listener is the VM's resource too: closing the VM closes it.
+  const forget = vm.onClose(() => server.close());
+  void server.closed.then(forget);
+  return server;
 }
 
 function removeStaleSocket(path: string): void {

@@ -80,6 +80,7 @@ export function installPcPlatform(vm: Vm, onReset: (source: string) => void): Pc
       write: (address, bytes) => memory.write(address, bytes),
     },
   });
+  fwCfg.addFile("etc/e820", e820Table(memory));
   vm.io.insert(PC_LAYOUT.fwCfg, 2, "fw_cfg", fwCfg);
   if (fwCfg.dmaPort !== undefined) vm.io.insert(PC_LAYOUT.fwCfgDma, 8, "fw_cfg-dma", fwCfg.dmaPort);
 
@@ -153,6 +154,29 @@ export function installPcPlatform(vm: Vm, onReset: (source: string) => void): Pc
   }
   if (vm.hasIrqchip && memory.isRam(0, 0x10_0000)) installBiosState(vm);
   return { fwCfg, cmos, i8042, pciHost, testDev, acpiPm, facs };
+}
+
+/**
+ * QEMU's `etc/e820` fw_cfg file: packed `{ u64 address, u64 length, u32 type }`
+ * entries (type 1 RAM, 2 reserved), the same map the multiboot loader gives:
+ * low RAM up to the EBDA, the EBDA and BIOS area reserved, RAM from 1 MiB, and
+ * RAM above 4 GiB when there is any.
+ */
+export function e820Table(memory: { readonly regions: readonly { base: number; size: number }[] }): Uint8Array {
+  const entries: [number, number, number][] = [[0, 0x9_fc00, 1], [0x9_fc00, 0x400, 2], [0xf_0000, 0x1_0000, 2]];
+  for (const region of memory.regions) {
+    const start = Math.max(region.base, 0x10_0000);
+    const end = region.base + region.size;
+    if (end > start) entries.push([start, end - start, 1]);
+  }
+  const out = new Uint8Array(entries.length * 20);
+  const view = new DataView(out.buffer);
+  entries.forEach(([address, length, type], i) => {
+    view.setBigUint64(i * 20, BigInt(address), true);
+    view.setBigUint64(i * 20 + 8, BigInt(length), true);
+    view.setUint32(i * 20 + 16, type, true);
+  });
+  return out;
 }
 
 /** Where the real-mode interrupt stubs live (segment 0xf000, as SeaBIOS places its handlers). */

@@ -157,3 +157,22 @@ kvmTest("ACPI S5 (SLP_TYP 0) powers the VM off: a shutdown of cause power-off", 
   assert.equal(stop.reason, "shutdown");
   assert.equal(stop.reason === "shutdown" ? stop.cause : "", "power-off");
 });
+
+kvmTest("fw_cfg's file directory lists etc/e820, whose entries match the RAM present", async () => {
+  await using vm = await Vm.create({ memory: "48M" });
+  const fwCfg = vm.platform!.fwCfg;
+  const file = fwCfg.files.find((f) => f.name === "etc/e820");
+  assert.ok(file !== undefined, JSON.stringify(fwCfg.files));
+  // Read it the way a guest does: select the key with a 16-bit write to 0x510, then byte reads from 0x511.
+  const selector = vm.io.find(0x510)!;
+  selector.device.write(0, 2, file.select);
+  const bytes = Uint8Array.from({ length: file.size }, () => vm.io.find(0x511)!.device.read(1, 1));
+  const view = new DataView(bytes.buffer);
+  const entries = Array.from({ length: bytes.length / 20 }, (_, i) => ({
+    address: view.getBigUint64(i * 20, true),
+    length: view.getBigUint64(i * 20 + 8, true),
+    type: view.getUint32(i * 20 + 16, true),
+  }));
+  assert.deepEqual(entries.at(-1), { address: 0x10_0000n, length: BigInt((48 << 20) - 0x10_0000), type: 1 });
+  assert.deepEqual(entries[0], { address: 0n, length: 0x9_fc00n, type: 1 });
+});

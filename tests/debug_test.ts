@@ -1016,3 +1016,18 @@ kvmTest(
     assert.throws(() => debug.search(""), /empty pattern/);
   },
 );
+
+kvmTest("A read watchpoint on a page the guest executes from stops with an internal-error that names it", async () => {
+  await using vm = await dbgVm();
+  // dbg64's counter shares its page with the code: unmapping it for reads also stops instruction fetches.
+  const wp = vm.debug.watch("counter", 8, "read");
+  const stop = await vm.run({ timeout: RUN_TIMEOUT_MS });
+  assert.equal(stop.reason, "internal-error");
+  assert.match(
+    stop.reason === "internal-error" ? stop.detail : "",
+    new RegExp(`read/access watchpoint ${wp.id} unmaps; delete it or watch writes only`),
+  );
+  vm.debug.delete(wp.id);
+  assert.equal((await vm.run({ timeout: RUN_TIMEOUT_MS })).reason, "exit", "the VM runs on once it is deleted");
+  assert.equal(vm.serial.output, DBG_OUTPUT);
+});

@@ -868,6 +868,24 @@ export class Debugger {
       const rip = this.#ripLinear(cpu);
       const at = this.#breakpointAt(cpu, rip);
       if (at?.physical !== undefined) return this.#onBreakpointHit(cpu, rip, at.physical, "software");
+      // Fetching from a page a read/access watchpoint unmapped fails on every host: say so.
+      const t = translate(rip, cpu.sregsView, this.#vm.memory);
+      const page = t.physical === undefined ? undefined : Number(t.physical) & ~0xfff;
+      if (page !== undefined && this.#protectedPages.get(page) === "none") {
+        const ids = [...this.#watchpoints.values()]
+          .filter((wp) =>
+            wp.enabled && wp.access !== "write" && (wp.physical & ~0xfff) <= page &&
+            page < wp.physical + wp.length
+          )
+          .map((wp) => wp.id);
+        return {
+          reason: "internal-error",
+          suberror: EMULATION_FAILURE,
+          detail: `the guest executes from page 0x${page.toString(16)}, which read/access watchpoint ${
+            ids.join(", ")
+          } unmaps; delete it or watch writes only (write watchpoints leave pages executable)`,
+        };
+      }
     }
     return undefined;
   }

@@ -7,6 +7,7 @@
  */
 
 import { HostMapping } from "./kvm/kvm.ts";
+import { hex } from "./hex.ts";
 
 /** A guest address as a number or bigint. */
 export type Address = number | bigint;
@@ -26,10 +27,6 @@ export interface MemoryRegion {
 /** Start of the PCI hole: RAM above it moves to 4 GiB, as on a PC. */
 export const PCI_HOLE_START = 0xc000_0000;
 const FOUR_GIB = 0x1_0000_0000;
-
-function hex(value: Address): string {
-  return `0x${value.toString(16)}`;
-}
 
 /** Parses a memory size such as `64M`, `1G`, `512K`, `65536` or a number of bytes. */
 export function parseSize(size: string | number): number {
@@ -284,5 +281,10 @@ export class GuestMemory {
     for (const mapping of this.#mappings) mapping.close();
     this.#mappings = [];
     (this as { regions: readonly MemoryRegion[] }).regions = [];
+  }
+
+  /** `using memory = GuestMemory.allocate(n)` unmaps it at scope exit. */
+  [Symbol.dispose](): void {
+    this.close();
   }
 }

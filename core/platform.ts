@@ -1,7 +1,8 @@
 /**
- * The PC platform builder: the one place that decides where legacy devices
- * and firmware tables live (like Firecracker's builder / device manager), so
- * kernels written for QEMU's `-kernel` on `pc` find what they expect.
+ * The PC platform builder: the one place that decides where devices and
+ * firmware tables live (like Firecracker's builder / device manager), so
+ * kernels written for QEMU's `-kernel` on `pc` find what they expect, and
+ * the platform's policies for a reset and an ACPI sleep.
  *
  * What is in the kernel and what is in hvsh: KVM emulates the PIC pair, the
  * IOAPIC, every LAPIC and the PIT (with the speaker port 0x61); hvsh models
@@ -12,7 +13,8 @@
  * @module
  */
 
-import type { Vm } from "./vm.ts";
+import type { Machine } from "./machine.ts";
+import type { BusDispatch } from "./bus_dispatch.ts";
 import { Cmos } from "../devices/cmos.ts";
 import { I8042 } from "../devices/i8042.ts";
 import { Port61 } from "../devices/port61.ts";
@@ -20,33 +22,46 @@ import { PciHost } from "../devices/pci_host.ts";
 import { PC_TESTDEV, PcTestDev } from "../devices/pc_testdev.ts";
 import { FwCfg } from "../devices/fw_cfg.ts";
 import { AcpiPm, PM1_STATUS } from "../devices/acpi_pm.ts";
+import { Serial16550 } from "../devices/serial.ts";
+import { DebugExit, SinkPort } from "../devices/debug_exit.ts";
 import { buildAcpiTables } from "./firmware/acpi.ts";
 import { buildMpTable } from "./firmware/mptable.ts";
 
-/** Where the platform puts things (guest physical addresses and ports). */
+/**
+ * Where the platform puts everything: ports (with how many each device
+ * decodes), MMIO ranges and firmware tables in guest physical memory. The
+ * builder below places every device from this table and nowhere else.
+ */
 export const PC_LAYOUT = {
-  /** COM1, debug-exit and POST are placed by the Vm itself (also with `platform: "none"`). */
-  com1: 0x3f8,
-  debugExit: 0xf4,
-  post: 0x80,
-  cmos: 0x70,
-  i8042Data: 0x60,
-  i8042Command: 0x64,
-  port61: 0x61,
-  pciConfig: 0xcf8,
-  fwCfg: 0x510,
+  /** COM1, debug-exit and POST are on every platform, `"none"` included. */
+  com1: { port: 0x3f8, size: 8 },
+  /** QEMU's isa-debug-exit: writing V ends the run with status (V << 1) | 1. */
+  debugExit: { port: 0xf4, size: 1 },
+  /** The POST code port: writes are dropped. */
+  post: { port: 0x80, size: 1 },
+  cmos: { port: 0x70, size: 2 },
+  i8042Data: { port: 0x60, size: 1 },
+  i8042Command: { port: 0x64, size: 1 },
+  /** The speaker/gate port, modelled only without the in-kernel PIT (which serves it otherwise). */
+  port61: { port: 0x61, size: 1 },
+  pciConfig: { port: 0xcf8, size: 8 },
+  fwCfg: { port: 0x510, size: 2 },
+  fwCfgDma: { port: 0x514, size: 8 },
   /** The ACPI PM1 block and PM timer (the FADT's PM base), as QEMU's PIIX4 places it. */
-  acpiPm: 0x600,
-  fwCfgDma: 0x514,
+  acpiPm: { port: 0x600, size: 12 },
+  /** QEMU's pc-testdev: scratch and flush-page ports, IRQ-line ports, and its 64 KiB of MMIO. */
+  pcTestdev: { port: PC_TESTDEV.ports, size: PC_TESTDEV.portCount },
+  pcTestdevIrq: { port: PC_TESTDEV.irqPorts, size: PC_TESTDEV.irqPortCount },
+  pcTestdevIomem: { address: PC_TESTDEV.iomem, size: PC_TESTDEV.iomemSize },
   /** ACPI tables (RSDT, XSDT, FADT, DSDT, MADT, FACS) in the BIOS area, outside the memory map's usable RAM. */
-  acpiTables: 0xe_0000,
+  acpiTables: { address: 0xe_0000, size: 0x2_0000 },
   /** The RSDP, found by kernels scanning 0xe0000-0xfffff on 16-byte boundaries. */
-  rsdp: 0xf_0000,
+  rsdp: { address: 0xf_0000 },
   /** The MP floating pointer and configuration table, in 0xf0000-0xfffff. */
-  mpTable: 0xf_0100,
+  mpTable: { address: 0xf_0100 },
 } as const;
 
-/** The platform's devices, for scripts that want to reach them. */
+/** The PC devices beyond COM1, debug-exit and POST, for scripts that want to reach them. */
 export interface PcPlatform {
   fwCfg: FwCfg;
   cmos: Cmos;
@@ -58,16 +73,55 @@ export interface PcPlatform {
   facs: number | undefined;
 }
 
+/** What {@link buildPlatform} placed. */
+export interface BuiltPlatform {
+  /** COM1. */
+  serial: Serial16550;
+  /** The PC devices, unless the platform is `"none"`. */
+  pc: PcPlatform | undefined;
+}
+
+/** Options of {@link buildPlatform}. */
+export interface PlatformOptions {
+  /** `"pc"`: the PC devices and firmware tables; `"none"`: only COM1, debug-exit and POST. */
+  platform: "pc" | "none";
+  /** Called when the guest asks for a reset (i8042 0xfe, port 0xcf9); the policy is the caller's. */
+  onReset(source: string): void;
+}
+
 /**
- * Installs the PC devices on a VM's buses and writes the firmware tables.
- * `onReset` is called when the guest asks for a reset (i8042 0xfe, port 0xcf9).
+ * The machine builder: places every device of the platform on the buses,
+ * from {@link PC_LAYOUT}, and writes the firmware tables.
  */
-export function installPcPlatform(vm: Vm, onReset: (source: string) => void): PcPlatform {
-  const cpus = vm.cpus.length;
-  const memory = vm.memory;
+export function buildPlatform(machine: Machine, buses: BusDispatch, options: PlatformOptions): BuiltPlatform {
   const irqLine = (irq: number, level: boolean) => {
-    if (vm.hasIrqchip) vm.irqLine(irq, level);
+    if (machine.hasIrqchip) machine.irqLine(irq, level);
   };
+  const serial = new Serial16550();
+  if (machine.hasIrqchip) serial.connectInterrupt((level) => machine.irqLine(4, level));
+  buses.io.insert(PC_LAYOUT.com1.port, PC_LAYOUT.com1.size, "com1", serial);
+  buses.io.insert(
+    PC_LAYOUT.debugExit.port,
+    PC_LAYOUT.debugExit.size,
+    "debug-exit",
+    new DebugExit((value) => machine.requestStop({ reason: "exit", value, code: ((value << 1) | 1) >>> 0 })),
+  );
+  buses.io.insert(PC_LAYOUT.post.port, PC_LAYOUT.post.size, "post", new SinkPort());
+  if (options.platform === "none") return { serial, pc: undefined };
+  return { serial, pc: installPcDevices(machine, buses, irqLine, options.onReset) };
+}
+
+/** The PC devices and firmware tables QEMU's `-kernel` users expect. */
+function installPcDevices(
+  machine: Machine,
+  buses: BusDispatch,
+  irqLine: (irq: number, level: boolean) => void,
+  onReset: (source: string) => void,
+): PcPlatform {
+  const cpus = machine.cpus.length;
+  const memory = machine.memory;
+  const io = (place: { port: number; size: number }, name: string, device: Parameters<typeof buses.io.insert>[3]) =>
+    buses.io.insert(place.port, place.size, name, device);
   // KVM's default GSI routing sends IRQ 0 to IOAPIC pin 0, so the tables must not claim the QEMU override.
   const irq0Override = false;
   const fwCfg = new FwCfg({
@@ -81,79 +135,108 @@ export function installPcPlatform(vm: Vm, onReset: (source: string) => void): Pc
     },
   });
   fwCfg.addFile("etc/e820", e820Table(memory));
-  vm.io.insert(PC_LAYOUT.fwCfg, 2, "fw_cfg", fwCfg);
-  if (fwCfg.dmaPort !== undefined) vm.io.insert(PC_LAYOUT.fwCfgDma, 8, "fw_cfg-dma", fwCfg.dmaPort);
+  io(PC_LAYOUT.fwCfg, "fw_cfg", fwCfg);
+  if (fwCfg.dmaPort !== undefined) io(PC_LAYOUT.fwCfgDma, "fw_cfg-dma", fwCfg.dmaPort);
 
   const cmos = new Cmos({ ramSize: memory.ramSize, cpus });
-  vm.io.insert(PC_LAYOUT.cmos, 2, "cmos", cmos);
+  io(PC_LAYOUT.cmos, "cmos", cmos);
 
   const i8042 = new I8042({ onReset: () => onReset("i8042 reset command 0xfe"), setIrq: irqLine });
-  vm.io.insert(PC_LAYOUT.i8042Data, 1, "i8042-data", i8042.dataPort);
-  vm.io.insert(PC_LAYOUT.i8042Command, 1, "i8042-command", i8042.commandPort);
+  io(PC_LAYOUT.i8042Data, "i8042-data", i8042.dataPort);
+  io(PC_LAYOUT.i8042Command, "i8042-command", i8042.commandPort);
 
   // With the in-kernel PIT, KVM serves port 0x61 (the speaker/gate port) itself.
-  if (!vm.hasIrqchip) vm.io.insert(PC_LAYOUT.port61, 1, "port61", new Port61());
+  if (!machine.hasIrqchip) io(PC_LAYOUT.port61, "port61", new Port61());
 
   const pciHost = new PciHost({ onReset: () => onReset("PCI reset control 0xcf9") });
-  vm.io.insert(PC_LAYOUT.pciConfig, 8, "pci-config", pciHost);
+  io(PC_LAYOUT.pciConfig, "pci-config", pciHost);
 
   // pc-testdev's page flush makes QEMU re-fault a page; hvsh's iomem is always MMIO, so there is nothing to flush.
   const testDev = new PcTestDev({ setIrq: irqLine, flushPage: () => {} });
-  vm.io.insert(PC_TESTDEV.ports, PC_TESTDEV.portCount, "pc-testdev", testDev.ports);
-  vm.io.insert(PC_TESTDEV.irqPorts, PC_TESTDEV.irqPortCount, "pc-testdev-irq", testDev.irqPorts);
-  vm.mmio.insert(BigInt(PC_TESTDEV.iomem), BigInt(PC_TESTDEV.iomemSize), "pc-testdev-iomem", testDev.iomem);
+  io(PC_LAYOUT.pcTestdev, "pc-testdev", testDev.ports);
+  io(PC_LAYOUT.pcTestdevIrq, "pc-testdev-irq", testDev.irqPorts);
+  buses.mmio.insert(PC_LAYOUT.pcTestdevIomem.address, PC_LAYOUT.pcTestdevIomem.size, "pc-testdev-iomem", testDev.iomem);
 
-  let facs: number | undefined;
-  // Sleep types as QEMU's DSDT names them: 1 = S3 (suspend to RAM), 0 = S5 (soft off).
-  const acpiPm = new AcpiPm({
-    onSleep: (type) => {
-      if (type !== 1) {
-        vm.requestStop({ reason: "shutdown", cause: "power-off", detail: `ACPI sleep type ${type} (S5, soft off)` });
-        return;
-      }
-      const delay = cmos.alarmDelay();
-      if (delay === undefined || facs === undefined) {
-        vm.requestStop({ reason: "shutdown", cause: "power-off", detail: "ACPI S3 with no RTC alarm to wake it" });
-        return;
-      }
-      // The wake: the RTC alarm fires, PM1 says why, and the BSP resumes in real mode at the
-      // FACS firmware waking vector, as SeaBIOS's resume path does.
-      vm.requestSleep(delay, () => {
-        cmos.fireAlarm();
-        acpiPm.raise(PM1_STATUS.wake | PM1_STATUS.rtc);
-        const vector = memory.readU32(facs! + 12);
-        if (vector >= 0x10_0000) {
-          // The waking vector is a real-mode address; anything else is the guest's mistake, not hvsh's.
-          vm.requestStop({
-            reason: "shutdown",
-            cause: "power-off",
-            detail: `ACPI S3 resume: waking vector 0x${vector.toString(16)} is not a real-mode address`,
-          });
-          return;
-        }
-        vm.cpu(0).enterRealMode({ cs: vector >>> 4, ip: vector & 0xf, dataSegment: 0 });
-      });
-    },
-  });
-  vm.io.insert(PC_LAYOUT.acpiPm, 12, "acpi-pm", acpiPm);
+  const platform: PcPlatform = { fwCfg, cmos, i8042, pciHost, testDev, acpiPm: undefined!, facs: undefined };
+  platform.acpiPm = new AcpiPm({ onSleep: (type) => sleepPolicy(machine, platform, type) });
+  io(PC_LAYOUT.acpiPm, "acpi-pm", platform.acpiPm);
 
-  if (memory.isRam(PC_LAYOUT.acpiTables, 0x2_0000)) {
+  if (memory.isRam(PC_LAYOUT.acpiTables.address, PC_LAYOUT.acpiTables.size)) {
     // KVM's in-kernel IOAPIC starts with id 0: the tables say so too.
     const acpi = buildAcpiTables({
       cpus,
-      rsdpAddress: PC_LAYOUT.rsdp,
-      tablesAddress: PC_LAYOUT.acpiTables,
+      rsdpAddress: PC_LAYOUT.rsdp.address,
+      tablesAddress: PC_LAYOUT.acpiTables.address,
       ioapicId: 0,
       irq0Override,
-      pmBase: PC_LAYOUT.acpiPm,
+      pmBase: PC_LAYOUT.acpiPm.port,
     });
-    facs = acpi.addresses.facs;
-    memory.write(PC_LAYOUT.acpiTables, acpi.tables);
-    memory.write(PC_LAYOUT.rsdp, acpi.rsdp);
-    memory.write(PC_LAYOUT.mpTable, buildMpTable({ cpus, address: PC_LAYOUT.mpTable, ioapicId: 0, irq0Override }));
+    platform.facs = acpi.addresses.facs;
+    memory.write(PC_LAYOUT.acpiTables.address, acpi.tables);
+    memory.write(PC_LAYOUT.rsdp.address, acpi.rsdp);
+    memory.write(
+      PC_LAYOUT.mpTable.address,
+      buildMpTable({ cpus, address: PC_LAYOUT.mpTable.address, ioapicId: 0, irq0Override }),
+    );
   }
-  if (vm.hasIrqchip && memory.isRam(0, 0x10_0000)) installBiosState(vm);
-  return { fwCfg, cmos, i8042, pciHost, testDev, acpiPm, facs };
+  if (machine.hasIrqchip && memory.isRam(0, 0x10_0000)) installBiosState(machine);
+  return platform;
+}
+
+/**
+ * The platform's sleep policy. Sleep types as QEMU's DSDT names them: 1 = S3
+ * (suspend to RAM), 0 = S5 (soft off). S3 sleeps until the RTC alarm, then
+ * resumes the BSP in real mode at the FACS firmware waking vector, as
+ * SeaBIOS's resume path does; with no alarm to wake it, S3 is a power-off.
+ */
+function sleepPolicy(machine: Machine, platform: PcPlatform, type: number): void {
+  if (type !== 1) {
+    machine.requestStop({ reason: "shutdown", cause: "power-off", detail: `ACPI sleep type ${type} (S5, soft off)` });
+    return;
+  }
+  const { cmos, acpiPm, facs } = platform;
+  const delay = cmos.alarmDelay();
+  if (delay === undefined || facs === undefined) {
+    machine.requestStop({ reason: "shutdown", cause: "power-off", detail: "ACPI S3 with no RTC alarm to wake it" });
+    return;
+  }
+  machine.requestSleep(delay, () => {
+    cmos.fireAlarm();
+    acpiPm.raise(PM1_STATUS.wake | PM1_STATUS.rtc);
+    const vector = machine.memory.readU32(facs + 12);
+    if (vector >= 0x10_0000) {
+      // The waking vector is a real-mode address; anything else is the guest's mistake, not hvsh's.
+      machine.requestStop({
+        reason: "shutdown",
+        cause: "power-off",
+        detail: `ACPI S3 resume: waking vector 0x${vector.toString(16)} is not a real-mode address`,
+      });
+      return;
+    }
+    machine.cpu(0).enterRealMode({ cs: vector >>> 4, ip: vector & 0xf, dataSegment: 0 });
+  });
+}
+
+/**
+ * The platform's reset policy: `"stop"` ends the run with a reset stop;
+ * `"reset"` runs the action `reload()` gives (which puts the last image back
+ * and the vCPU at its entry; none when nothing was loaded) and the guest goes
+ * on. Only single-vCPU machines reload: the application processors would
+ * need INIT/SIPI again.
+ */
+export function resetPolicy(
+  machine: Machine,
+  policy: "stop" | "reset",
+  reload: () => (() => void) | undefined,
+): (source: string) => void {
+  return (source) => {
+    const action = policy === "reset" && machine.cpus.length === 1 ? reload() : undefined;
+    if (action !== undefined) {
+      machine.requestRestart(action);
+      return;
+    }
+    machine.requestStop({ reason: "shutdown", cause: "reset", detail: `reset requested (${source})` });
+  };
 }
 
 /**
@@ -198,7 +281,7 @@ const BIOS_STUBS = {
  * stubs that acknowledge the PIC and return. Protected-mode kernels remap and
  * mask the PICs before they enable interrupts, as they must under QEMU too.
  */
-function installBiosState(vm: Vm): void {
+function installBiosState(vm: Machine): void {
   const memory = vm.memory;
   memory.write(BIOS_STUBS.iret, [0xcf]);
   // push ax; mov al, 0x20; out 0x20, al; pop ax; iret

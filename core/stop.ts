@@ -124,6 +124,10 @@ export type StopEvent =
 /** The stop reasons. */
 export type StopReason = StopEvent["reason"];
 
+type Pending<T> = T extends StopEvent ? Omit<T, keyof StopContext> : never;
+/** A stop event before the vCPU context (rip, mode, symbol) is filled in. */
+export type PendingStop = Pending<StopEvent>;
+
 /** A one-line description of a stop, as the CLI and REPL print it. */
 export function describeStop(stop: StopEvent): string {
   const at = stop.symbol === undefined ? "" : ` <${stop.symbol}>`;

@@ -17,6 +17,7 @@ import {
   type SpecialRegisters,
 } from "./kvm/structs.ts";
 import type { GuestMemory } from "./memory.ts";
+import { CR0, CR4, EFER } from "./x86.ts";
 
 /** The CPU's execution mode. */
 export type CpuMode = "real" | "protected16" | "protected" | "compat" | "long";
@@ -34,14 +35,6 @@ export const BOOT_LAYOUT = {
   /** Segment selectors in the boot GDT. */
   selectors: { code64: 0x08, data: 0x10, code32: 0x18, code16: 0x20, data16: 0x28 },
 } as const;
-
-const CR0_PE = 1n;
-const CR0_ET = 1n << 4n;
-const CR0_NE = 1n << 5n;
-const CR0_PG = 1n << 31n;
-const CR4_PAE = 1n << 5n;
-const EFER_LME = 1n << 8n;
-const EFER_LMA = 1n << 10n;
 
 /** Well-known MSRs by name (lower case), for `getMsr("efer")`. */
 export const MSR_NAMES: Record<string, number> = {
@@ -293,7 +286,7 @@ export class Vcpu {
       fs: segment(data, false),
       gs: segment(data, false),
       ss: segment(data, false),
-      cr0: sregs.cr0 & ~(CR0_PE | CR0_PG) | CR0_ET,
+      cr0: sregs.cr0 & ~(CR0.PE | CR0.PG) | CR0.ET,
       cr4: 0n,
       efer: 0n,
     });
@@ -303,23 +296,7 @@ export class Vcpu {
   /** Puts the vCPU in flat 32-bit protected mode, paging off, at `entry`. */
   enterProtectedMode(options: { entry: number | bigint; registers?: RegisterValues }): void {
     this.#writeBootGdt();
-    const { code32, data } = BOOT_LAYOUT.selectors;
-    this.setSregs({
-      cs: flatSegment(code32, true, 32),
-      ds: flatSegment(data, false, 32),
-      es: flatSegment(data, false, 32),
-      fs: flatSegment(data, false, 32),
-      gs: flatSegment(data, false, 32),
-      ss: flatSegment(data, false, 32),
-      tr: taskSegment(),
-      gdt: { base: BigInt(BOOT_LAYOUT.gdt), limit: 6 * 8 - 1 },
-      idt: { base: 0n, limit: 0 },
-      cr0: CR0_PE | CR0_ET | CR0_NE,
-      cr3: 0n,
-      cr4: 0n,
-      efer: 0n,
-    });
-    this.setRegs(this.#cleanRegs({ rip: options.entry, ...options.registers }));
+    this.#enterFlatMode(32, { cr0: CR0.PE | CR0.ET | CR0.NE, cr3: 0n, cr4: 0n, efer: 0n }, options);
   }
 
   /**
@@ -329,21 +306,33 @@ export class Vcpu {
   enterLongMode(options: { entry: number | bigint; registers?: RegisterValues }): void {
     this.#writeBootGdt();
     this.#writeIdentityPageTables();
-    const { code64, data } = BOOT_LAYOUT.selectors;
+    this.#enterFlatMode(64, {
+      cr0: CR0.PE | CR0.ET | CR0.NE | CR0.PG,
+      cr3: BigInt(BOOT_LAYOUT.pml4),
+      cr4: CR4.PAE,
+      efer: EFER.LME | EFER.LMA,
+    }, options);
+  }
+
+  /** Flat segments from the boot GDT (code of `bits`, 32-bit data), the given control registers, clean registers. */
+  #enterFlatMode(
+    bits: 32 | 64,
+    control: Pick<SpecialRegisters, "cr0" | "cr3" | "cr4" | "efer">,
+    options: { entry: number | bigint; registers?: RegisterValues },
+  ): void {
+    const { code32, code64, data } = BOOT_LAYOUT.selectors;
+    const dataSegment = flatSegment(data, false, 32);
     this.setSregs({
-      cs: flatSegment(code64, true, 64),
-      ds: flatSegment(data, false, 32),
-      es: flatSegment(data, false, 32),
-      fs: flatSegment(data, false, 32),
-      gs: flatSegment(data, false, 32),
-      ss: flatSegment(data, false, 32),
+      cs: bits === 64 ? flatSegment(code64, true, 64) : flatSegment(code32, true, 32),
+      ds: dataSegment,
+      es: dataSegment,
+      fs: dataSegment,
+      gs: dataSegment,
+      ss: dataSegment,
       tr: taskSegment(),
       gdt: { base: BigInt(BOOT_LAYOUT.gdt), limit: 6 * 8 - 1 },
       idt: { base: 0n, limit: 0 },
-      cr0: CR0_PE | CR0_ET | CR0_NE | CR0_PG,
-      cr3: BigInt(BOOT_LAYOUT.pml4),
-      cr4: CR4_PAE,
-      efer: EFER_LME | EFER_LMA,
+      ...control,
     });
     this.setRegs(this.#cleanRegs({ rip: options.entry, ...options.registers }));
   }
@@ -393,7 +382,7 @@ export class Vcpu {
 
 /** The execution mode described by a set of special registers. */
 export function modeOf(sregs: Readonly<SpecialRegisters>): CpuMode {
-  if ((sregs.cr0 & CR0_PE) === 0n) return "real";
-  if ((sregs.efer & EFER_LMA) !== 0n) return sregs.cs.l ? "long" : "compat";
+  if ((sregs.cr0 & CR0.PE) === 0n) return "real";
+  if ((sregs.efer & EFER.LMA) !== 0n) return sregs.cs.l ? "long" : "compat";
   return sregs.cs.db ? "protected" : "protected16";
 }

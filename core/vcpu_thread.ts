@@ -12,8 +12,7 @@
  * @module
  */
 
-import { KVM } from "./kvm/ioctls.ts";
-import { lastErrno, sys, viewAddress } from "./kvm/_ffi.ts";
+import { KvmError, VcpuFd } from "./kvm/kvm.ts";
 import { currentThreadId, kickThread } from "./kvm/signals.ts";
 
 /** Indices into the shared mailbox. */
@@ -26,9 +25,9 @@ export const Mailbox = {
   serviced: 2,
   /** Worker's kernel thread id. */
   tid: 3,
-  /** Exit reason waiting for service. */
-  reason: 4,
-  /** errno of a failed KVM_RUN (reported as exit reason -1). */
+  /** 0 when the exit is in kvm_run; -1 when KVM_RUN failed (errno in {@link Mailbox.errno}). */
+  failed: 4,
+  /** errno of a failed KVM_RUN. */
   errno: 5,
   size: 8,
 } as const;
@@ -38,63 +37,69 @@ export const Command = { run: 0, park: 1, quit: 2 } as const;
 /** States of the mailbox. */
 export const State = { running: 0, parked: 1, exit: 2, gone: 3 } as const;
 
-const EINTR = 4;
-const EAGAIN = 11;
-
-interface Start {
+/** The message that starts an application processor's thread. */
+export interface ApStart {
+  /** The AP's vCPU fd and id; the thread borrows it (the main thread owns and closes it). */
   fd: number;
+  id: number;
+  mmapSize: number;
   mainTid: number;
+  /** The main thread's vCPU fd, to set its immediate_exit; undefined without KVM_CAP_IMMEDIATE_EXIT. */
+  mainFd: number | undefined;
   mailbox: SharedArrayBuffer;
   /** One Int32 shared by every AP: set when any exit waits, so the main thread notices without the kick. */
   pending: SharedArrayBuffer;
-  /** Address of the main thread's vCPU's kvm_run, or undefined without KVM_CAP_IMMEDIATE_EXIT. */
-  mainRun: bigint | undefined;
 }
 
-function serve(start: Start): void {
+function serve(start: ApStart): void {
   const box = new Int32Array(start.mailbox);
   const pending = new Int32Array(start.pending);
-  // kvm_run.immediate_exit (byte 1) of the main thread's vCPU: set before the kick, it makes a KVM_RUN the
-  // main thread is about to enter return at once, so a kick that lands just before it is not lost.
-  const mainImmediateExit = start.mainRun === undefined ? undefined : viewAddress(start.mainRun, 2);
+  const vcpu = VcpuFd.borrow(start.fd, start.id, start.mmapSize);
+  // Set before the kick, the main vCPU's immediate_exit makes a KVM_RUN the main thread is about to
+  // enter return at once, so a kick that lands just before it is not lost.
+  const mainVcpu = start.mainFd === undefined ? undefined : VcpuFd.borrow(start.mainFd, 0, start.mmapSize);
   // The kick's handler is process-wide: the main thread installed it before starting this worker.
   Atomics.store(box, Mailbox.tid, currentThreadId());
   Atomics.notify(box, Mailbox.tid);
-  for (;;) {
-    const command = Atomics.load(box, Mailbox.command);
-    if (command === Command.quit) break;
-    if (command === Command.park) {
-      Atomics.store(box, Mailbox.state, State.parked);
-      Atomics.notify(box, Mailbox.state);
-      Atomics.wait(box, Mailbox.command, Command.park);
+  try {
+    for (;;) {
+      const command = Atomics.load(box, Mailbox.command);
+      if (command === Command.quit) break;
+      if (command === Command.park) {
+        Atomics.store(box, Mailbox.state, State.parked);
+        Atomics.notify(box, Mailbox.state);
+        Atomics.wait(box, Mailbox.command, Command.park);
+        Atomics.store(box, Mailbox.state, State.running);
+        continue;
+      }
+      try {
+        if (vcpu.run().kind === "interrupted") continue;
+        Atomics.store(box, Mailbox.failed, 0); // the main thread decodes the exit from kvm_run
+      } catch (error) {
+        Atomics.store(box, Mailbox.errno, error instanceof KvmError ? error.errno : 0);
+        Atomics.store(box, Mailbox.failed, -1);
+      }
+      Atomics.store(box, Mailbox.serviced, 0);
+      Atomics.store(box, Mailbox.state, State.exit);
+      // The flag covers a kick that lands while the main thread is in JavaScript (the kick is then lost).
+      Atomics.store(pending, 0, 1);
+      mainVcpu?.requestImmediateExit();
+      kickThread(start.mainTid);
+      while (Atomics.load(box, Mailbox.serviced) === 0 && Atomics.load(box, Mailbox.command) !== Command.quit) {
+        Atomics.wait(box, Mailbox.serviced, 0, 50);
+      }
       Atomics.store(box, Mailbox.state, State.running);
-      continue;
     }
-    if (sys.ioctl(start.fd, KVM.RUN, null) < 0) {
-      const errno = lastErrno();
-      if (errno === EINTR || errno === EAGAIN) continue;
-      Atomics.store(box, Mailbox.errno, errno);
-      Atomics.store(box, Mailbox.reason, -1);
-    } else {
-      Atomics.store(box, Mailbox.reason, 0x7fffffff); // the main thread reads exit_reason from kvm_run
-    }
-    Atomics.store(box, Mailbox.serviced, 0);
-    Atomics.store(box, Mailbox.state, State.exit);
-    // The flag covers a kick that lands while the main thread is in JavaScript (the kick is then lost).
-    Atomics.store(pending, 0, 1);
-    if (mainImmediateExit !== undefined) mainImmediateExit[1] = 1;
-    kickThread(start.mainTid);
-    while (Atomics.load(box, Mailbox.serviced) === 0 && Atomics.load(box, Mailbox.command) !== Command.quit) {
-      Atomics.wait(box, Mailbox.serviced, 0, 50);
-    }
-    Atomics.store(box, Mailbox.state, State.running);
+  } finally {
+    vcpu.close();
+    mainVcpu?.close();
+    Atomics.store(box, Mailbox.state, State.gone);
+    Atomics.notify(box, Mailbox.state);
   }
-  Atomics.store(box, Mailbox.state, State.gone);
-  Atomics.notify(box, Mailbox.state);
 }
 
 interface WorkerScope {
-  onmessage: ((event: MessageEvent<Start>) => void) | null;
+  onmessage: ((event: MessageEvent<ApStart>) => void) | null;
   close(): void;
 }
 const scope = globalThis as unknown as WorkerScope & { WorkerGlobalScope?: unknown };

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { hex } from "../core/hex.ts";
 
 /** A device on the port-I/O bus. Values are at most 32 bits. */
 export interface IoDevice {
@@ -32,10 +33,6 @@ export interface BusEntry<D, A> {
   readonly name: string;
   /** The device. */
   readonly device: D;
-}
-
-function hex(value: number | bigint): string {
-  return `0x${value.toString(16)}`;
 }
 
 /**

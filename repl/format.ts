@@ -10,6 +10,9 @@ import type { Registers } from "../core/kvm/structs.ts";
 import type { Segment, SpecialRegisters } from "../core/kvm/structs.ts";
 import { describeStop, type StopEvent } from "../core/stop.ts";
 import { DISPLAY_REGISTER_ORDER } from "../core/kvm/structs.ts";
+import { hex } from "../core/hex.ts";
+
+export { hex };
 
 /** Colour helpers that do nothing when colour is off. */
 export interface Style {
@@ -37,10 +40,6 @@ export function makeStyle(enabled: boolean): Style {
 }
 
 /** `0x` hex of a bigint or number. */
-export function hex(value: bigint | number): string {
-  return value < 0 ? `-0x${(-value).toString(16)}` : `0x${value.toString(16)}`;
-}
-
 const customInspect = Symbol.for("Deno.customInspect");
 
 class HexBigint {

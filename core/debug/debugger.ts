@@ -22,22 +22,34 @@
  * @module
  */
 
-import type { PendingStop, Vm } from "../vm.ts";
+import type { Machine } from "../machine.ts";
 import type { Vcpu } from "../vcpu.ts";
-import type { DebugStop, StopEvent } from "../stop.ts";
-import { KVM_EXIT, KVM_GUESTDBG } from "../kvm/ioctls.ts";
+import type { DebugStop, PendingStop, StopEvent } from "../stop.ts";
+import { KVM_GUESTDBG } from "../kvm/ioctls.ts";
+import {
+  type DebugExit,
+  KVM_INTERNAL_ERROR,
+  type MmioReadExit,
+  type MmioWriteExit,
+  type VcpuExit,
+} from "../kvm/exit.ts";
 import { SymbolTable } from "./symbols.ts";
 import { type DecodedInstruction, decodeInstructions } from "./disasm.ts";
 import { translate, type Translation } from "./paging.ts";
 import { readElfSymbols } from "../loader/elf.ts";
+import { hex } from "../hex.ts";
 
-/** A breakpoint condition: a closure, or (from the REPL) an expression compiled by the caller. */
-export type BreakCondition = (cpu: Vcpu, vm: Vm) => boolean;
+/**
+ * A breakpoint condition: a closure, or (from the REPL) an expression
+ * compiled by the caller. `vm` is the machine the debugger is attached to
+ * (`M`: a `Vm` when it came from `vm.debug`).
+ */
+export type BreakCondition<M extends Machine = Machine> = (cpu: Vcpu, vm: M) => boolean;
 
 /** Options of {@link Debugger.break}. */
-export interface BreakpointOptions {
+export interface BreakpointOptions<M extends Machine = Machine> {
   /** Stop only when this returns true (evaluated in-process at each hit). */
-  condition?: BreakCondition;
+  condition?: BreakCondition<M>;
   /** Source text of the condition, for listings. */
   conditionText?: string;
   /** Delete after the first stop. */
@@ -45,7 +57,7 @@ export interface BreakpointOptions {
 }
 
 /** A breakpoint as listed by {@link Debugger.breakpoints}. */
-export interface Breakpoint {
+export interface Breakpoint<M extends Machine = Machine> {
   readonly id: number;
   readonly kind: "software" | "hardware";
   /** The (virtual) address. */
@@ -58,7 +70,7 @@ export interface Breakpoint {
   /** Stops so far (hits whose condition held). */
   hits: number;
   readonly once: boolean;
-  readonly condition: BreakCondition | undefined;
+  readonly condition: BreakCondition<M> | undefined;
   readonly conditionText: string | undefined;
   /** Internal breakpoints (next/finish/until) are not listed. */
   readonly internal: boolean;
@@ -68,7 +80,7 @@ export interface Breakpoint {
 export type WatchAccess = "read" | "write" | "access";
 
 /** A watchpoint as listed by {@link Debugger.watchpoints}. */
-export interface Watchpoint {
+export interface Watchpoint<M extends Machine = Machine> {
   readonly id: number;
   /** The (virtual) address watched. */
   readonly address: bigint;
@@ -79,7 +91,7 @@ export interface Watchpoint {
   readonly symbol: string | undefined;
   enabled: boolean;
   hits: number;
-  readonly condition: BreakCondition | undefined;
+  readonly condition: BreakCondition<M> | undefined;
 }
 
 /** A frame of {@link Debugger.backtrace}. */
@@ -102,13 +114,20 @@ export interface TraceEntry {
 
 const INT3 = 0xcc;
 const DR6_BS = 0x4000n;
-const EMULATION_FAILURE = 1;
+const EMULATION_FAILURE = KVM_INTERNAL_ERROR.EMULATION;
 const KVM_CAP_SET_GUEST_DEBUG2 = 195;
 const MAX_HW_BREAKPOINTS = 4;
 
-function hex(value: bigint | number): string {
-  return `0x${value.toString(16)}`;
+/**
+ * A breakpoint needs a debug register (DR0-DR3) and all four are in use.
+ * The gdb stub answers it with ENOSPC, as gdb expects.
+ */
+export class NoDebugRegisterError extends RangeError {
+  // Its name stays "RangeError": the REPL and scripts show it as before, callers branch with instanceof.
 }
+
+/** The debugger attached to each machine: `Debugger.for(machine)` shares it. */
+const attached = new WeakMap<Machine, Debugger<Machine>>();
 
 /**
  * The debugger of one VM (its vCPU 0 for now). Get it as `vm.debug`.
@@ -122,15 +141,16 @@ function hex(value: bigint | number): string {
  * vm.debug.backtrace().map((f) => f.symbol); // ["bump", "level3+..", ...]
  * ```
  */
-export class Debugger {
+export class Debugger<M extends Machine = Machine> {
   /** Symbols of every loaded image and symbol file. */
   readonly symbols: SymbolTable = new SymbolTable();
-  readonly #vm: Vm;
+  readonly #vm: M;
+  readonly #detach: (() => void)[];
   #nextId = 1;
-  #breakpoints = new Map<number, Breakpoint>();
-  #watchpoints = new Map<number, Watchpoint>();
+  #breakpoints = new Map<number, Breakpoint<M>>();
+  #watchpoints = new Map<number, Watchpoint<M>>();
   /** Physical address -> breakpoints planted there. */
-  #planted = new Map<number, Set<Breakpoint>>();
+  #planted = new Map<number, Set<Breakpoint<M>>>();
   #stepsRemaining = 0;
   #onStep: ((cpu: Vcpu) => void) | undefined;
   /** A planted breakpoint lifted for one step to execute the instruction under it. */
@@ -138,18 +158,38 @@ export class Debugger {
   #blockIrq: number;
   #protectedPages = new Map<number, "readonly" | "none">();
 
-  constructor(vm: Vm) {
+  /**
+   * The debugger of `machine`, attached on first use and shared by every
+   * front end (`vm.debug`, the REPL, the gdb server).
+   */
+  static for<M extends Machine>(machine: M): Debugger<M> {
+    return (attached.get(machine) as Debugger<M> | undefined) ?? new Debugger(machine);
+  }
+
+  /**
+   * Attaches a debugger to `machine`'s run loop. A machine has one: a second
+   * `new Debugger()` is refused with an error; {@link Debugger.for} shares it.
+   */
+  constructor(vm: M) {
     this.#vm = vm;
     this.#blockIrq = (vm.checkExtension(KVM_CAP_SET_GUEST_DEBUG2) & KVM_GUESTDBG.BLOCKIRQ) !== 0
       ? KVM_GUESTDBG.BLOCKIRQ
       : 0;
-    if (vm.image !== undefined) this.symbols.add(vm.image.symbols);
-    vm.symbolize = (address) => this.symbols.describe(address);
-    vm.exitInterceptor = {
-      beforeResume: (cpu) => this.#beforeResume(cpu),
-      onExit: (cpu, reason) => this.#onExit(cpu, reason),
-    };
-    vm.onStop(() => this.#afterStop());
+    this.#detach = [
+      vm.interceptExits({
+        beforeResume: (cpu) => this.#beforeResume(cpu),
+        onExit: (cpu, exit) => this.#onExit(cpu, exit),
+        describe: (address) => this.symbols.describe(address),
+      }),
+      vm.onStop(() => this.#afterStop()),
+    ];
+    attached.set(vm, this as unknown as Debugger<Machine>);
+  }
+
+  /** Detaches from the machine (breakpoints stay planted until deleted first). */
+  detach(): void {
+    for (const undo of this.#detach.splice(0)) undo();
+    if (attached.get(this.#vm) === (this as unknown as Debugger<Machine>)) attached.delete(this.#vm);
   }
 
   // ---------------------------------------------------------------- locations
@@ -306,11 +346,11 @@ export class Debugger {
    * real mode a free debug register serves it instead: nested KVM emulates a
    * real-mode int3 as the guest's own INT 3 and never reports it.
    */
-  break(location: bigint | number | string, options: BreakpointOptions = {}): Breakpoint {
+  break(location: bigint | number | string, options: BreakpointOptions<M> = {}): Breakpoint<M> {
     const address = this.resolve(location);
     if (this.#vm.cpu(0).mode === "real") {
       if (this.#hardwareBreakpoints().length >= MAX_HW_BREAKPOINTS) {
-        throw new RangeError(
+        throw new NoDebugRegisterError(
           `Cannot set a breakpoint at ${
             hex(address)
           } in real mode: int3 is not reported there on every host and all four debug registers are in use`,
@@ -322,10 +362,10 @@ export class Debugger {
   }
 
   /** Sets a hardware breakpoint (DR0-DR3); a fifth one is refused with a RangeError. */
-  hbreak(location: bigint | number | string, options: BreakpointOptions = {}): Breakpoint {
+  hbreak(location: bigint | number | string, options: BreakpointOptions<M> = {}): Breakpoint<M> {
     const used = [...this.#breakpoints.values()].filter((b) => b.kind === "hardware").length;
     if (used >= MAX_HW_BREAKPOINTS) {
-      throw new RangeError(
+      throw new NoDebugRegisterError(
         `Cannot set a hardware breakpoint: all ${MAX_HW_BREAKPOINTS} debug registers (DR0-DR3) are in use; delete one or use a software breakpoint`,
       );
     }
@@ -335,11 +375,11 @@ export class Debugger {
   #addBreakpoint(
     kind: "software" | "hardware",
     address: bigint,
-    options: BreakpointOptions,
+    options: BreakpointOptions<M>,
     internal: boolean,
-  ): Breakpoint {
+  ): Breakpoint<M> {
     const physical = kind === "software" ? this.physical(address) : undefined;
-    const bp: Breakpoint = {
+    const bp: Breakpoint<M> = {
       id: internal ? -1 : this.#nextId++,
       kind,
       address,
@@ -358,7 +398,7 @@ export class Debugger {
     return bp;
   }
 
-  #plant(bp: Breakpoint): void {
+  #plant(bp: Breakpoint<M>): void {
     const physical = bp.physical!;
     let set = this.#planted.get(physical);
     if (set === undefined) {
@@ -369,7 +409,7 @@ export class Debugger {
     if (this.#steppingOver?.physical !== physical) this.#vm.memory.plant(physical, INT3);
   }
 
-  #unplant(bp: Breakpoint): void {
+  #unplant(bp: Breakpoint<M>): void {
     const physical = bp.physical!;
     const set = this.#planted.get(physical);
     if (set === undefined) return;
@@ -430,12 +470,12 @@ export class Debugger {
   }
 
   /** Breakpoints in id order. */
-  get breakpoints(): Breakpoint[] {
+  get breakpoints(): Breakpoint<M>[] {
     return [...this.#breakpoints.values()];
   }
 
   /** Watchpoints in id order. */
-  get watchpoints(): Watchpoint[] {
+  get watchpoints(): Watchpoint<M>[] {
     return [...this.#watchpoints.values()];
   }
 
@@ -449,8 +489,8 @@ export class Debugger {
     location: bigint | number | string,
     length = 8,
     access: WatchAccess = "write",
-    options: { condition?: BreakCondition } = {},
-  ): Watchpoint {
+    options: { condition?: BreakCondition<M> } = {},
+  ): Watchpoint<M> {
     if (!["read", "write", "access"].includes(access)) {
       throw new RangeError(`Invalid watch access ${JSON.stringify(access)}: expected read, write or access`);
     }
@@ -465,7 +505,7 @@ export class Debugger {
     for (let page = physical & ~0xfff; page < physical + length; page += 0x1000) {
       if (!this.#vm.memory.isRam(page, 0x1000)) throw new RangeError(`Cannot watch ${hex(address)}: not in RAM`);
     }
-    const wp: Watchpoint = {
+    const wp: Watchpoint<M> = {
       id: this.#nextId++,
       address,
       physical,
@@ -498,14 +538,12 @@ export class Debugger {
   }
 
   /** Completes an access to a protected page and decides whether it stops. */
-  #onWatchedAccess(cpu: Vcpu): PendingStop | "resume" | undefined {
-    const fd = cpu.fd;
-    const view = fd.runView;
-    const address = view.getBigUint64(32, true);
+  #onWatchedAccess(cpu: Vcpu, exit: MmioReadExit | MmioWriteExit): PendingStop | "resume" | undefined {
+    const address = exit.address;
     const page = Number(address & ~0xfffn);
     if (!this.#protectedPages.has(page)) return undefined;
-    const size = view.getUint32(48, true);
-    const isWrite = fd.run8[52] !== 0;
+    const size = exit.size;
+    const isWrite = exit.kind === "mmio-write";
     const at = Number(address);
     const memory = this.#vm.memory;
     const hits = [...this.#watchpoints.values()].filter((wp) =>
@@ -513,10 +551,10 @@ export class Debugger {
       at < wp.physical + wp.length && wp.physical < at + size
     );
     const before = hits.map((wp) => memory.readRaw(wp.physical, Math.min(wp.length, 8)));
-    if (isWrite) {
-      memory.view(at, size).set(fd.run8.subarray(40, 40 + size));
+    if (exit.kind === "mmio-write") {
+      memory.view(at, size).set(exit.bytes);
     } else {
-      fd.run8.set(memory.view(at, size), 40);
+      exit.reply(memory.view(at, size).reduceRight((value, byte) => (value << 8n) | BigInt(byte), 0n));
     }
     for (let i = 0; i < hits.length; i++) {
       const wp = hits[i]!;
@@ -599,8 +637,8 @@ export class Debugger {
     return this.#runTo(this.resolve(location), undefined);
   }
 
-  async #runTo(address: bigint, condition: BreakCondition | undefined): Promise<StopEvent> {
-    const options: BreakpointOptions = condition === undefined ? {} : { condition };
+  async #runTo(address: bigint, condition: BreakCondition<M> | undefined): Promise<StopEvent> {
+    const options: BreakpointOptions<M> = condition === undefined ? {} : { condition };
     // A free debug register serves every host and mode (int3 in real mode is emulated as INT 3 on nested KVM).
     const hardware = this.#hardwareBreakpoints().length < MAX_HW_BREAKPOINTS;
     const temp = this.#addBreakpoint(hardware ? "hardware" : "software", address, options, true);
@@ -771,7 +809,7 @@ export class Debugger {
 
   // ---------------------------------------------------------------- run-loop hooks
 
-  #evaluate(condition: BreakCondition, cpu: Vcpu, what: string): boolean {
+  #evaluate(condition: BreakCondition<M>, cpu: Vcpu, what: string): boolean {
     try {
       return Boolean(condition(cpu, this.#vm));
     } catch (error) {
@@ -779,9 +817,9 @@ export class Debugger {
     }
   }
 
-  #internalHardware: Breakpoint | undefined;
+  #internalHardware: Breakpoint<M> | undefined;
 
-  #hardwareBreakpoints(): Breakpoint[] {
+  #hardwareBreakpoints(): Breakpoint<M>[] {
     const user = [...this.#breakpoints.values()].filter((b) => b.kind === "hardware" && b.enabled);
     return this.#internalHardware === undefined ? user : [...user, this.#internalHardware];
   }
@@ -860,10 +898,12 @@ export class Debugger {
     // steps then leaves KVM_GUESTDBG_SINGLESTEP set throughout instead of two ioctls per step.
   }
 
-  #onExit(cpu: Vcpu, reason: number): PendingStop | "resume" | undefined {
-    if (reason === KVM_EXIT.MMIO) return this.#protectedPages.size > 0 ? this.#onWatchedAccess(cpu) : undefined;
-    if (reason === KVM_EXIT.DEBUG) return this.#onDebugExit(cpu);
-    if (reason === KVM_EXIT.INTERNAL_ERROR && cpu.fd.runView.getUint32(32, true) === EMULATION_FAILURE) {
+  #onExit(cpu: Vcpu, exit: VcpuExit): PendingStop | "resume" | undefined {
+    if (exit.kind === "mmio-read" || exit.kind === "mmio-write") {
+      return this.#protectedPages.size > 0 ? this.#onWatchedAccess(cpu, exit) : undefined;
+    }
+    if (exit.kind === "debug") return this.#onDebugExit(cpu, exit);
+    if (exit.kind === "internal-error" && exit.suberror === EMULATION_FAILURE) {
       // Nested/emulated KVM: an int3 the emulator cannot run. Ours when rip is at a planted byte.
       const rip = this.#ripLinear(cpu);
       const at = this.#breakpointAt(cpu, rip);
@@ -890,11 +930,9 @@ export class Debugger {
     return undefined;
   }
 
-  #onDebugExit(cpu: Vcpu): PendingStop | "resume" | undefined {
-    const view = cpu.fd.runView;
-    const exception = view.getUint32(32, true);
-    const dr6 = view.getBigUint64(48, true);
-    if (exception === 1 && (dr6 & DR6_BS) !== 0n) return this.#onSingleStep(cpu);
+  #onDebugExit(cpu: Vcpu, exit: DebugExit): PendingStop | "resume" | undefined {
+    const { exception, dr6 } = exit;
+    if (exception === 1 && (dr6 & DR6_BS) !== 0n) return this.#onSingleStep(cpu, exit.pc);
     if (exception === 1 && (dr6 & 0xfn) !== 0n) {
       const index = Number(dr6 & 0xfn).toString(2).split("").reverse().indexOf("1");
       const bp = this.#hardwareBreakpoints()[index];
@@ -921,12 +959,11 @@ export class Debugger {
     return undefined;
   }
 
-  #onSingleStep(cpu: Vcpu): PendingStop | "resume" {
+  /** `pc` is the debug exit's linear rip after the step (kvm_run's debug.arch.pc): no register ioctl per step. */
+  #onSingleStep(cpu: Vcpu, pc: bigint): PendingStop | "resume" {
     const over = this.#steppingOver;
     const wasOver = over !== undefined;
     this.#endStepOver();
-    // kvm_run's debug.arch.pc is the linear rip after the step: no register ioctl per step.
-    const pc = cpu.fd.runView.getBigUint64(40, true);
     if (over !== undefined && this.#stepsRemaining === 0 && over.address === pc) {
       // A rep string instruction under the lifted breakpoint has not finished (one
       // iteration per step on hardware; this emulated host leaves rip on it with rcx 0):

@@ -8,6 +8,8 @@
  */
 
 import type { SpecialRegisters } from "../kvm/structs.ts";
+import { hex } from "../hex.ts";
+import { CR0, CR4, EFER } from "../x86.ts";
 
 /** Reads a 32- or 64-bit page-table entry at a physical address; throws when it is not RAM. */
 export interface PhysicalReader {
@@ -48,17 +50,6 @@ export interface Translation {
   fault?: string;
 }
 
-const CR0_PG = 1n << 31n;
-const CR4_PSE = 1n << 4n;
-const CR4_PAE = 1n << 5n;
-const CR4_LA57 = 1n << 12n;
-const EFER_LMA = 1n << 10n;
-const EFER_NXE = 1n << 11n;
-
-function hex(value: bigint): string {
-  return `0x${value.toString(16)}`;
-}
-
 /**
  * Walks the page tables the special registers describe.
  *
@@ -69,12 +60,12 @@ function hex(value: bigint): string {
  * ```
  */
 export function translate(virtual: bigint, sregs: SpecialRegisters, memory: PhysicalReader): Translation {
-  if ((sregs.cr0 & CR0_PG) === 0n) {
+  if ((sregs.cr0 & CR0.PG) === 0n) {
     return { virtual, physical: virtual & 0xffff_ffffn, paging: "none", levels: [], pageSize: 0x1000 };
   }
-  const nx = (sregs.efer & EFER_NXE) !== 0n;
-  if ((sregs.efer & EFER_LMA) !== 0n) {
-    const five = (sregs.cr4 & CR4_LA57) !== 0n;
+  const nx = (sregs.efer & EFER.NXE) !== 0n;
+  if ((sregs.efer & EFER.LMA) !== 0n) {
+    const five = (sregs.cr4 & CR4.LA57) !== 0n;
     const names = five ? ["PML5E", "PML4E", "PDPTE", "PDE", "PTE"] : ["PML4E", "PDPTE", "PDE", "PTE"];
     const sign = virtual >> (five ? 56n : 47n); // bits 63..47 (63..56) must all equal the top address bit
     if (sign !== 0n && sign !== (five ? 0xffn : 0x1_ffffn)) {
@@ -82,10 +73,10 @@ export function translate(virtual: bigint, sregs: SpecialRegisters, memory: Phys
     }
     return walk64(virtual, sregs.cr3, names, five ? "5-level" : "4-level", nx, memory);
   }
-  if ((sregs.cr4 & CR4_PAE) !== 0n) {
+  if ((sregs.cr4 & CR4.PAE) !== 0n) {
     return walkPae(virtual & 0xffff_ffffn, sregs.cr3, nx, memory);
   }
-  return walk32(virtual & 0xffff_ffffn, sregs.cr3, (sregs.cr4 & CR4_PSE) !== 0n, memory);
+  return walk32(virtual & 0xffff_ffffn, sregs.cr3, (sregs.cr4 & CR4.PSE) !== 0n, memory);
 }
 
 function level(name: string, entryAddress: bigint, entry: bigint, nx: boolean, large: boolean): WalkLevel {

@@ -14,17 +14,21 @@
  * @module
  */
 
-import type { Vm } from "../vm.ts";
+import type { Machine } from "../machine.ts";
+import type { Debugger } from "../debug/debugger.ts";
 import type { Vcpu } from "../vcpu.ts";
 import type { Segment } from "../kvm/structs.ts";
 import { formatTranslation } from "../debug/paging.ts";
 import type { MemorySpace } from "./target.ts";
 import { DISPLAY_REGISTER_ORDER } from "../kvm/structs.ts";
+import { hex } from "../hex.ts";
 
 /** What a monitor command can see and change. */
 export interface MonitorContext {
-  /** The VM being debugged. */
-  readonly vm: Vm;
+  /** The VM being debugged (a `Vm` when it came from the scripting API). */
+  readonly vm: Machine;
+  /** Its debugger. */
+  readonly debug: Debugger;
   /** The vCPU GDB's current thread (Hg) names. */
   readonly cpu: Vcpu;
   /** How `m`/`M`/`X` addresses are read: guest virtual (default) or physical. */
@@ -109,10 +113,6 @@ export class MonitorRegistry {
   }
 }
 
-function hex(value: bigint | number, width = 0): string {
-  return `0x${value.toString(16).padStart(width, "0")}`;
-}
-
 function segmentLine(name: string, s: Segment): string {
   const attrs = [
     s.present ? "P" : "-",
@@ -159,7 +159,7 @@ async function evaluate(expression: string, context: MonitorContext): Promise<st
   } catch {
     fn = new AsyncFunction("vm", "cpu", "debug", expression);
   }
-  const value = await fn(context.vm, context.cpu, context.vm.debug);
+  const value = await fn(context.vm, context.cpu, context.debug);
   return typeof value === "string" ? value : Deno.inspect(value, { colors: false, depth: 4 });
 }
 
@@ -182,14 +182,14 @@ const BUILTINS: MonitorCommand[] = [
   {
     name: "regs",
     help: "regs: every register of the current vCPU, with segments, control registers and mode",
-    run: (_args, context) => formatRegisters(context.cpu, (a) => context.vm.debug.symbolize(a)),
+    run: (_args, context) => formatRegisters(context.cpu, (a) => context.debug.symbolize(a)),
   },
   {
     name: "pt",
     help: "pt ADDR: walk the page tables for a virtual address (or symbol)",
     run: (args, context) => {
       if (args === "") throw new RangeError("expected an address, e.g. monitor pt 0x100000");
-      return formatTranslation(context.vm.debug.translate(args, context.cpu));
+      return formatTranslation(context.debug.translate(args, context.cpu));
     },
   },
   {
@@ -199,7 +199,7 @@ const BUILTINS: MonitorCommand[] = [
       const [location, count] = args === "" ? [] : args.split(/\s+/);
       const n = count === undefined ? 10 : Number(count);
       if (!Number.isInteger(n) || n < 1 || n > 1000) throw new RangeError(`Invalid count ${JSON.stringify(count)}`);
-      return context.vm.debug.disassemble(location, n);
+      return context.debug.disassemble(location, n);
     },
   },
   {

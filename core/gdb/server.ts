@@ -27,7 +27,8 @@
  * @module
  */
 
-import type { Vm } from "../vm.ts";
+import type { Machine } from "../machine.ts";
+import { Debugger } from "../debug/debugger.ts";
 import type { StopEvent } from "../stop.ts";
 import { encodePacket } from "./protocol.ts";
 import { GdbStub } from "./stub.ts";
@@ -95,7 +96,7 @@ export function isLoopback(host: string): boolean {
  * await server.close();
  * ```
  */
-export function listenGdb(vm: Vm, options: GdbListenOptions = {}): GdbServer {
+export function listenGdb(vm: Machine, options: GdbListenOptions = {}): GdbServer {
   let listener: Deno.Listener;
   const path = options.path;
   const host = options.host ?? "127.0.0.1";
@@ -146,7 +147,7 @@ class Server implements GdbServer {
   readonly port: number | undefined;
   readonly path: string | undefined;
   readonly closed: Promise<GdbServerEnd>;
-  readonly #vm: Vm;
+  readonly #vm: Machine;
   readonly #listener: Deno.Listener;
   readonly #options: GdbListenOptions & { allowJs: boolean };
   #resolveClosed!: (end: GdbServerEnd) => void;
@@ -156,7 +157,7 @@ class Server implements GdbServer {
   #accepting: Promise<void>;
 
   constructor(
-    vm: Vm,
+    vm: Machine,
     listener: Deno.Listener,
     path: string | undefined,
     options: GdbListenOptions & { allowJs: boolean },
@@ -213,7 +214,8 @@ class Server implements GdbServer {
 
   #serve(conn: Deno.Conn): void {
     if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
-    const target = new VmTarget(this.#vm);
+    const debug = Debugger.for(this.#vm);
+    const target = new VmTarget(this.#vm, debug);
     const client: Client = { conn, target, stub: undefined!, writing: Promise.resolve(), done: Promise.resolve() };
     const send = (bytes: Uint8Array) => {
       client.writing = client.writing.then(() => writeAll(conn, bytes)).catch(() => {});
@@ -230,6 +232,7 @@ class Server implements GdbServer {
     client.stub = new GdbStub(target, {
       send,
       allowJs: this.#options.allowJs,
+      monitorScope: { machine: this.#vm, debug },
       ...(this.#options.monitor === undefined ? {} : { monitor: this.#options.monitor }),
       ...(this.#options.log === undefined ? {} : { log: this.#options.log }),
       onDetach: hangUp,
@@ -344,7 +347,7 @@ export interface ServeOptions {
  *
  * The server is closed on return; the VM is left to the caller.
  */
-export async function serveGdbUntilEnd(vm: Vm, server: GdbServer, options: ServeOptions = {}): Promise<GdbRunEnd> {
+export async function serveGdbUntilEnd(vm: Machine, server: GdbServer, options: ServeOptions = {}): Promise<GdbRunEnd> {
   let finish!: (end: GdbRunEnd) => void;
   const ended = new Promise<GdbRunEnd>((resolve) => finish = resolve);
   let lastCrash: StopEvent | undefined;
@@ -379,7 +382,7 @@ export async function serveGdbUntilEnd(vm: Vm, server: GdbServer, options: Serve
   }
 }
 
-function crashFrom(vm: Vm, error: unknown): StopEvent {
+function crashFrom(vm: Machine, error: unknown): StopEvent {
   const cpu = vm.cpu(0);
   return {
     reason: "internal-error",
@@ -408,7 +411,7 @@ export interface VmGdb {
  * const server = gdb.listen({ port: 1234 });
  * ```
  */
-export function attachGdb(vm: Vm): VmGdb {
+export function attachGdb(vm: Machine): VmGdb {
   let current: GdbServer | undefined;
   return {
     listen(options: GdbListenOptions = {}): GdbServer {

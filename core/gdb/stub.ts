@@ -38,9 +38,18 @@ import {
   TARGET_DOCUMENTS,
   X86_64_REGISTERS,
 } from "./arch_x86.ts";
-import type { GdbTarget, MemorySpace, TargetStop, WatchKind } from "./target.ts";
+import {
+  type GdbTarget,
+  type MemorySpace,
+  TargetError,
+  type TargetErrorKind,
+  type TargetStop,
+  type WatchKind,
+} from "./target.ts";
 import { monitorCommands, type MonitorContext, type MonitorRegistry } from "./monitor.ts";
 import { describeStop } from "../stop.ts";
+import type { Machine } from "../machine.ts";
+import type { Debugger } from "../debug/debugger.ts";
 
 /** Options of {@link GdbStub}. */
 export interface GdbStubOptions {
@@ -50,6 +59,8 @@ export interface GdbStubOptions {
   monitor?: MonitorRegistry;
   /** Whether `monitor js` may run. Default true. */
   allowJs?: boolean;
+  /** What monitor commands see: the machine behind the target and its debugger. Without it, `monitor` is refused. */
+  monitorScope?: { machine: Machine; debug: Debugger };
   /** Called once `D` (detach) has been answered: the connection should close. */
   onDetach?: () => void;
   /** Called on `k` / `vKill`: the VM is stopped; the connection should close. */
@@ -57,6 +68,12 @@ export interface GdbStubOptions {
   /** Receives one line per packet in and out (for debugging the stub). */
   log?: (line: string) => void;
 }
+
+const TARGET_ERROR_REPLIES: Record<TargetErrorKind, string> = {
+  "no-space": ERROR_CODES.noSpace,
+  "fault": ERROR_CODES.fault,
+  "invalid": ERROR_CODES.invalid,
+};
 
 const Z_KINDS: readonly ("software" | "hardware" | WatchKind)[] = ["software", "hardware", "write", "read", "access"];
 const WATCH_REPLY: Record<WatchKind, string> = { write: "watch", read: "rwatch", access: "awatch" };
@@ -269,8 +286,7 @@ export class GdbStub {
         try {
           return hexEncode(target.readMemory(command.address, command.length, this.#memorySpace, this.#gThread));
         } catch (error) {
-          this.#log(`   ${(error as Error).message}`);
-          return ERROR_CODES.fault;
+          return this.#errorReply(error, ERROR_CODES.fault);
         }
       }
       case "writeMemory":
@@ -350,14 +366,19 @@ export class GdbStub {
     }
   }
 
-  #try(error: string, action: () => void): string {
+  #try(fallback: string, action: () => void): string {
     try {
       action();
       return "OK";
-    } catch (e) {
-      this.#log(`   ${(e as Error).message}`);
-      return error;
+    } catch (error) {
+      return this.#errorReply(error, fallback);
     }
+  }
+
+  /** The error reply for a refused target operation: its kind's errno, or `fallback` for an untyped error. */
+  #errorReply(error: unknown, fallback: string): string {
+    this.#log(`   ${(error as Error).message}`);
+    return error instanceof TargetError ? TARGET_ERROR_REPLIES[error.kind] : fallback;
   }
 
   #resolveThread(thread: ThreadId): number | undefined {
@@ -380,9 +401,7 @@ export class GdbStub {
       }
       return "OK";
     } catch (error) {
-      const message = (error as Error).message;
-      this.#log(`   ${message}`);
-      return /debug registers|in use/.test(message) ? ERROR_CODES.noSpace : ERROR_CODES.fault;
+      return this.#errorReply(error, ERROR_CODES.fault);
     }
   }
 
@@ -432,19 +451,7 @@ export class GdbStub {
    * (after a step, kvm_run-synced) state, so this costs no ioctl.
    */
   #expedited(thread: number): string {
-    const cpu = this.#target.vm.cpu(thread - 1);
-    const regs = cpu.regs;
-    const sregs = cpu.sregsView;
-    const values: Record<string, bigint> = {
-      ...regs,
-      eflags: regs.rflags,
-      cs: BigInt(sregs.cs.selector),
-      ss: BigInt(sregs.ss.selector),
-      ds: BigInt(sregs.ds.selector),
-      es: BigInt(sregs.es.selector),
-      fs: BigInt(sregs.fs.selector),
-      gs: BigInt(sregs.gs.selector),
-    };
+    const values = this.#target.readCoreRegisters(thread);
     let out = "";
     for (let n = 0; n < EXPEDITED_REGISTERS; n++) {
       const info = X86_64_REGISTERS[n]!;
@@ -478,12 +485,15 @@ export class GdbStub {
   #monitorContext(): MonitorContext {
     // deno-lint-ignore no-this-alias
     const stub = this;
-    const vm = this.#target.vm;
+    const scope = this.#options.monitorScope;
+    if (scope === undefined) throw new Error("Cannot run monitor commands: this stub has no monitor scope");
+    const { machine, debug } = scope;
     const thread = this.#gThread;
     return {
-      vm,
+      vm: machine,
+      debug,
       get cpu() {
-        return vm.cpu(thread - 1);
+        return machine.cpu(thread - 1);
       },
       get memorySpace() {
         return stub.memorySpace;
@@ -501,10 +511,8 @@ export class GdbStub {
     this.#waiting = false;
     if (target.running) await target.interrupt();
     target.removeAll();
-    const last = target.vm.lastStop;
-    const ended = last !== undefined && (last.reason === "exit" || last.reason === "halt");
     // The guest runs on, as after QEMU's detach; its stops no longer reach this connection.
-    if (!ended) target.resume(false).catch(() => {});
+    if (!target.ended) target.resume(false).catch(() => {});
     this.#options.onDetach?.();
   }
 

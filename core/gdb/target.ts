@@ -10,12 +10,15 @@
  * @module
  */
 
-import type { Vm } from "../vm.ts";
+import type { Machine } from "../machine.ts";
+import { Debugger, NoDebugRegisterError } from "../debug/debugger.ts";
 import type { Vcpu } from "../vcpu.ts";
 import type { StopEvent } from "../stop.ts";
 import type { FpuState, Segment, SpecialRegisters } from "../kvm/structs.ts";
 import { abridgedTagWord, fullTagWord, type RegisterValue, type X86Registers } from "./arch_x86.ts";
 import { DISPLAY_REGISTER_ORDER } from "../kvm/structs.ts";
+import { hex } from "../hex.ts";
+import { CR0 } from "../x86.ts";
 
 /** Which addresses memory accesses use: guest virtual (through the page tables) or guest physical. */
 export type MemorySpace = "virtual" | "physical";
@@ -41,18 +44,56 @@ export type TargetStop =
 /** Signal numbers as GDB's remote protocol numbers them. */
 export const SIGNALS = { SIGINT: 2, SIGILL: 4, SIGTRAP: 5, SIGSEGV: 11 } as const;
 
-/** The debuggee interface of the gdbstub. Every method may throw a RangeError naming what was refused. */
+/** Why a target operation was refused: the stub answers each kind with its errno reply. */
+export type TargetErrorKind = "no-space" | "fault" | "invalid";
+
+/**
+ * A refused target operation. `kind` says why (the gdbstub crate's
+ * `TargetError` idea): `"no-space"` (no debug register left: ENOSPC),
+ * `"fault"` (memory not mapped or not RAM: EFAULT), `"invalid"` (a bad
+ * register, value or thread: EINVAL). The message names what was refused.
+ */
+export class TargetError extends Error {
+  /** Why the operation was refused. */
+  readonly kind: TargetErrorKind;
+  constructor(kind: TargetErrorKind, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "TargetError";
+    this.kind = kind;
+  }
+}
+
+/** Runs `action`, turning any error it throws into a {@link TargetError} of `kind` (one already typed keeps its kind). */
+function refusedAs<T>(kind: TargetErrorKind, action: () => T): T {
+  try {
+    return action();
+  } catch (error) {
+    if (error instanceof TargetError) throw error;
+    const typed = error instanceof NoDebugRegisterError ? "no-space" : kind;
+    throw new TargetError(typed, (error as Error).message, { cause: error });
+  }
+}
+
+/**
+ * The debuggee interface of the gdbstub: debuggee operations only. A refused
+ * operation throws a {@link TargetError}.
+ */
 export interface GdbTarget {
-  /** The VM behind the target, for monitor commands. */
-  readonly vm: Vm;
   /** True while the guest runs. */
   readonly running: boolean;
+  /** True once the guest has ended (debug-exit, or halted for good): a detach leaves it stopped. */
+  readonly ended: boolean;
   /** Thread ids (1-based). */
   threads(): number[];
   /** A short description of a thread for `info threads`, e.g. "vCPU 0 (long mode)". */
   describeThread(thread: number): string;
   /** Every register of the layout in arch_x86.ts. */
   readRegisters(thread: number): X86Registers;
+  /**
+   * The core registers (general, rip, eflags, segment selectors) from the
+   * vCPU's cached state: no ioctl after a stop, for expedited stop replies.
+   */
+  readCoreRegisters(thread: number): Record<string, bigint>;
   /** Writes the registers given (only those whose values differ from the current ones). */
   writeRegisters(thread: number, values: X86Registers): void;
   /** Reads up to `length` bytes; may return fewer when the range runs into unmapped memory; throws when none can be read. */
@@ -82,11 +123,6 @@ export interface GdbTarget {
 const GPR_NAMES = DISPLAY_REGISTER_ORDER;
 const SEGMENT_NAMES = ["cs", "ss", "ds", "es", "fs", "gs"] as const;
 const CONTROL_NAMES = ["cr0", "cr2", "cr3", "cr4", "cr8", "efer"] as const;
-const CR0_PE = 1n;
-
-function hex(value: bigint | number): string {
-  return `0x${value.toString(16)}`;
-}
 
 function sameValue(a: RegisterValue | undefined, b: RegisterValue): boolean {
   if (a === undefined) return false;
@@ -134,11 +170,12 @@ function segmentFromDescriptor(selector: number, d: Uint8Array): Segment {
 }
 
 /**
- * The {@link GdbTarget} of a hvsh VM: registers through the vCPU API, memory
- * through `vm.debug.readVirtual`/`writeVirtual` (or `vm.memory` for
- * physical), breakpoints and watchpoints through `vm.debug`, execution
- * through `vm.run()` / `vm.debug.step()`, stops through `vm.onStop` (so stops
- * caused by another front end reach GDB too).
+ * The {@link GdbTarget} of a hvsh machine: registers through the vCPU API,
+ * memory through the debugger's `readVirtual`/`writeVirtual` (or the
+ * machine's memory for physical), breakpoints and watchpoints through the
+ * machine's shared debugger, execution through `run()` / `debug.step()`,
+ * stops through `onStop` (so stops caused by another front end reach GDB
+ * too).
  *
  * @example
  * ```ts ignore
@@ -148,7 +185,8 @@ function segmentFromDescriptor(selector: number, d: Uint8Array): Segment {
  * ```
  */
 export class VmTarget implements GdbTarget {
-  readonly vm: Vm;
+  readonly #machine: Machine;
+  readonly #debug: Debugger;
   /** gdb's breakpoints and watchpoints: key -> debugger id. */
   #inserted = new Map<string, number>();
   /** Debugger watchpoint id -> the kind GDB asked for. */
@@ -156,27 +194,43 @@ export class VmTarget implements GdbTarget {
   #observers = new Set<(stop: TargetStop) => void>();
   #unsubscribe: () => void;
 
-  constructor(vm: Vm) {
-    this.vm = vm;
-    this.#unsubscribe = vm.onStop((event) => {
+  constructor(machine: Machine, debug: Debugger = Debugger.for(machine)) {
+    this.#machine = machine;
+    this.#debug = debug;
+    this.#unsubscribe = machine.onStop((event) => {
       const stop = this.classify(event);
       for (const observer of this.#observers) observer(stop);
     });
   }
 
   get running(): boolean {
-    return this.vm.running;
+    return this.#machine.running;
+  }
+
+  get ended(): boolean {
+    const last = this.#machine.lastStop;
+    return last !== undefined && (last.reason === "exit" || last.reason === "halt");
   }
 
   threads(): number[] {
-    return this.vm.cpus.map((_, i) => i + 1);
+    return this.#machine.cpus.map((_, i) => i + 1);
   }
 
   #cpu(thread: number): Vcpu {
-    if (!Number.isInteger(thread) || thread < 1 || thread > this.vm.cpus.length) {
-      throw new RangeError(`No thread ${thread}: threads are vCPUs 1-${this.vm.cpus.length}`);
+    const count = this.#machine.cpus.length;
+    if (!Number.isInteger(thread) || thread < 1 || thread > count) {
+      throw new TargetError("invalid", `No thread ${thread}: threads are vCPUs 1-${count}`);
     }
-    return this.vm.cpu(thread - 1);
+    return this.#machine.cpu(thread - 1);
+  }
+
+  readCoreRegisters(thread: number): Record<string, bigint> {
+    const cpu = this.#cpu(thread);
+    const regs = cpu.regs;
+    const sregs = cpu.sregsView;
+    const values: Record<string, bigint> = { ...regs, eflags: regs.rflags };
+    for (const name of SEGMENT_NAMES) values[name] = BigInt(sregs[name].selector);
+    return values;
   }
 
   describeThread(thread: number): string {
@@ -211,6 +265,10 @@ export class VmTarget implements GdbTarget {
   }
 
   writeRegisters(thread: number, values: X86Registers): void {
+    refusedAs("invalid", () => this.#writeRegisters(thread, values));
+  }
+
+  #writeRegisters(thread: number, values: X86Registers): void {
     const cpu = this.#cpu(thread);
     const current = this.readRegisters(thread);
     const changed = Object.entries(values).filter(([name, value]) => !sameValue(current[name], value));
@@ -285,7 +343,7 @@ export class VmTarget implements GdbTarget {
   /** A segment register loaded with `selector` as the CPU would: base = selector * 16 in real mode, the GDT descriptor otherwise. */
   #loadSegment(cpu: Vcpu, sregs: SpecialRegisters, name: string, selector: number): Segment {
     const current = sregs[name as typeof SEGMENT_NAMES[number]];
-    if ((sregs.cr0 & CR0_PE) === 0n) return { ...current, selector, base: BigInt(selector << 4) };
+    if ((sregs.cr0 & CR0.PE) === 0n) return { ...current, selector, base: BigInt(selector << 4) };
     if (selector < 4) {
       if (name === "cs" || name === "ss") {
         throw new RangeError(`Cannot load ${name} with the null selector ${hex(selector)}`);
@@ -301,7 +359,7 @@ export class VmTarget implements GdbTarget {
         `Cannot load ${name} with selector ${hex(selector)}: beyond the GDT limit ${hex(sregs.gdt.limit)}`,
       );
     }
-    const descriptor = this.vm.debug.readVirtual(sregs.gdt.base + BigInt(offset), 8, cpu);
+    const descriptor = this.#debug.readVirtual(sregs.gdt.base + BigInt(offset), 8, cpu);
     return segmentFromDescriptor(selector, descriptor);
   }
 
@@ -321,31 +379,37 @@ export class VmTarget implements GdbTarget {
       }
       done += chunk;
     }
-    if (done === 0 && length > 0) throw failure ?? new RangeError(`Cannot read ${space} ${hex(address)}`);
+    if (done === 0 && length > 0) {
+      throw new TargetError("fault", failure?.message ?? `Cannot read ${space} ${hex(address)}`, { cause: failure });
+    }
     return out.subarray(0, done);
   }
 
   #readChunk(address: bigint, length: number, space: MemorySpace, cpu: Vcpu): Uint8Array {
-    if (space === "virtual") return this.vm.debug.readVirtual(address, length, cpu);
-    if (address > BigInt(Number.MAX_SAFE_INTEGER) || !this.vm.memory.isRam(Number(address), length)) {
+    if (space === "virtual") return this.#debug.readVirtual(address, length, cpu);
+    if (address > BigInt(Number.MAX_SAFE_INTEGER) || !this.#machine.memory.isRam(Number(address), length)) {
       throw new RangeError(`Cannot read physical ${hex(address)}: not RAM`);
     }
-    return this.vm.memory.read(Number(address), length);
+    return this.#machine.memory.read(Number(address), length);
   }
 
   writeMemory(address: bigint, data: Uint8Array, space: MemorySpace, thread: number): void {
     const cpu = this.#cpu(thread);
-    if (space === "virtual") return this.vm.debug.writeVirtual(address, data, cpu);
-    if (address > BigInt(Number.MAX_SAFE_INTEGER) || !this.vm.memory.isRam(Number(address), data.length)) {
+    refusedAs("fault", () => this.#writeMemory(address, data, space, cpu));
+  }
+
+  #writeMemory(address: bigint, data: Uint8Array, space: MemorySpace, cpu: Vcpu): void {
+    if (space === "virtual") return this.#debug.writeVirtual(address, data, cpu);
+    if (address > BigInt(Number.MAX_SAFE_INTEGER) || !this.#machine.memory.isRam(Number(address), data.length)) {
       throw new RangeError(`Cannot write ${data.length} bytes at physical ${hex(address)}: not RAM`);
     }
-    this.vm.memory.write(Number(address), data);
+    this.#machine.memory.write(Number(address), data);
   }
 
   insertBreakpoint(kind: BreakKind, address: bigint): void {
     const key = `${kind}:${address}`;
     if (this.#inserted.has(key)) return;
-    const bp = kind === "software" ? this.vm.debug.break(address) : this.vm.debug.hbreak(address);
+    const bp = refusedAs("fault", () => kind === "software" ? this.#debug.break(address) : this.#debug.hbreak(address));
     this.#inserted.set(key, bp.id);
   }
 
@@ -356,7 +420,8 @@ export class VmTarget implements GdbTarget {
   insertWatchpoint(kind: WatchKind, address: bigint, length: number): void {
     const key = `watch-${kind}:${address}:${length}`;
     if (this.#inserted.has(key)) return;
-    const wp = this.vm.debug.watch(address, length, kind);
+    if (length < 1) throw new TargetError("invalid", `Cannot watch ${length} bytes at ${hex(address)}`);
+    const wp = refusedAs("fault", () => this.#debug.watch(address, length, kind));
     this.#inserted.set(key, wp.id);
     this.#watchKinds.set(wp.id, kind);
   }
@@ -371,7 +436,7 @@ export class VmTarget implements GdbTarget {
     this.#inserted.delete(key);
     this.#watchKinds.delete(id);
     try {
-      this.vm.debug.delete(id);
+      this.#debug.delete(id);
     } catch {
       // deleted by another front end already
     }
@@ -382,11 +447,11 @@ export class VmTarget implements GdbTarget {
   }
 
   resume(step: boolean): Promise<StopEvent> {
-    return step ? this.vm.debug.step(1) : this.vm.run();
+    return step ? this.#debug.step(1) : this.#machine.run();
   }
 
   async interrupt(): Promise<void> {
-    await this.vm.pause();
+    await this.#machine.pause();
   }
 
   onStop(observer: (stop: TargetStop) => void): () => void {

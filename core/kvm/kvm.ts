@@ -24,7 +24,8 @@ import {
   sys,
   viewNative,
 } from "./_ffi.ts";
-import { ioctlName, KVM, KVM_EXIT } from "./ioctls.ts";
+import { ioctlName, KVM } from "./ioctls.ts";
+import { INTERRUPTED, KvmRunArea, type VcpuExit } from "./exit.ts";
 import {
   type CpuidEntry,
   type DebugRegisters,
@@ -64,6 +65,12 @@ export class KvmError extends Error {
     this.call = call;
   }
 }
+
+const EINTR = 4;
+const EAGAIN = 11;
+/** kvm_valid_regs bits: the general and the special registers. */
+const KVM_SYNC_X86_REGS = 1n;
+const KVM_SYNC_X86_SREGS = 2n;
 
 function check(result: number, request: number, detail?: string): number {
   if (result < 0) throw new KvmError(ioctlName(request), lastErrno(), detail);
@@ -130,6 +137,11 @@ export class HostMapping {
     if (this.#pointer === null) return;
     sys.munmap(this.#pointer, BigInt(this.size));
     this.#pointer = null;
+  }
+
+  /** `using mapping = HostMapping.anonymous(n)` unmaps it at scope exit. */
+  [Symbol.dispose](): void {
+    this.close();
   }
 }
 
@@ -200,6 +212,11 @@ export class Kvm {
     if (this.#closed) return;
     this.#closed = true;
     sys.close(this.fd);
+  }
+
+  /** `using kvm = Kvm.open()` closes it at scope exit. */
+  [Symbol.dispose](): void {
+    this.close();
   }
 }
 
@@ -302,6 +319,11 @@ export class VmFd {
     this.#closed = true;
     sys.close(this.fd);
   }
+
+  /** `using vm = kvm.createVm()` closes it at scope exit. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
 }
 
 /** A vCPU file descriptor with its mapped `struct kvm_run`. */
@@ -310,14 +332,6 @@ export class VcpuFd {
   readonly fd: number;
   /** The vCPU id (APIC id). */
   readonly id: number;
-  /** The kvm_run area. */
-  readonly runArea: HostMapping;
-  /** kvm_run as bytes. */
-  readonly run8: Uint8Array;
-  /** kvm_run as 32-bit words: `run32[2]` is exit_reason. */
-  readonly run32: Uint32Array;
-  /** kvm_run as a DataView. */
-  readonly runView: DataView;
   /**
    * Counts KVM_RUN calls made through this handle: state read before a run
    * is stale after it. (Runs on an application processor's thread do not
@@ -326,16 +340,34 @@ export class VcpuFd {
   generation = 0;
   /** The generation whose exit left registers in kvm_run (KVM_CAP_SYNC_REGS). */
   syncedGeneration = -1;
+  readonly #mapping: HostMapping;
+  readonly #run: KvmRunArea;
+  /** False for a handle borrowed by another thread: closing it unmaps kvm_run but leaves the fd to its owner. */
+  readonly #ownsFd: boolean;
   #sync = false;
   #closed = false;
 
-  constructor(fd: number, id: number, mmapSize: number) {
+  constructor(fd: number, id: number, mmapSize: number, ownsFd = true) {
     this.fd = fd;
     this.id = id;
-    this.runArea = HostMapping.shared(fd, mmapSize);
-    this.run8 = this.runArea.bytes;
-    this.run32 = new Uint32Array(this.run8.buffer, this.run8.byteOffset, mmapSize >>> 2);
-    this.runView = new DataView(this.run8.buffer, this.run8.byteOffset, mmapSize);
+    this.#ownsFd = ownsFd;
+    this.#mapping = HostMapping.shared(fd, mmapSize);
+    this.#run = new KvmRunArea(this.#mapping.bytes);
+  }
+
+  /**
+   * A second handle on a vCPU another thread owns (an application
+   * processor's Worker gets its own vCPU this way, and the main vCPU's, to
+   * set its immediate_exit). It maps kvm_run again; `close()` unmaps it and
+   * leaves the fd open.
+   */
+  static borrow(fd: number, id: number, mmapSize: number): VcpuFd {
+    return new VcpuFd(fd, id, mmapSize, false);
+  }
+
+  /** The size of the kvm_run mapping, for {@link borrow} on another thread. */
+  get mmapSize(): number {
+    return this.#mapping.size;
   }
 
   /** Throws once the vCPU is closed, so a reused fd number is never touched. */
@@ -345,18 +377,33 @@ export class VcpuFd {
   }
 
   /**
-   * KVM_RUN. Returns the exit reason; an interrupted run (a kick signal)
-   * returns {@link KVM_EXIT}.INTR instead of throwing.
+   * KVM_RUN, returning the decoded exit (valid until the next run). A run
+   * interrupted by a signal (hvsh's kick: EINTR, or EAGAIN) is an
+   * `interrupted` exit, not an error.
    */
-  run(): number {
+  run(): VcpuExit {
     if (this.#sync) this.syncedGeneration = this.generation + 1;
     this.generation++;
     if (sys.ioctl(this.#open(), KVM.RUN, null) < 0) {
       const errno = lastErrno();
-      if (errno === 4 || errno === 11) return KVM_EXIT.INTR;
+      if (errno === EINTR || errno === EAGAIN) return INTERRUPTED;
       throw new KvmError("KVM_RUN", errno, `vCPU ${this.id}`);
     }
-    return this.run32[2]!;
+    return this.#run.decode();
+  }
+
+  /** The exit left in kvm_run by the last KVM_RUN (also one made on another thread). */
+  lastExit(): VcpuExit {
+    return this.#run.decode();
+  }
+
+  /**
+   * Sets kvm_run.immediate_exit (KVM_CAP_IMMEDIATE_EXIT): the next KVM_RUN
+   * returns at once. Another thread sets it before kicking this vCPU, so a
+   * kick that lands just before KVM_RUN is not lost.
+   */
+  requestImmediateExit(on = true): void {
+    this.#run.immediateExit = on;
   }
 
   /**
@@ -367,18 +414,18 @@ export class VcpuFd {
    */
   setSyncRegs(on: boolean): void {
     if (on === this.#sync) return;
-    this.runView.setBigUint64(288, on ? 3n : 0n, true); // kvm_valid_regs: KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS
+    this.#run.validRegs = on ? KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS : 0n;
     this.#sync = on;
   }
 
-  /** The registers kvm_run holds after a run with sync on (kvm_run.s.regs at offset 304). */
+  /** The registers kvm_run holds after a run with sync on. */
   syncedRegs(): Registers {
-    return decodeRegs(this.run8.subarray(304, 304 + KVM_REGS_SIZE));
+    return decodeRegs(this.#run.syncedRegsBytes(KVM_REGS_SIZE));
   }
 
-  /** The special registers kvm_run holds after a run with sync on (kvm_run.s.sregs at offset 448). */
+  /** The special registers kvm_run holds after a run with sync on. */
   syncedSregs(): SpecialRegisters {
-    return decodeSregs(this.run8.subarray(448, 448 + KVM_SREGS_SIZE));
+    return decodeSregs(this.#run.syncedSregsBytes(KVM_SREGS_SIZE));
   }
 
   /** KVM_GET_REGS. */
@@ -513,22 +560,27 @@ export class VcpuFd {
   completePendingExit(): void {
     if (this.#sync) this.syncedGeneration = this.generation + 1;
     this.generation++;
-    this.run8[1] = 1;
+    this.#run.immediateExit = true;
     try {
-      if (sys.ioctl(this.fd, KVM.RUN, null) < 0) {
+      if (sys.ioctl(this.#open(), KVM.RUN, null) < 0) {
         const errno = lastErrno();
-        if (errno !== 4) throw new KvmError("KVM_RUN", errno, `completing an exit on vCPU ${this.id}`);
+        if (errno !== EINTR) throw new KvmError("KVM_RUN", errno, `completing an exit on vCPU ${this.id}`);
       }
     } finally {
-      this.run8[1] = 0;
+      this.#run.immediateExit = false;
     }
   }
 
-  /** Unmaps kvm_run and closes the fd. Idempotent. */
+  /** Unmaps kvm_run and closes the fd (a borrowed handle leaves the fd open). Idempotent. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.runArea.close();
-    sys.close(this.fd);
+    this.#mapping.close();
+    if (this.#ownsFd) sys.close(this.fd);
+  }
+
+  /** `using vcpu = vm.createVcpu(0)` closes it at scope exit. */
+  [Symbol.dispose](): void {
+    this.close();
   }
 }

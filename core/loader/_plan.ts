@@ -2,11 +2,9 @@
 // load plan that validates every range before anything is written.
 
 import type { LoadTarget } from "./types.ts";
+import { hex } from "../hex.ts";
 
-/** Formats a number or bigint as lowercase hex with a `0x` prefix. */
-export function hex(value: number | bigint): string {
-  return value < 0 ? `-0x${(-value).toString(16)}` : `0x${value.toString(16)}`;
-}
+export { hex };
 
 /** The start of an error message: `Cannot load ELF image "a.elf": `. */
 export function errorPrefix(

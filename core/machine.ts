@@ -1,0 +1,637 @@
+/**
+ * The machine: a KVM VM with guest RAM, vCPUs and the run loop that turns
+ * exits into typed stop events. It knows no device, loader or front end:
+ * port and MMIO exits go to an {@link ExitHandlers} (the buses live above,
+ * in core/bus_dispatch.ts), a debugger attaches through
+ * {@link Machine.interceptExits}, platforms decide what a reset or a sleep
+ * means and use the mechanisms here ({@link Machine.requestStop},
+ * {@link Machine.requestSleep}, {@link Machine.requestRestart}).
+ *
+ * The run loop runs vCPU 0 on the main thread, synchronously through the
+ * fast FFI path, so devices, hooks and the debugger are plain closures on
+ * this thread. A periodic kick (core/kvm/signals.ts) interrupts KVM_RUN
+ * every 10 ms so the loop can yield to the event loop: timers, stdin and
+ * sockets stay live while a guest spins without exits. Application
+ * processors run KVM_RUN on their own Worker threads and hand the exits
+ * that need a device to this thread (core/smp.ts, core/vcpu_thread.ts);
+ * with the in-kernel irqchip those are rare.
+ *
+ * @module
+ */
+
+import { Kvm, type VcpuFd, type VmFd } from "./kvm/kvm.ts";
+import { KVM_CAP, KVM_MEM_READONLY } from "./kvm/ioctls.ts";
+import type { VcpuExit } from "./kvm/exit.ts";
+import { mainThreadKick, prepareKickSignal } from "./kvm/signals.ts";
+import { GuestMemory, parseSize } from "./memory.ts";
+import { Vcpu } from "./vcpu.ts";
+import { cpuidForVcpu, type CpuidOptions } from "./cpuid.ts";
+import type { PendingStop, StopContext, StopEvent } from "./stop.ts";
+import {
+  emulateMmio,
+  emulatePortIo,
+  type Emulation,
+  type ExitHandlers,
+  stopForExit,
+  type UnhandledPolicy,
+} from "./exits.ts";
+import { type ApExit, ApplicationProcessors } from "./smp.ts";
+
+/** Options of a machine (see `Vm.create`). */
+export interface MachineOptions {
+  /** Guest RAM, e.g. `"64M"`, `"1G"` or a byte count. Default 64M. */
+  memory?: string | number;
+  /** Number of vCPUs. Default 1. */
+  cpus?: number;
+  /**
+   * CPUID changes for every vCPU, e.g. `{ hide: ["cx16"] }`, or a function
+   * giving each vCPU its own (`(index) => ({ apicId: index * 2 })`).
+   */
+  cpuid?: CpuidOptions | ((index: number) => CpuidOptions);
+  /** What an access to an unclaimed port or MMIO address does: `"ignore"` (default) or `"stop"`. */
+  unhandled?: UnhandledPolicy;
+  /** A name for listings. */
+  name?: string;
+  /**
+   * The in-kernel interrupt controllers (PIC, IOAPIC, LAPICs) and PIT. Default
+   * true; false keeps the tiniest guests exiting on HLT (KVM_EXIT_HLT) and
+   * gives a single vCPU no interrupt sources at all.
+   */
+  irqchip?: boolean;
+}
+
+/** Options of {@link Machine.run}. */
+export interface RunOptions {
+  /** Stop with reason "timeout" after this many milliseconds. */
+  timeout?: number;
+  /** Overrides {@link MachineOptions.unhandled} for this run. */
+  unhandled?: UnhandledPolicy;
+}
+
+/**
+ * A front end's hook into the run loop for the exits only it understands
+ * (KVM_EXIT_DEBUG, emulation failures at planted breakpoints, accesses to
+ * pages it protected). Attach with {@link Machine.interceptExits}.
+ */
+export interface ExitInterceptor {
+  /** Before each KVM_RUN that follows a stop (e.g. stepping over a planted breakpoint); a stop ends the run at once. */
+  beforeResume?(cpu: Vcpu): Promise<PendingStop | undefined> | PendingStop | undefined;
+  /**
+   * Every exit except port I/O and interrupted runs. Returns a stop,
+   * `"resume"` to re-enter the guest (the exit is dealt with), or undefined
+   * when the exit is not the interceptor's.
+   */
+  onExit(cpu: Vcpu, exit: VcpuExit): PendingStop | "resume" | undefined;
+  /** Names an address in stop events (`symbol+offset`). */
+  describe?(address: bigint): string | undefined;
+}
+
+/** The kernel devices whose state {@link Machine.kernelDeviceState} reads. */
+export type KernelDevice = "pic-master" | "pic-slave" | "ioapic" | "pit";
+
+const IRQCHIP_IDS = { "pic-master": 0, "pic-slave": 1, "ioapic": 2 } as const;
+
+/** How often the run loop yields to the event loop (the kick timer's period too). */
+const TICK_MS = 10;
+const KVM_MP_STATE_HALTED = 3;
+const RFLAGS_IF = 0x200n;
+
+/**
+ * Lets timers, stdin and sockets run between guest slices. Measured here
+ * (a 10 ms busy slice, then the yield; pipe data sent at 200 ms): setImmediate
+ * saw the data after ~600 ms (the loop never polls I/O), a MessageChannel
+ * never, setTimeout(0) at once but idles ~2 ms per call, and an async op that
+ * finishes at once (a stat of "/", ~55 µs) at once. The op on every turn cost
+ * ~1.5 % of exit throughput, so three cheap turns (timers, promises) go with
+ * each I/O-polling one: I/O waits at most ~40 ms. setImmediate is Deno's
+ * global, not node:timers, whose import cost ~15 ms of start-up; setTimeout is
+ * the fallback when file reads are not permitted.
+ */
+class EventLoopYield {
+  #turns = 0;
+  #statAllowed = true;
+
+  async yield(): Promise<void> {
+    if (++this.#turns % 4 !== 0) return await new Promise((resolve) => setImmediate(resolve));
+    if (this.#statAllowed) {
+      try {
+        await Deno.stat("/");
+        return;
+      } catch {
+        this.#statAllowed = false;
+      }
+    }
+    await new Promise((resolve) => setTimeout(resolve, 0));
+  }
+}
+
+/** The KVM handles a machine owns, opened together by {@link Machine.open}. */
+export interface MachineParts {
+  kvm: Kvm;
+  vmFd: VmFd;
+  memory: GuestMemory;
+  vcpuFds: VcpuFd[];
+}
+
+/**
+ * A machine: RAM, vCPUs, the run loop. `Vm` (core/vm.ts) builds a platform
+ * on it; the debugger and gdb server take any machine.
+ */
+export class Machine {
+  /** Guest physical RAM. */
+  readonly memory: GuestMemory;
+  /** The vCPUs. */
+  readonly cpus: readonly Vcpu[];
+  /** Display name. */
+  readonly name: string;
+  /** The last stop event. */
+  lastStop: StopEvent | undefined;
+
+  // The machine's state, all of it.
+  readonly #kvm: Kvm;
+  readonly #vmFd: VmFd;
+  readonly #vcpuFds: VcpuFd[];
+  readonly #irqchip: boolean;
+  readonly #canCompleteExits: boolean;
+  readonly #aps: ApplicationProcessors;
+  readonly #events = new EventLoopYield();
+  #handlers: ExitHandlers;
+  #unhandled: UnhandledPolicy;
+  #interceptor: ExitInterceptor | undefined;
+  #closed = false;
+  #running = false;
+  #pauseRequested = false;
+  /** A stop asked for while an exit is handled; the loop returns it once the exit is complete. */
+  #pendingStop: PendingStop | undefined;
+  /** The vCPU the pending stop belongs to, when it is not the main thread's. */
+  #stopCpu: Vcpu | undefined;
+  /** The vCPU whose exit is being handled (devices' stop requests name it). */
+  #servicing: Vcpu | undefined;
+  #sleep: { wakeAfterMs: number; onWake: () => void } | undefined;
+  #restart: (() => void) | undefined;
+  #slotCount = 0;
+  readonly #stopObservers = new Set<(stop: StopEvent) => void>();
+  readonly #runWaiters: ((stop: StopEvent) => void)[] = [];
+  readonly #closers = new Set<() => void | Promise<void>>();
+
+  /** Opens KVM and creates the VM, its RAM and its vCPUs; closes what it made when a step fails. */
+  protected static open(options: MachineOptions): MachineParts {
+    const memorySize = parseSize(options.memory ?? "64M");
+    const cpuCount = options.cpus ?? 1;
+    if (!Number.isInteger(cpuCount) || cpuCount < 1 || cpuCount > 255) {
+      throw new RangeError(`Invalid vCPU count ${cpuCount}: expected 1-255`);
+    }
+    const kvm = Kvm.open();
+    let vmFd: VmFd | undefined;
+    let memory: GuestMemory | undefined;
+    const vcpuFds: VcpuFd[] = [];
+    try {
+      vmFd = kvm.createVm();
+      // Intel's real-mode emulation needs a TSS and an identity-map page; put them just below 4 GiB like QEMU.
+      vmFd.setTssAddress(0xfffb_d000);
+      vmFd.setIdentityMapAddress(0xfffb_c000n);
+      if (options.irqchip ?? true) vmFd.createIrqchip(); // before the vCPUs, as KVM requires
+      memory = GuestMemory.allocate(memorySize);
+      const supported = kvm.supportedCpuid();
+      prepareKickSignal();
+      for (let id = 0; id < cpuCount; id++) {
+        const fd = vmFd.createVcpu(id);
+        vcpuFds.push(fd);
+        const cpuid = typeof options.cpuid === "function" ? options.cpuid(id) : options.cpuid;
+        fd.setCpuid(cpuidForVcpu(supported, id, cpuCount, cpuid));
+      }
+      if (options.irqchip ?? true) vmFd.createPit2();
+      return { kvm, vmFd, memory, vcpuFds };
+    } catch (error) {
+      for (const fd of vcpuFds) fd.close();
+      memory?.close();
+      vmFd?.close();
+      kvm.close();
+      throw error;
+    }
+  }
+
+  protected constructor(parts: MachineParts, handlers: ExitHandlers, options: MachineOptions) {
+    this.#kvm = parts.kvm;
+    this.#vmFd = parts.vmFd;
+    this.#vcpuFds = parts.vcpuFds;
+    this.memory = parts.memory;
+    this.cpus = parts.vcpuFds.map((fd) => new Vcpu(fd, parts.memory));
+    this.name = options.name ?? "vm";
+    this.#irqchip = options.irqchip ?? true;
+    this.#unhandled = options.unhandled ?? "ignore";
+    this.#handlers = handlers;
+    this.#canCompleteExits = this.#kvm.checkExtension(KVM_CAP.IMMEDIATE_EXIT) > 0;
+    this.#aps = new ApplicationProcessors(this.cpus[0]!, this.#canCompleteExits);
+    this.setPageProtection(new Map());
+  }
+
+  /** Starts the application processors' threads (each parked until the first run). */
+  protected async startApplicationProcessors(): Promise<void> {
+    await this.#aps.start(this.cpus.slice(1));
+  }
+
+  /** vCPU `index` (default 0); throws a RangeError for a missing one. */
+  cpu(index = 0): Vcpu {
+    const cpu = this.cpus[index];
+    if (cpu === undefined) {
+      throw new RangeError(`No vCPU ${index}: this VM has ${this.cpus.length} (0-${this.cpus.length - 1})`);
+    }
+    return cpu;
+  }
+
+  /** `"stopped"`, `"running"` or `"closed"`. */
+  get state(): "stopped" | "running" | "closed" {
+    return this.#closed ? "closed" : this.#running ? "running" : "stopped";
+  }
+
+  /** True while `run()` is executing guest code. */
+  get running(): boolean {
+    return this.#running;
+  }
+
+  /** True when the VM has the in-kernel PIC, IOAPIC, LAPICs and PIT. */
+  get hasIrqchip(): boolean {
+    return this.#irqchip;
+  }
+
+  /** Sets the level of an interrupt line (ISA IRQ / GSI) of the in-kernel irqchip. */
+  irqLine(irq: number, level: boolean): void {
+    if (!this.#irqchip) {
+      throw new Error(`Cannot raise IRQ ${irq}: this VM has no irqchip (Vm.create({ irqchip: true }))`);
+    }
+    this.#vmFd.irqLine(irq, level);
+  }
+
+  /**
+   * The in-kernel interrupt controllers' and PIT's raw KVM state, for
+   * snapshots and firmware set-up: `"pic-master"`, `"pic-slave"`, `"ioapic"`
+   * (`struct kvm_irqchip`) or `"pit"` (`struct kvm_pit_state2`).
+   */
+  kernelDeviceState(device: KernelDevice): Uint8Array<ArrayBuffer> {
+    if (!this.#irqchip) throw new Error(`Cannot read the ${device} state: this VM has no irqchip`);
+    return device === "pit" ? this.#vmFd.getPit2() : this.#vmFd.getIrqchip(IRQCHIP_IDS[device]);
+  }
+
+  /** Writes state read with {@link kernelDeviceState} (possibly changed) back into KVM. */
+  setKernelDeviceState(device: KernelDevice, state: Uint8Array<ArrayBuffer>): void {
+    if (!this.#irqchip) throw new Error(`Cannot set the ${device} state: this VM has no irqchip`);
+    if (device === "pit") this.#vmFd.setPit2(state);
+    else this.#vmFd.setIrqchip(state);
+  }
+
+  /**
+   * Lays out the KVM memory slots so that the given 4 KiB pages are
+   * read-only (guest writes exit to hvsh as MMIO) or absent (every access
+   * exits). The debugger's watchpoints use this: it works on every host,
+   * unlike DR7 data breakpoints, which nested KVM may never deliver.
+   * An empty map restores plain RAM slots.
+   */
+  setPageProtection(pages: ReadonlyMap<number, "readonly" | "none">): void {
+    this.#assertIdle("change memory slots");
+    const slots: { base: number; size: number; host: bigint; flags: number }[] = [];
+    const sorted = [...pages.keys()].sort((a, b) => a - b);
+    for (const region of this.memory.regions) {
+      let cursor = region.base;
+      const end = region.base + region.size;
+      const push = (from: number, to: number, flags: number) => {
+        if (to > from) {
+          slots.push({ base: from, size: to - from, host: region.hostAddress + BigInt(from - region.base), flags });
+        }
+      };
+      for (const page of sorted) {
+        if (page < region.base || page >= end) continue;
+        push(cursor, page, 0);
+        if (pages.get(page) === "readonly") push(page, page + 0x1000, KVM_MEM_READONLY);
+        cursor = page + 0x1000;
+      }
+      push(cursor, end, 0);
+    }
+    for (let slot = 0; slot < this.#slotCount; slot++) this.#vmFd.setUserMemoryRegion(slot, 0, 0n, 0n, 0n);
+    slots.forEach((s, slot) => this.#vmFd.setUserMemoryRegion(slot, s.flags, BigInt(s.base), BigInt(s.size), s.host));
+    this.#slotCount = slots.length;
+  }
+
+  /** True when the host can make pages read-only for the guest (KVM_CAP_READONLY_MEM). */
+  get supportsReadonlyPages(): boolean {
+    return this.#kvm.checkExtension(KVM_CAP.READONLY_MEM) > 0;
+  }
+
+  /** KVM_CHECK_EXTENSION on this machine's KVM handle. */
+  checkExtension(capability: number): number {
+    return this.#kvm.checkExtension(capability);
+  }
+
+  /**
+   * Attaches a front end's exit interceptor (the debugger does). One at a
+   * time: a second is refused with an error, so two debuggers never steal
+   * each other's exits. Returns the function that detaches it.
+   */
+  interceptExits(interceptor: ExitInterceptor): () => void {
+    if (this.#interceptor !== undefined) {
+      throw new Error(
+        `Cannot intercept the exits of ${this.name}: a debugger is already attached (share it: vm.debug)`,
+      );
+    }
+    this.#interceptor = interceptor;
+    return () => {
+      if (this.#interceptor === interceptor) this.#interceptor = undefined;
+    };
+  }
+
+  /**
+   * Calls `closer` when the VM closes, before its vCPUs and memory go (a gdb
+   * server, a console). Returns a function that forgets it.
+   */
+  onClose(closer: () => void | Promise<void>): () => void {
+    this.#closers.add(closer);
+    return () => void this.#closers.delete(closer);
+  }
+
+  /** Calls `observer` on every stop, whoever caused the run. Returns a function that unsubscribes. */
+  onStop(observer: (stop: StopEvent) => void): () => void {
+    this.#stopObservers.add(observer);
+    return () => this.#stopObservers.delete(observer);
+  }
+
+  /** Asks the run loop to stop with `stop` after the current exit (devices use this). */
+  requestStop(stop: PendingStop): void {
+    if (this.#pendingStop === undefined && this.#servicing !== undefined) this.#stopCpu = this.#servicing;
+    this.#pendingStop ??= stop;
+  }
+
+  /**
+   * Puts the machine to sleep (ACPI S3) after the current exit: no vCPU runs
+   * until `wakeAfterMs` have passed (pause and timeout still work), then
+   * `onWake` sets up the resume and the guest goes on. The platform uses it.
+   */
+  requestSleep(wakeAfterMs: number, onWake: () => void): void {
+    this.#sleep = { wakeAfterMs, onWake };
+  }
+
+  /**
+   * After the current exit, completes it, calls `restart` (which may load a
+   * new image and set up the vCPUs) and runs on: a platform's reset.
+   */
+  requestRestart(restart: () => void): void {
+    this.#restart = restart;
+  }
+
+  /**
+   * Stops a running guest (within a few milliseconds, even one that makes no
+   * exits). Resolves with the stop event; with undefined when nothing runs.
+   */
+  pause(): Promise<StopEvent | undefined> {
+    if (!this.#running) return Promise.resolve(undefined);
+    this.#pauseRequested = true;
+    return new Promise((resolve) => this.#runWaiters.push(resolve));
+  }
+
+  /**
+   * Runs the guest until it stops: debug-exit, halt, crash, pause, timeout,
+   * a debugger stop, or an unclaimed access when asked to stop on those.
+   */
+  async run(options: RunOptions = {}): Promise<StopEvent> {
+    this.#assertIdle("run");
+    const timeout = options.timeout;
+    if (timeout !== undefined && !(timeout >= 0)) throw new RangeError(`Invalid timeout ${timeout}: expected ms >= 0`);
+    this.#running = true;
+    this.#pauseRequested = false;
+    this.#stopCpu = undefined;
+    const cpu = this.cpu(0);
+    let stop: StopEvent | undefined;
+    mainThreadKick.acquire();
+    this.#aps.resume();
+    try {
+      const early = await this.#interceptor?.beforeResume?.(cpu);
+      stop = early !== undefined
+        ? this.#withContext(cpu, early)
+        : await this.#loop(cpu, timeout === undefined ? Infinity : performance.now() + timeout, options);
+    } finally {
+      this.#aps.park();
+      mainThreadKick.release();
+      this.#running = false;
+      this.#pendingStop = undefined;
+      if (stop === undefined) {
+        // run() is rejecting (a hook threw): a pending pause() still gets an answer.
+        const paused = this.#closed ? undefined : this.#withContext(cpu, { reason: "paused" });
+        for (const waiter of this.#runWaiters.splice(0)) waiter(paused!);
+      }
+    }
+    this.lastStop = stop;
+    for (const waiter of this.#runWaiters.splice(0)) waiter(stop);
+    for (const observer of this.#stopObservers) observer(stop);
+    return stop;
+  }
+
+  /** Takes the pending stop, if any. */
+  #takePendingStop(): PendingStop | undefined {
+    const pending = this.#pendingStop;
+    this.#pendingStop = undefined;
+    return pending;
+  }
+
+  async #loop(cpu: Vcpu, deadline: number, options: RunOptions): Promise<StopEvent> {
+    const fd = cpu.fd;
+    const unhandled = options.unhandled ?? this.#unhandled;
+    const handlers = this.#handlers;
+    // A kick that lands while this thread is in JavaScript is handled and lost, so a guest
+    // that exits all the time also gets its ticks from the clock, looked at every 64 exits.
+    let exits = 0;
+    let nextTick = performance.now() + TICK_MS;
+    for (;;) {
+      const exit = fd.run();
+      const interrupted = exit.kind === "interrupted";
+      let tick = interrupted;
+      if (exit.kind === "io-out" || exit.kind === "io-in" || exit.kind === "mmio-read" || exit.kind === "mmio-write") {
+        // Inline try/catch, not a closure per exit: this is the hot path.
+        try {
+          let outcome: Emulation;
+          if (exit.kind === "io-out" || exit.kind === "io-in") {
+            outcome = emulatePortIo(exit, handlers, unhandled);
+          } else {
+            const intercepted = this.#interceptor?.onExit(cpu, exit);
+            outcome = intercepted === undefined
+              ? emulateMmio(exit, handlers, unhandled)
+              : intercepted === "resume"
+              ? "handled"
+              : intercepted;
+          }
+          if (outcome !== "handled") this.#pendingStop ??= outcome;
+        } catch (error) {
+          // A device or hook threw: complete the exit so the VM stays consistent, then report it.
+          this.#completeExit(cpu);
+          throw error;
+        }
+        if ((++exits & 63) === 0 && performance.now() >= nextTick) tick = true;
+        if (this.#aps.pending) this.#serviceAps(unhandled);
+      } else if (!interrupted) {
+        cpu.invalidate();
+        const intercepted = this.#interceptor?.onExit(cpu, exit);
+        if (intercepted === "resume") continue;
+        return this.#withContext(cpu, intercepted ?? stopForExit(exit, () => this.instructionBytes(cpu)));
+      }
+      if (this.#restart !== undefined) {
+        const restart = this.#restart;
+        this.#restart = undefined;
+        this.#completeExit(cpu);
+        restart();
+        continue;
+      }
+      if (this.#pendingStop !== undefined) {
+        this.#completeExit(cpu);
+        return this.#withContext(this.#stopCpu ?? cpu, this.#takePendingStop()!);
+      }
+      if (this.#sleep !== undefined) {
+        const sleep = this.#sleep;
+        this.#completeExit(cpu);
+        const wakeAt = performance.now() + sleep.wakeAfterMs;
+        while (performance.now() < wakeAt) {
+          await new Promise((resolve) => setTimeout(resolve, Math.min(TICK_MS, wakeAt - performance.now())));
+          if (this.#closed || this.#pauseRequested) return this.#withContext(cpu, { reason: "paused" });
+          if (performance.now() >= deadline) return this.#withContext(cpu, { reason: "timeout" });
+        }
+        this.#sleep = undefined;
+        sleep.onWake();
+        continue;
+      }
+      if (!tick) continue;
+      nextTick = performance.now() + TICK_MS;
+      // An I/O exit must be completed before anyone looks at the vCPU (KVM's rule); an interrupted run has nothing pending.
+      const settle = () => interrupted ? cpu.invalidate() : this.#completeExit(cpu);
+      if (interrupted) cpu.invalidate();
+      if (this.#aps.count > 0) this.#serviceAps(unhandled);
+      if (this.#pendingStop !== undefined) {
+        settle();
+        return this.#withContext(this.#stopCpu ?? cpu, this.#takePendingStop()!);
+      }
+      if (interrupted && this.#irqchip && this.#haltedForGood(cpu)) {
+        return this.#withContext(cpu, { reason: "halt" });
+      }
+      await this.#events.yield();
+      if (this.#closed || this.#pauseRequested) {
+        settle();
+        return this.#withContext(cpu, { reason: "paused" });
+      }
+      if (performance.now() >= deadline) {
+        settle();
+        return this.#withContext(cpu, { reason: "timeout" });
+      }
+    }
+  }
+
+  /** Completes the exits application processors handed to this thread. */
+  #serviceAps(unhandled: UnhandledPolicy): void {
+    this.#aps.service((posted: ApExit) => {
+      const { cpu } = posted;
+      if (posted.exit === undefined) {
+        this.#stopCpu = cpu;
+        this.#pendingStop ??= {
+          reason: "internal-error",
+          suberror: 0,
+          detail: `KVM_RUN failed on vCPU ${cpu.index}: errno ${posted.errno}`,
+        };
+        return false;
+      }
+      const exit = posted.exit;
+      this.#servicing = cpu;
+      try {
+        if (exit.kind === "io-out" || exit.kind === "io-in") {
+          this.#noteStop(cpu, emulatePortIo(exit, this.#handlers, unhandled));
+        } else if (exit.kind === "mmio-read" || exit.kind === "mmio-write") {
+          this.#noteStop(cpu, emulateMmio(exit, this.#handlers, unhandled));
+        } else if (exit.kind !== "interrupted") {
+          // A stop of this vCPU: it stays out of KVM_RUN until the VM runs again.
+          cpu.invalidate();
+          this.#stopCpu = cpu;
+          this.#pendingStop ??= stopForExit(exit, () => this.instructionBytes(cpu));
+          return false;
+        }
+      } finally {
+        this.#servicing = undefined;
+      }
+      return true;
+    });
+  }
+
+  #noteStop(cpu: Vcpu, outcome: Emulation): void {
+    if (outcome === "handled" || this.#pendingStop !== undefined) return;
+    this.#pendingStop = outcome;
+    this.#stopCpu = cpu;
+  }
+
+  /**
+   * With the in-kernel irqchip, HLT never leaves KVM: the BSP is halted for
+   * good when KVM says it is halted and its interrupts are off.
+   */
+  #haltedForGood(cpu: Vcpu): boolean {
+    if (cpu.fd.getMpState() !== KVM_MP_STATE_HALTED) return false;
+    return (cpu.regs.rflags & RFLAGS_IF) === 0n;
+  }
+
+  #completeExit(cpu: Vcpu): void {
+    if (this.#canCompleteExits) cpu.fd.completePendingExit();
+    cpu.invalidate();
+  }
+
+  /** Up to 15 bytes at the vCPU's rip, read through the guest's page tables; undefined when unmapped. */
+  instructionBytes(cpu: Vcpu): Uint8Array | undefined {
+    try {
+      const sregs = cpu.sregsView;
+      const rip = cpu.regs.rip;
+      const linear = cpu.mode === "long" ? rip : (sregs.cs.base + rip) & 0xffff_ffffn;
+      const translated = cpu.fd.translate(linear);
+      if (translated === undefined) return undefined;
+      const physical = Number(translated.physical);
+      const pageLeft = 0x1000 - (physical & 0xfff);
+      const length = Math.min(15, pageLeft);
+      return this.memory.isRam(physical, length) ? this.memory.read(physical, length) : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  #withContext(cpu: Vcpu, pending: PendingStop): StopEvent {
+    // No invalidate: the vCPU's caches are stamped with its run generation (and AP paths forget theirs).
+    const rip = cpu.regs.rip;
+    const context: StopContext = { cpu: cpu.index, rip, mode: cpu.mode };
+    const symbol = this.#interceptor?.describe?.(rip);
+    if (symbol !== undefined) context.symbol = symbol;
+    return { ...pending, ...context } as StopEvent;
+  }
+
+  /** Throws when the machine is closed or running. */
+  protected assertIdle(action: string): void {
+    this.#assertIdle(action);
+  }
+
+  #assertIdle(action: string): void {
+    if (this.#closed) throw new Error(`Cannot ${action}: the VM ${this.name} is closed`);
+    if (this.#running) throw new Error(`Cannot ${action}: the VM ${this.name} is running (pause it first)`);
+  }
+
+  /** Closes the vCPUs, the VM and its memory. Safe to call twice; a running guest is stopped first. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    if (this.#running) await this.pause();
+    for (const closer of [...this.#closers]) {
+      try {
+        await closer();
+      } catch {
+        // closing goes on: the VM's own resources must be released whatever a closer did
+      }
+    }
+    this.#closers.clear();
+    this.#closed = true;
+    this.#aps.close();
+    for (const fd of this.#vcpuFds) fd.close();
+    this.#vmFd.close();
+    this.memory.close();
+    this.#kvm.close();
+  }
+
+  /** `await using vm = await Vm.create()` closes the VM at scope exit. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}

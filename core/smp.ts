@@ -1,0 +1,147 @@
+/**
+ * The main thread's side of the application-processor protocol (the
+ * worker's side is core/vcpu_thread.ts): start one Worker per AP, let them
+ * run or park them, and collect the exits they hand over. An AP's exit is
+ * decoded here from its kvm_run (both threads map it) and answered before
+ * the AP is released.
+ *
+ * @module
+ */
+
+import type { VcpuExit } from "./kvm/exit.ts";
+import { currentThreadId, kickThread } from "./kvm/signals.ts";
+import type { Vcpu } from "./vcpu.ts";
+import { type ApStart, Command, Mailbox, State } from "./vcpu_thread.ts";
+
+/** An exit an application processor handed over: its decoded exit, or the errno of a failed KVM_RUN. */
+export type ApExit = { cpu: Vcpu; exit: VcpuExit; errno?: undefined } | { cpu: Vcpu; exit?: undefined; errno: number };
+
+interface ApThread {
+  cpu: Vcpu;
+  worker: Worker;
+  mailbox: Int32Array;
+}
+
+/** The application processors of a machine, each on its own thread. */
+export class ApplicationProcessors {
+  readonly #threads: ApThread[] = [];
+  /** Set by an AP thread when an exit waits for the main thread (see core/vcpu_thread.ts). */
+  readonly #pending = new Int32Array(new SharedArrayBuffer(4));
+  readonly #mainCpu: Vcpu;
+
+  /** @param mainCpu The vCPU the main thread runs; its immediate_exit is set by APs when `canCompleteExits`. */
+  constructor(mainCpu: Vcpu, readonly canCompleteExits: boolean) {
+    this.#mainCpu = mainCpu;
+  }
+
+  /** How many APs there are. */
+  get count(): number {
+    return this.#threads.length;
+  }
+
+  /** True when an AP has posted an exit the main thread has not serviced. */
+  get pending(): boolean {
+    return this.#pending[0] !== 0;
+  }
+
+  /** Starts a parked thread for each AP; resolves when every one is parked. */
+  async start(cpus: readonly Vcpu[]): Promise<void> {
+    const mainTid = currentThreadId();
+    for (const cpu of cpus) {
+      const mailbox = new Int32Array(new SharedArrayBuffer(Mailbox.size * 4));
+      // Parked until the first run(): the worker must not enter KVM_RUN before the BSP is set up.
+      mailbox[Mailbox.command] = Command.park;
+      const worker = new Worker(new URL("./vcpu_thread.ts", import.meta.url), { type: "module" });
+      const start: ApStart = {
+        fd: cpu.fd.fd,
+        id: cpu.index,
+        mmapSize: cpu.fd.mmapSize,
+        mainTid,
+        mainFd: this.canCompleteExits ? this.#mainCpu.fd.fd : undefined,
+        mailbox: mailbox.buffer as SharedArrayBuffer,
+        pending: this.#pending.buffer as SharedArrayBuffer,
+      };
+      worker.postMessage(start);
+      this.#threads.push({ cpu, worker, mailbox });
+    }
+    for (const { cpu, mailbox } of this.#threads) {
+      const deadline = performance.now() + 10_000;
+      while (Atomics.load(mailbox, Mailbox.state) !== State.parked) {
+        if (performance.now() > deadline) throw new Error(`vCPU ${cpu.index}'s thread did not start within 10 s`);
+        await new Promise((resolve) => setTimeout(resolve, 1));
+      }
+    }
+  }
+
+  /** Lets every AP run. */
+  resume(): void {
+    for (const { mailbox } of this.#threads) {
+      Atomics.store(mailbox, Mailbox.command, Command.run);
+      Atomics.notify(mailbox, Mailbox.command);
+    }
+  }
+
+  /** Stops every AP (out of KVM_RUN) and waits until each is parked, before the machine reports a stop. */
+  park(): void {
+    for (const { mailbox } of this.#threads) {
+      Atomics.store(mailbox, Mailbox.command, Command.park);
+      const tid = Atomics.load(mailbox, Mailbox.tid);
+      if (tid !== 0 && Atomics.load(mailbox, Mailbox.state) === State.running) kickThread(tid);
+    }
+    for (const { cpu, mailbox } of this.#threads) {
+      const deadline = performance.now() + 2_000;
+      for (;;) {
+        const state = Atomics.load(mailbox, Mailbox.state);
+        if (state === State.parked || state === State.exit || state === State.gone) break;
+        if (performance.now() > deadline) throw new Error(`vCPU ${cpu.index} did not stop within 2 s`);
+        Atomics.wait(mailbox, Mailbox.state, state, 5);
+        const tid = Atomics.load(mailbox, Mailbox.tid);
+        if (Atomics.load(mailbox, Mailbox.state) === State.running && tid !== 0) kickThread(tid);
+      }
+      cpu.invalidate();
+    }
+  }
+
+  /**
+   * Hands each exit an AP posted to `service`. When it returns true the exit
+   * is complete and the AP runs on; false keeps the AP out of KVM_RUN until
+   * the machine runs again (a stop of that vCPU).
+   */
+  service(service: (exit: ApExit) => boolean): void {
+    // Cleared before the mailboxes are read: an AP that posts after this sets them again (see vcpu_thread.ts).
+    if (this.canCompleteExits) this.#mainCpu.fd.requestImmediateExit(false);
+    Atomics.store(this.#pending, 0, 0);
+    for (const { cpu, mailbox } of this.#threads) {
+      if (Atomics.load(mailbox, Mailbox.state) !== State.exit || Atomics.load(mailbox, Mailbox.serviced) === 1) {
+        continue;
+      }
+      const failed = Atomics.load(mailbox, Mailbox.failed) === -1;
+      const done = failed
+        ? service({ cpu, errno: Atomics.load(mailbox, Mailbox.errno) })
+        : service({ cpu, exit: cpu.fd.lastExit() });
+      if (!done) {
+        cpu.invalidate();
+        continue;
+      }
+      Atomics.store(mailbox, Mailbox.serviced, 1);
+      Atomics.notify(mailbox, Mailbox.serviced);
+    }
+  }
+
+  /** Ends every AP thread (each leaves KVM_RUN and its Worker is terminated). */
+  close(): void {
+    for (const { mailbox, worker } of this.#threads) {
+      Atomics.store(mailbox, Mailbox.command, Command.quit);
+      Atomics.notify(mailbox, Mailbox.command);
+      Atomics.notify(mailbox, Mailbox.serviced);
+      const tid = Atomics.load(mailbox, Mailbox.tid);
+      const deadline = performance.now() + 2_000;
+      while (Atomics.load(mailbox, Mailbox.state) !== State.gone && performance.now() < deadline) {
+        if (tid !== 0) kickThread(tid);
+        Atomics.wait(mailbox, Mailbox.state, Atomics.load(mailbox, Mailbox.state), 5);
+      }
+      worker.terminate();
+    }
+    this.#threads.length = 0;
+  }
+}

@@ -48,6 +48,11 @@ export class StateReader {
     this.#state = state as Record<string, unknown>;
   }
 
+  /** The value of `field`, unchecked. */
+  raw(field: string): unknown {
+    return this.#field(field);
+  }
+
   /** A reader for the object in `field`. */
   object(field: string): StateReader {
     return new StateReader(this.#device, this.#field(field), this.#name(field));

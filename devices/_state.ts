@@ -58,6 +58,12 @@ export class StateReader {
     return new StateReader(this.#device, this.#field(field), this.#name(field));
   }
 
+  /** A reader for the object at `field[index]` (after {@link StateReader.array} checked `field`). */
+  element(field: string, index: number): StateReader {
+    const value = this.#field(field);
+    return new StateReader(this.#device, Array.isArray(value) ? value[index] : value, `${this.#name(field)}[${index}]`);
+  }
+
   /** An integer in `min`-`max` (limits shown in hex when `hex`). */
   integer(field: string, min: number, max: number, hex = false): number {
     const value = this.#field(field);

@@ -58,6 +58,11 @@ export class StateReader {
     return new StateReader(this.#device, this.#field(field), this.#name(field));
   }
 
+  /** The object's own field names. */
+  keys(): string[] {
+    return Object.keys(this.#state);
+  }
+
   /** A reader for the object at `field[index]` (after {@link StateReader.array} checked `field`). */
   element(field: string, index: number): StateReader {
     const value = this.#field(field);
@@ -147,6 +152,11 @@ export class StateReader {
   /** Throws a RangeError: `field` holds `value`, which is not `want`. */
   rangeError(field: string, value: unknown, want: string): never {
     this.#fail(RangeError, `${this.#name(field)} is ${show(value)}, not ${want}`);
+  }
+
+  /** Throws a RangeError: `what` (which should name the field) is wrong with the state. */
+  refuse(what: string): never {
+    this.#fail(RangeError, what);
   }
 
   #fail(kind: typeof TypeError | typeof RangeError, what: string): never {

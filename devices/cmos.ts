@@ -14,6 +14,7 @@
  */
 
 import type { IoDevice } from "./bus.ts";
+import { StateReader } from "./_state.ts";
 
 /** CMOS byte indices with a meaning to the clock or to firmware. */
 export const CMOS_INDEX = {
@@ -91,7 +92,12 @@ export interface CmosOptions {
   now?: () => Date;
 }
 
-/** Snapshot of the CMOS: its bytes and the clock's offset from the host. */
+/**
+ * Snapshot of the CMOS: its bytes and the clock's offset from the host
+ * clock (plain JSON data). The guest time is kept as an offset from the
+ * host's wall clock, so it moves on with that clock in another process; an
+ * armed alarm is its registers (0x01, 0x03, 0x05) and register B's AIE bit.
+ */
 export interface CmosState {
   /** The selected index (0-127). */
   index: number;
@@ -103,6 +109,8 @@ export interface CmosState {
   offsetMs: number;
   /** The time held while register B's SET bit stops the clock, or null. */
   held: RtcTime | null;
+  /** Whether status C will read the alarm flags (IRQF|AF) once: the alarm fired and the guest has not read them. */
+  alarmFired: boolean;
 }
 
 function toBcd(value: number): number {
@@ -156,6 +164,7 @@ export class Cmos implements IoDevice {
   #nmiDisabled = false;
   #offsetMs = 0;
   #held: RtcTime | null = null;
+  #alarmFired = false;
 
   constructor(options: CmosOptions = {}) {
     const ramSize = options.ramSize ?? 0;
@@ -192,7 +201,18 @@ export class Cmos implements IoDevice {
     return this.#held !== null ? { ...this.#held } : fieldsOf(this.#guestMs());
   }
 
-  /** A copy of the CMOS state. */
+  /**
+   * Builds a CMOS from `options` (its clock) in `state`; throws as
+   * {@link Cmos.restore} does. The memory-size options are not needed: the
+   * bytes come from the state.
+   */
+  static fromState(state: CmosState, options: CmosOptions = {}): Cmos {
+    const cmos = new Cmos(options);
+    cmos.restore(state);
+    return cmos;
+  }
+
+  /** A copy of the CMOS state (plain JSON data). */
   get state(): CmosState {
     return {
       index: this.#index,
@@ -200,7 +220,41 @@ export class Cmos implements IoDevice {
       ram: [...this.#ram],
       offsetMs: this.#offsetMs,
       held: this.#held === null ? null : { ...this.#held },
+      alarmFired: this.#alarmFired,
     };
+  }
+
+  /**
+   * Puts the CMOS in `state`: its bytes, selected index, clock offset and
+   * alarm flag. Throws a TypeError or RangeError naming the bad field and its
+   * value, and changes nothing, when `state` is not a valid state.
+   */
+  restore(state: CmosState): void {
+    const r = new StateReader("CMOS", state);
+    const index = r.integer("index", 0, 0x7f, true);
+    const nmiDisabled = r.boolean("nmiDisabled");
+    const ram = r.bytes("ram", 128, 128);
+    const offsetMs = r.finite("offsetMs");
+    let held: RtcTime | null = null;
+    if (r.raw("held") !== null) {
+      const h = r.object("held");
+      // While SET holds the clock a guest may write any byte to a field, so only the type is checked.
+      held = {
+        year: h.integer("year", -(2 ** 31), 2 ** 31),
+        month: h.byte("month"),
+        day: h.byte("day"),
+        hours: h.byte("hours"),
+        minutes: h.byte("minutes"),
+        seconds: h.byte("seconds"),
+      };
+    }
+    const alarmFired = r.boolean("alarmFired");
+    this.#index = index;
+    this.#nmiDisabled = nmiDisabled;
+    this.#ram.set(ram);
+    this.#offsetMs = offsetMs;
+    this.#held = held;
+    this.#alarmFired = alarmFired;
   }
 
   /** Offset 0 (index) reads 0xff, as the write-only port does on QEMU; offset 1 reads the selected byte. */
@@ -219,8 +273,6 @@ export class Cmos implements IoDevice {
       this.#writeRegister(this.#index, byte);
     }
   }
-
-  #alarmFired = false;
 
   /**
    * Milliseconds until the alarm (registers 1, 3, 5, each "don't care" when

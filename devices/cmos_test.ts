@@ -3,7 +3,7 @@
  */
 
 import assert from "node:assert/strict";
-import { Cmos } from "./cmos.ts";
+import { Cmos, type CmosState, type RtcTime } from "./cmos.ts";
 
 function readCmos(cmos: Cmos, index: number): number {
   cmos.write(0, 1, index);
@@ -166,4 +166,85 @@ Deno.test("Cmos.alarmDelay() follows the alarm registers and AIE; fireAlarm() fl
   cmos.fireAlarm();
   assert.equal(readCmos(cmos, 0x0c), 0xa0);
   assert.equal(readCmos(cmos, 0x0c), 0);
+});
+
+/** Through JSON, as a snapshot file would carry it. */
+function viaJson<T>(state: T): T {
+  return JSON.parse(JSON.stringify(state));
+}
+
+/** Every register as a guest reads it, index by index (status C last: reading it clears the alarm flags). */
+function readAll(cmos: Cmos): number[] {
+  const order = [...Array(128).keys()].filter((i) => i !== 0x0c).concat(0x0c, 0x0c);
+  return order.map((index) => readCmos(cmos, index));
+}
+
+Deno.test("Cmos state with the alarm armed and fired restores into a fresh CMOS that reads the same", () => {
+  const host = clock("2026-11-26T12:00:10.250Z");
+  const cmos = new Cmos({ ramSize: 256 << 20, cpus: 2, now: host.now });
+  writeCmos(cmos, 0x0b, 0x02 | 0x20); // BCD, 24-hour, AIE
+  writeCmos(cmos, 0x05, 0xc0);
+  writeCmos(cmos, 0x03, 0x30);
+  writeCmos(cmos, 0x01, 0x00); // at hh:30:00
+  writeCmos(cmos, 0x04, 0x08); // the guest moved its clock to 08:00:10
+  writeCmos(cmos, 0x40, 0x5a);
+  cmos.fireAlarm();
+  cmos.write(0, 1, 0x80 | 0x0f); // NMI off, shutdown status selected
+  const state = cmos.state;
+  assert.equal(state.alarmFired, true);
+
+  // Another process: its own clock, reading the same wall time, and no memory-size options.
+  const otherHost = clock("2026-11-26T12:00:10.250Z");
+  const copy = Cmos.fromState(viaJson(state), { now: otherHost.now });
+  assert.deepEqual(copy.state, state);
+  assert.equal(copy.nmiDisabled, true);
+  assert.equal(copy.read(1, 1), cmos.read(1, 1), "the selected index was kept");
+  assert.equal(copy.alarmDelay(), cmos.alarmDelay());
+  assert.equal(cmos.alarmDelay(), 29 * 60_000 + 50_000, "the guest's clock was set to a whole second");
+  const expected = readAll(cmos);
+  assert.deepEqual(readAll(copy), expected);
+  assert.equal(expected.at(-2), 0xa0, "the fired alarm reads once from status C");
+  host.advance(3_600_000);
+  otherHost.advance(3_600_000);
+  assert.deepEqual(copy.time, cmos.time);
+  assert.equal(copy.time.hours, 9);
+  assert.equal(copy.alarmDelay(), cmos.alarmDelay());
+});
+
+Deno.test("Cmos state taken while SET holds the clock keeps the fields written so far", () => {
+  const host = clock("2024-01-31T10:00:00Z");
+  const cmos = new Cmos({ now: host.now });
+  writeCmos(cmos, 0x0b, 0x82); // SET
+  writeCmos(cmos, 0x08, 0x02); // 31 February, on the way to a valid date
+  const copy = Cmos.fromState(viaJson(cmos.state), { now: host.now });
+  for (const device of [cmos, copy]) {
+    writeCmos(device, 0x07, 0x28);
+    writeCmos(device, 0x0b, 0x02);
+  }
+  assert.deepEqual(copy.time, { year: 2024, month: 2, day: 28, hours: 10, minutes: 0, seconds: 0 });
+  assert.deepEqual(copy.time, cmos.time);
+});
+
+Deno.test("Cmos.restore() refuses a corrupt state, naming the field, and leaves the CMOS as it was", () => {
+  const host = clock("2026-11-26T12:00:10.250Z");
+  const cmos = new Cmos({ ramSize: 64 << 20, now: host.now });
+  writeCmos(cmos, 0x0b, 0x82);
+  writeCmos(cmos, 0x40, 0x11);
+  const before = cmos.state;
+  const corrupt = (edit: (state: Record<string, unknown>) => void) => {
+    const state = viaJson(before) as unknown as Record<string, unknown>;
+    edit(state);
+    return () => cmos.restore(state as unknown as CmosState);
+  };
+  assert.throws(corrupt((s) => s.index = 128), {
+    name: "RangeError",
+    message: "Cannot restore the CMOS state: index is 0x80, not an integer in 0x0-0x7f",
+  });
+  assert.throws(corrupt((s) => s.ram = [1, 2, 3]), /CMOS state: ram has 3 elements, not 128/);
+  assert.throws(corrupt((s) => s.offsetMs = NaN), /CMOS state: offsetMs is NaN, not a finite number/);
+  assert.throws(corrupt((s) => (s.held as RtcTime).month = 300), /CMOS state: held.month is 0x12c/);
+  assert.throws(corrupt((s) => s.held = "noon"), { name: "TypeError", message: /held is "noon", not an object/ });
+  assert.throws(corrupt((s) => delete s.alarmFired), /alarmFired is undefined, not a boolean/);
+  assert.deepEqual(cmos.state, before);
+  assert.equal(readCmos(cmos, 0x40), 0x11);
 });

@@ -7,6 +7,16 @@
  */
 
 import type { IoDevice } from "./bus.ts";
+import { StateReader } from "./_state.ts";
+
+/** The debug-exit port keeps nothing between accesses: its state is the empty object. */
+export type DebugExitState = Record<string, never>;
+
+/** Snapshot of a {@link SinkPort} (plain JSON data). */
+export interface SinkPortState {
+  /** The last value written. */
+  last: number;
+}
 
 /**
  * The debug-exit port (0xf4 by default).
@@ -26,6 +36,17 @@ export class DebugExit implements IoDevice {
   /** `onExit` receives V, the value the guest wrote. */
   constructor(onExit: (value: number) => void) {
     this.#onExit = onExit;
+  }
+
+  /** Always `{}`: the port is stateless, and says so to a snapshot that walks every device. */
+  get state(): DebugExitState {
+    return {};
+  }
+
+  /** Accepts only `{}` (a TypeError names anything else); there is nothing to restore. */
+  restore(state: DebugExitState): void {
+    const extra = new StateReader("debug-exit", state).keys()[0];
+    if (extra !== undefined) throw new TypeError(`Cannot restore the debug-exit state: it has no fields, got ${extra}`);
   }
 
   /** Reads as all-ones, like an absent port. */
@@ -54,6 +75,26 @@ export class DebugExit implements IoDevice {
 export class SinkPort implements IoDevice {
   /** The last value written, as POST-code displays show it. */
   last = 0;
+
+  /** Builds a port in `state`; throws as {@link SinkPort.restore} does. */
+  static fromState(state: SinkPortState): SinkPort {
+    const port = new SinkPort();
+    port.restore(state);
+    return port;
+  }
+
+  /** A copy of the state (plain JSON data). */
+  get state(): SinkPortState {
+    return { last: this.last };
+  }
+
+  /**
+   * Puts the port in `state`. Throws a TypeError or RangeError naming the
+   * bad field and its value, and changes nothing, when `state` is not valid.
+   */
+  restore(state: SinkPortState): void {
+    this.last = new StateReader("sink port", state).integer("last", 0, 0xffff_ffff, true);
+  }
 
   /** Reads the last value written. */
   read(_offset: number, _size: number): number {

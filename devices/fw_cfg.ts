@@ -11,6 +11,7 @@
  */
 
 import type { IoDevice } from "./bus.ts";
+import { StateReader } from "./_state.ts";
 
 /** Selector keys with a fixed meaning (QEMU's include/standard-headers/linux/qemu_fw_cfg.h). */
 export const FW_CFG_KEY = {
@@ -115,14 +116,24 @@ export interface FwCfgFile {
   size: number;
 }
 
-/** Snapshot of the device's registers (items are configuration, not state). */
+/**
+ * Snapshot of the device's registers (plain JSON data), as QEMU migrates
+ * fw_cfg: the selection, the read position and the DMA address register.
+ * The items are configuration, not state: restore into an FwCfg built with
+ * the same options and files. A DMA transfer completes within the write that
+ * starts it, so none is ever in flight.
+ */
 export interface FwCfgState {
   /** The selected key as written (0xffff: nothing). */
   selector: number;
   /** The data offset within the selected item. */
   offset: number;
-  /** The DMA address register. */
-  dmaAddress: bigint;
+  /**
+   * The DMA address register as `0x` and 16 hex digits (a u64 does not fit a
+   * JSON number): after the guest wrote only its high half, that half waits
+   * here for the low one.
+   */
+  dmaAddress: string;
 }
 
 function u16(value: number): Uint8Array {
@@ -215,9 +226,44 @@ export class FwCfg implements IoDevice {
     return this.#files.map((file) => ({ ...file }));
   }
 
-  /** A copy of the register state. */
+  /**
+   * Builds the device from `options` in `state`; throws as
+   * {@link FwCfg.restore} does. Add the files again before restoring a
+   * selection of one of them.
+   */
+  static fromState(state: FwCfgState, options: FwCfgOptions): FwCfg {
+    const fwCfg = new FwCfg(options);
+    fwCfg.restore(state);
+    return fwCfg;
+  }
+
+  /** A copy of the register state (plain JSON data). */
   get state(): FwCfgState {
-    return { selector: this.#selector, offset: this.#offset, dmaAddress: this.#dmaAddress() };
+    return {
+      selector: this.#selector,
+      offset: this.#offset,
+      dmaAddress: `0x${this.#dmaAddress().toString(16).padStart(16, "0")}`,
+    };
+  }
+
+  /**
+   * Puts the registers in `state`: the selection (of this device's item at
+   * that key), the read position within it and the DMA address register.
+   * Throws a TypeError or RangeError naming the bad field and its value, and
+   * changes nothing, when `state` is not a valid state.
+   */
+  restore(state: FwCfgState): void {
+    const r = new StateReader("fw_cfg", state);
+    const selector = r.integer("selector", 0, 0xffff, true);
+    const offset = r.integer("offset", 0, 0xffff_ffff);
+    const dmaText = r.string("dmaAddress");
+    if (!/^0x[0-9a-fA-F]{1,16}$/.test(dmaText)) r.rangeError("dmaAddress", dmaText, "0x and 1-16 hex digits");
+    if (BigInt(dmaText) !== 0n && this.#memory === undefined) {
+      r.rangeError("dmaAddress", dmaText, "0x0: this fw_cfg has no DMA interface");
+    }
+    this.#select(selector);
+    this.#offset = offset;
+    new DataView(this.#dmaRegister.buffer).setBigUint64(0, BigInt(dmaText), false);
   }
 
   /** An item's bytes (a copy), or undefined when the key has none. */

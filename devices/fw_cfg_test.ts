@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { FW_CFG_DMA, FwCfg, type FwCfgMemory } from "./fw_cfg.ts";
+import { FW_CFG_DMA, FwCfg, type FwCfgMemory, type FwCfgOptions, type FwCfgState } from "./fw_cfg.ts";
 
 /** What kvm-unit-tests' fwcfg_get_u does: a 16-bit OUT of the key, then byte INs. */
 function readItem(fwcfg: FwCfg, key: number, length: number): Uint8Array {
@@ -165,7 +165,7 @@ Deno.test("FwCfg DMA: select and read copies the item, zero-filling past its end
   startDma(fwcfg, 0x1000);
   assert.equal(control(memory.ram, 0x1000), 0);
   assert.deepEqual(memory.ram.subarray(0x2000, 0x2006), Uint8Array.of(1, 2, 3, 0, 0, 0xee));
-  assert.equal(fwcfg.state.dmaAddress, 0n);
+  assert.equal(fwcfg.state.dmaAddress, "0x0000000000000000");
 });
 
 Deno.test("FwCfg DMA: skip advances the offset, then a port read continues from there", () => {
@@ -192,7 +192,84 @@ Deno.test("FwCfg DMA: a 64-bit descriptor address is assembled from both halves"
   const memory = fakeMemory();
   const fwcfg = new FwCfg({ ramSize: 1 << 20, cpus: 1, memory });
   fwcfg.dmaPort!.write(0, 4, 0x0100_0000); // high half = 1, big-endian
-  assert.equal(fwcfg.state.dmaAddress, 1n << 32n);
+  assert.equal(fwcfg.state.dmaAddress, "0x0000000100000000");
   fwcfg.dmaPort!.write(4, 4, 0); // starts: the descriptor at 4 GiB is not RAM, nothing happens
-  assert.equal(fwcfg.state.dmaAddress, 0n);
+  assert.equal(fwcfg.state.dmaAddress, "0x0000000000000000");
+});
+
+/** Through JSON, as a snapshot file would carry it. */
+function viaJson<T>(state: T): T {
+  return JSON.parse(JSON.stringify(state));
+}
+
+/** The same machine configuration built twice, each with its own guest RAM. */
+function configured(): { fwcfg: FwCfg; memory: ReturnType<typeof fakeMemory>; options: FwCfgOptions } {
+  const memory = fakeMemory();
+  const options = { ramSize: 1 << 20, cpus: 2, cmdline: "console=ttyS0", memory };
+  const fwcfg = new FwCfg(options);
+  fwcfg.addFile("etc/a", new TextEncoder().encode("first file"));
+  fwcfg.addFile("etc/b", new TextEncoder().encode("second file, longer"));
+  return { fwcfg, memory, options };
+}
+
+Deno.test("FwCfg state mid-read of a file with half a DMA address written restores into a fresh device", () => {
+  const original = configured();
+  original.fwcfg.write(0, 2, 0x21); // etc/b
+  const head = [0, 1, 2, 3].map(() => original.fwcfg.read(1, 1));
+  assert.equal(String.fromCharCode(...head), "seco");
+  descriptor(original.memory.ram, 0x1000, FW_CFG_DMA.read, 6, 0x2000); // read on, without selecting
+  original.fwcfg.dmaPort!.write(0, 4, 0); // the high half of 0x1000: the transfer waits for the low half
+  const state = original.fwcfg.state;
+  assert.deepEqual(state, { selector: 0x21, offset: 4, dmaAddress: "0x0000000000000000" });
+
+  const copy = configured(); // another process builds the same machine, its RAM arrives with the snapshot
+  copy.memory.ram.set(original.memory.ram);
+  copy.fwcfg.restore(viaJson(state));
+  assert.deepEqual(copy.fwcfg.state, state);
+  for (const { fwcfg } of [original, copy]) {
+    fwcfg.dmaPort!.write(4, 4, 0x0010_0000); // low half, big-endian 0x1000: DMA from offset 4
+  }
+  assert.deepEqual(copy.memory.ram, original.memory.ram);
+  assert.equal(new TextDecoder().decode(original.memory.ram.subarray(0x2000, 0x2006)), "nd fil");
+  const rest = (fwcfg: FwCfg) => Array.from({ length: 12 }, () => fwcfg.read(1, 1));
+  assert.deepEqual(rest(copy.fwcfg), rest(original.fwcfg));
+});
+
+Deno.test("FwCfg state keeps a DMA address whose high half waits for the low one", () => {
+  const original = configured();
+  original.fwcfg.dmaPort!.write(0, 4, 0x0100_0000); // high half = 1
+  const state = original.fwcfg.state;
+  assert.equal(state.dmaAddress, "0x0000000100000000");
+  const copy = FwCfg.fromState(viaJson(state), configured().options);
+  assert.equal(copy.state.dmaAddress, "0x0000000100000000");
+  copy.dmaPort!.write(4, 4, 0);
+  assert.equal(copy.state.dmaAddress, "0x0000000000000000", "the low half started the transfer (not RAM: nothing)");
+});
+
+Deno.test("FwCfg.restore() refuses a corrupt state, naming the field, and changes nothing", () => {
+  const { fwcfg } = configured();
+  fwcfg.write(0, 2, 0x20);
+  fwcfg.read(1, 1);
+  const before = fwcfg.state;
+  const corrupt = (edit: (state: Record<string, unknown>) => void) => {
+    const state = viaJson(before) as unknown as Record<string, unknown>;
+    edit(state);
+    return () => fwcfg.restore(state as unknown as FwCfgState);
+  };
+  assert.throws(corrupt((s) => s.selector = 0x10000), {
+    name: "RangeError",
+    message: "Cannot restore the fw_cfg state: selector is 0x10000, not an integer in 0x0-0xffff",
+  });
+  assert.throws(corrupt((s) => s.offset = -1), /fw_cfg state: offset is -1/);
+  assert.throws(corrupt((s) => s.dmaAddress = "0x1g"), /dmaAddress is "0x1g", not 0x and 1-16 hex digits/);
+  assert.throws(corrupt((s) => s.dmaAddress = 4096), {
+    name: "TypeError",
+    message: /dmaAddress is 4096, not a string/,
+  });
+  assert.throws(
+    () => new FwCfg({ ramSize: 0, cpus: 1 }).restore({ selector: 0, offset: 0, dmaAddress: "0x1000" }),
+    /dmaAddress is "0x1000", not 0x0: this fw_cfg has no DMA interface/,
+  );
+  assert.deepEqual(fwcfg.state, before);
+  assert.equal(String.fromCharCode(fwcfg.read(1, 1)), "i", "still mid-read of etc/a");
 });

@@ -12,6 +12,7 @@
  */
 
 import type { IoDevice } from "./bus.ts";
+import { StateReader } from "./_state.ts";
 
 /** Status register bits (port 0x64 reads). */
 export const I8042_STATUS = {
@@ -65,8 +66,15 @@ export interface I8042Options {
   onA20?: (enabled: boolean) => void;
 }
 
-/** Snapshot of the controller. */
+/** Commands that wait for a data byte on port 0x60. */
+const DATA_COMMANDS: readonly number[] = [0x60, 0xd1, 0xd2, 0xd3, 0xd4];
+
+/**
+ * Snapshot of the controller (plain JSON data). The IRQ 1 and 12 levels
+ * follow from the queue's head and the command byte.
+ */
 export interface I8042State {
+  /** The status register; its output-full bits follow the queue. */
   status: number;
   /** The command byte ("mode"). */
   mode: number;
@@ -122,7 +130,14 @@ export class I8042 {
     };
   }
 
-  /** A copy of the controller state. */
+  /** Builds a controller from `options` in `state`; throws as {@link I8042.restore} does. */
+  static fromState(state: I8042State, options: I8042Options): I8042 {
+    const controller = new I8042(options);
+    controller.restore(state);
+    return controller;
+  }
+
+  /** A copy of the controller state (plain JSON data). */
   get state(): I8042State {
     return {
       status: this.readStatus(),
@@ -132,6 +147,42 @@ export class I8042 {
       queue: this.#queue.map((entry) => ({ ...entry })),
       lastByte: this.#lastByte,
     };
+  }
+
+  /**
+   * Puts the controller in `state`. IRQ 1 and 12 are then driven to the
+   * state's levels: raised when a byte waits with its interrupt enabled
+   * (even if already raised here, so a line a new interrupt controller lost
+   * comes back), lowered only when this controller had it raised. The A20
+   * and reset lines are not driven: they belong to the machine's own state.
+   * Throws a TypeError or RangeError naming the bad field and its value, and
+   * changes nothing, when `state` is not a valid state.
+   */
+  restore(state: I8042State): void {
+    const r = new StateReader("i8042", state);
+    const status = r.byte("status");
+    const mode = r.byte("mode");
+    const outputPort = r.byte("outputPort");
+    const pendingCommand = r.byte("pendingCommand");
+    if (pendingCommand !== 0 && !DATA_COMMANDS.includes(pendingCommand)) {
+      r.rangeError("pendingCommand", pendingCommand, "0 or a command that takes data (0x60, 0xd1-0xd4)");
+    }
+    const queue = r.array("queue", 0, QUEUE_LIMIT).map((_, i) => {
+      const entry = r.element("queue", i);
+      return { byte: entry.byte("byte"), mouse: entry.boolean("mouse") };
+    });
+    const lastByte = r.byte("lastByte");
+    this.#status = status & ~(I8042_STATUS.outputFull | I8042_STATUS.mouseOutputFull);
+    this.#mode = mode;
+    this.#outputPort = outputPort;
+    this.#pendingCommand = pendingCommand;
+    this.#queue = queue;
+    this.#lastByte = lastByte;
+    const wasRaised = { ...this.#irq };
+    this.#irq = { keyboard: false, mouse: false };
+    this.#updateIrq();
+    if (wasRaised.keyboard && !this.#irq.keyboard) this.#options.setIrq?.(IRQ_KEYBOARD, false);
+    if (wasRaised.mouse && !this.#irq.mouse) this.#options.setIrq?.(IRQ_MOUSE, false);
   }
 
   /** The status register. */

@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { I8042, I8042_STATUS } from "./i8042.ts";
+import { I8042, I8042_STATUS, type I8042State } from "./i8042.ts";
 
 function setup() {
   const events: string[] = [];
@@ -104,4 +104,85 @@ Deno.test("I8042 drops bytes meant for the absent keyboard", () => {
   const { data, status } = setup();
   data(0xff); // keyboard reset
   assert.equal(status() & I8042_STATUS.outputFull, 0);
+});
+
+/** Through JSON, as a snapshot file would carry it. */
+function viaJson<T>(state: T): T {
+  return JSON.parse(JSON.stringify(state));
+}
+
+/** A controller with three bytes queued (keyboard, keyboard, mouse), IRQ 1 raised and 0xd1 waiting for its data. */
+function busy() {
+  const kbc = setup();
+  kbc.command(0xaa); // self-test: 0x55
+  kbc.command(0x20); // the command byte
+  kbc.command(0xd3);
+  kbc.data(0x7e); // a mouse byte
+  kbc.command(0xd1); // output port write, data to follow
+  return kbc;
+}
+
+/** What a guest does next: poll status, read each byte, finish the pending command, read the output port. */
+function drive(kbc: ReturnType<typeof setup>): number[] {
+  const reads: number[] = [];
+  for (let i = 0; i < 4; i++) reads.push(kbc.status(), kbc.read());
+  kbc.data(0x01); // the pending 0xd1: A20 off
+  kbc.command(0xd0);
+  reads.push(kbc.status(), kbc.read(), kbc.status());
+  return reads;
+}
+
+Deno.test("I8042 state with the output buffer full and IRQ 1 raised restores into a fresh controller", () => {
+  const original = busy();
+  assert.deepEqual(original.events, ["irq1=1"]);
+  const state = original.kbc.state;
+  assert.equal(state.status & I8042_STATUS.outputFull, I8042_STATUS.outputFull);
+  assert.equal(state.pendingCommand, 0xd1);
+
+  const copy = setup();
+  copy.kbc.restore(viaJson(state));
+  assert.deepEqual(copy.events, ["irq1=1"], "the pending interrupt is raised on the new controller's line");
+  assert.deepEqual(copy.kbc.state, state);
+  original.events.length = 0;
+  copy.events.length = 0;
+  const expected = drive(original);
+  assert.deepEqual(drive(copy), expected);
+  assert.deepEqual(copy.events, original.events);
+  assert.deepEqual(original.events, ["irq1=0", "irq12=1", "irq12=0", "a20=0", "irq1=1", "irq1=0"]);
+  assert.deepEqual(expected.slice(0, 6), [0x1d, 0x55, 0x1d, 0x47, 0x3d, 0x7e]);
+});
+
+Deno.test("I8042.fromState() builds a controller whose line follows the state; restore() lowers a line it raised", () => {
+  const events: string[] = [];
+  const setIrq = (irq: number, level: boolean) => events.push(`irq${irq}=${level ? 1 : 0}`);
+  const idle = new I8042({ onReset: () => {} }).state;
+  const kbc = I8042.fromState(viaJson(busy().kbc.state), { onReset: () => {}, setIrq });
+  assert.deepEqual(events, ["irq1=1"]);
+  kbc.restore(viaJson(kbc.state));
+  assert.deepEqual(events, ["irq1=1", "irq1=1"], "restoring a pending interrupt asserts the line again");
+  kbc.restore(idle);
+  assert.deepEqual(events, ["irq1=1", "irq1=1", "irq1=0"]);
+  kbc.restore(idle);
+  assert.equal(events.length, 3, "a line the controller did not raise is left alone");
+});
+
+Deno.test("I8042.restore() refuses a corrupt state, naming the field, and leaves the controller as it was", () => {
+  const { kbc, events } = busy();
+  const before = kbc.state;
+  const corrupt = (edit: (state: Record<string, unknown>) => void) => {
+    const state = viaJson(before) as unknown as Record<string, unknown>;
+    edit(state);
+    return () => kbc.restore(state as unknown as I8042State);
+  };
+  assert.throws(corrupt((s) => s.pendingCommand = 0xaa), {
+    name: "RangeError",
+    message:
+      "Cannot restore the i8042 state: pendingCommand is 170, not 0 or a command that takes data (0x60, 0xd1-0xd4)",
+  });
+  assert.throws(corrupt((s) => (s.queue as unknown[])[1] = { byte: 0x100, mouse: false }), /queue\[1\]\.byte is 0x100/);
+  assert.throws(corrupt((s) => (s.queue as unknown[])[2] = 7), /i8042 state: queue\[2\] is 7, not an object/);
+  assert.throws(corrupt((s) => s.queue = Array(17).fill({ byte: 0, mouse: false })), /queue has 17 elements, not 0-16/);
+  assert.throws(corrupt((s) => s.mode = -1), /mode is -1, not an integer in 0x0-0xff/);
+  assert.deepEqual(kbc.state, before);
+  assert.deepEqual(events, ["irq1=1"]);
 });

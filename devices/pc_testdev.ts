@@ -18,6 +18,7 @@
  */
 
 import type { IoDevice, MmioDevice } from "./bus.ts";
+import { StateReader, toBase64 } from "./_state.ts";
 
 /** Where QEMU places the device's ranges. */
 export const PC_TESTDEV = {
@@ -36,6 +37,7 @@ const SCRATCH = 0x0;
 const FLUSH = 0x4;
 const SCRATCH_BYTES = 0x8;
 const PAGE_MASK = ~0xfff;
+const IRQ_LINES = 24;
 
 /** Options for {@link PcTestDev}. */
 export interface PcTestDevOptions {
@@ -49,12 +51,14 @@ export interface PcTestDevOptions {
   setIrq?: (irq: number, level: boolean) => void;
 }
 
-/** Snapshot of the device. */
+/** Snapshot of the device (plain JSON data). */
 export interface PcTestDevState {
   /** The 32-bit scratch register. */
   scratch: number;
-  /** The 64 KiB scratch RAM. */
-  iomem: Uint8Array;
+  /** The 64 KiB scratch RAM, as base64. */
+  iomem: string;
+  /** The IRQ lines the guest left raised through ports 0x2000-0x2017: bit n = ISA IRQ n. */
+  irqLevels: number;
 }
 
 function mask(bits: number): number {
@@ -80,6 +84,7 @@ export class PcTestDev {
   readonly #options: PcTestDevOptions;
   readonly #iomem = new Uint8Array(Number(PC_TESTDEV.iomemSize));
   #scratch = 0;
+  #irqLevels = 0;
 
   /** Ports 0xe0-0xeb: scratch, flush page, byte-wise scratch. */
   readonly ports: IoDevice;
@@ -97,7 +102,10 @@ export class PcTestDev {
     this.irqPorts = {
       read: () => 0,
       write: (offset, size, value) => {
-        if (size === 1) this.#options.setIrq?.(offset, (value & 0xff) !== 0);
+        if (size !== 1 || offset >= IRQ_LINES) return;
+        const level = (value & 0xff) !== 0;
+        this.#irqLevels = level ? this.#irqLevels | (1 << offset) : this.#irqLevels & ~(1 << offset);
+        this.#options.setIrq?.(offset, level);
       },
     };
     this.iomem = {
@@ -111,9 +119,39 @@ export class PcTestDev {
     return this.#scratch;
   }
 
-  /** A copy of the state. */
+  /** Builds the device from `options` in `state`; throws as {@link PcTestDev.restore} does. */
+  static fromState(state: PcTestDevState, options: PcTestDevOptions = {}): PcTestDev {
+    const device = new PcTestDev(options);
+    device.restore(state);
+    return device;
+  }
+
+  /** A copy of the state (plain JSON data). */
   get state(): PcTestDevState {
-    return { scratch: this.#scratch, iomem: this.#iomem.slice() };
+    return { scratch: this.#scratch, iomem: toBase64(this.#iomem), irqLevels: this.#irqLevels };
+  }
+
+  /**
+   * Puts the device in `state`. Each IRQ line the state has raised is raised
+   * again (even if already raised here, so a line a new interrupt controller
+   * lost comes back); a line this device had raised and the state has not is
+   * lowered. Throws a TypeError or RangeError naming the bad field and its
+   * value, and changes nothing, when `state` is not a valid state.
+   */
+  restore(state: PcTestDevState): void {
+    const r = new StateReader("pc-testdev", state);
+    const scratch = r.integer("scratch", 0, 0xffff_ffff, true);
+    const iomem = r.base64("iomem", this.#iomem.length, this.#iomem.length);
+    const irqLevels = r.integer("irqLevels", 0, 2 ** IRQ_LINES - 1, true);
+    const wasRaised = this.#irqLevels;
+    this.#scratch = scratch;
+    this.#iomem.set(iomem);
+    this.#irqLevels = irqLevels;
+    for (let irq = 0; irq < IRQ_LINES; irq++) {
+      const bit = 1 << irq;
+      if ((irqLevels & bit) !== 0) this.#options.setIrq?.(irq, true);
+      else if ((wasRaised & bit) !== 0) this.#options.setIrq?.(irq, false);
+    }
   }
 
   #readPort(offset: number, size: number): number {

@@ -13,6 +13,7 @@
  */
 
 import type { IoDevice } from "./bus.ts";
+import { StateReader } from "./_state.ts";
 
 /** Address-register bits. */
 export const PCI_CONFIG_ADDRESS = {
@@ -45,13 +46,17 @@ export interface PciHostOptions {
   onReset?: () => void;
 }
 
-/** Snapshot of the host bridge's registers. */
+/**
+ * Snapshot of the host bridge's registers (plain JSON data). Which
+ * functions are present is configuration ({@link PciHostOptions}): a state
+ * restores only into a host with the same functions.
+ */
 export interface PciHostState {
   /** The address register as last written. */
   address: number;
   /** The reset control register at 0xcf9. */
   resetControl: number;
-  /** Config space of each present function, keyed by `bus:dev.fn`. */
+  /** Config space (256 bytes) of each present function, keyed by `bus:dev.fn` ("00:00.0"). */
   functions: Record<string, number[]>;
 }
 
@@ -116,11 +121,46 @@ export class PciHost implements IoDevice {
     this.#onReset = options.onReset;
   }
 
-  /** A copy of the state. */
+  /** Builds a host from `options` in `state`; throws as {@link PciHost.restore} does. */
+  static fromState(state: PciHostState, options: PciHostOptions = {}): PciHost {
+    const host = new PciHost(options);
+    host.restore(state);
+    return host;
+  }
+
+  /** A copy of the state (plain JSON data). */
   get state(): PciHostState {
     const functions: Record<string, number[]> = {};
     for (const [bdf, fn] of this.#functions) functions[bdfName(bdf)] = [...fn.config];
     return { address: this.#address, resetControl: this.#resetControl, functions };
+  }
+
+  /**
+   * Puts the host in `state`: the latched address, the reset control and
+   * every present function's config space. Throws a TypeError or RangeError
+   * naming the bad field and its value, and changes nothing, when `state` is
+   * not a valid state or lists other functions than this host has.
+   */
+  restore(state: PciHostState): void {
+    const r = new StateReader("PCI host", state);
+    const address = r.integer("address", 0, 0xffff_ffff, true);
+    const resetControl = r.integer("resetControl", 0, 0xff, true);
+    if ((resetControl & ~RCR_SYS_RST) !== 0) r.rangeError("resetControl", resetControl, "0 or 2 (SYS_RST)");
+    const functions = r.object("functions");
+    const present = new Map([...this.#functions.keys()].map((bdf) => [bdfName(bdf), bdf]));
+    const configs = new Map<number, number[]>();
+    for (const [name, bdf] of present) configs.set(bdf, functions.bytes(name, 256, 256));
+    const extra = functions.keys().find((name) => !present.has(name));
+    if (extra !== undefined) {
+      r.refuse(
+        `functions has ${JSON.stringify(extra)}, a function this host does not have (it has ${
+          [...present.keys()].join(", ") || "none"
+        })`,
+      );
+    }
+    this.#address = address;
+    this.#resetControl = resetControl;
+    for (const [bdf, config] of configs) this.#functions.get(bdf)!.config.set(config);
   }
 
   /** Offsets 0-3: the address register; 1 (byte): reset control; 4-7: the data window. */

@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { PciHost } from "./pci_host.ts";
+import { PciHost, type PciHostState } from "./pci_host.ts";
 
 function configAddress(bus: number, device: number, fn: number, register: number): number {
   return (0x8000_0000 | (bus << 16) | (device << 11) | (fn << 8) | (register & 0xfc)) >>> 0;
@@ -83,4 +83,66 @@ Deno.test("PciHost resets through the reset control register at 0xcf9", () => {
   assert.equal(pci.read(0, 4), 0x8000_0000); // the address register is untouched
   pci.write(1, 1, 0x06);
   assert.equal(resets, 1);
+});
+
+/** Through JSON, as a snapshot file would carry it. */
+function viaJson<T>(state: T): T {
+  return JSON.parse(JSON.stringify(state));
+}
+
+Deno.test("PciHost state with an address latched and chipset registers written restores into a fresh host", () => {
+  const pci = new PciHost();
+  pci.write(0, 4, configAddress(0, 0, 0, 0x58));
+  pci.write(5, 1, 0x33); // PAM0
+  pci.write(0, 4, configAddress(0, 0, 0, 0x04));
+  pci.write(4, 2, 0x0007); // command: I/O, memory, bus master
+  pci.write(1, 1, 0x02); // SYS_RST selected
+  pci.write(0, 4, configAddress(0, 0, 0, 0x0c)); // latched: the next data access reaches 0x0c-0x0f
+  const state = pci.state;
+
+  let resets = 0;
+  const copy = PciHost.fromState(viaJson(state), { onReset: () => resets++ });
+  assert.deepEqual(copy.state, state);
+  const guest = (host: PciHost) => [
+    host.read(0, 4),
+    host.read(1, 1),
+    host.read(4, 4), // through the latched address, before the guest writes it again
+    host.read(5, 1),
+    readConfig(host, 0, 0, 0, 0x58, 4),
+    readConfig(host, 0, 0, 0, 0x04, 2),
+  ];
+  const expected = guest(pci);
+  assert.deepEqual(guest(copy), expected);
+  assert.equal(expected[0], 0x8000_000c);
+  assert.equal(expected[4], 0x3300);
+  assert.equal(expected[5], 0x0007);
+  copy.write(1, 1, 0x06);
+  assert.equal(resets, 1);
+});
+
+Deno.test("PciHost.restore() refuses a corrupt state or other functions, naming the field, and changes nothing", () => {
+  const pci = new PciHost();
+  pci.write(0, 4, configAddress(0, 0, 0, 0x58));
+  pci.write(5, 1, 0x44);
+  const before = pci.state;
+  const corrupt = (edit: (state: PciHostState) => void) => {
+    const state = viaJson(before);
+    edit(state);
+    return () => pci.restore(state);
+  };
+  assert.throws(corrupt((s) => s.address = 2 ** 32), {
+    name: "RangeError",
+    message: "Cannot restore the PCI host state: address is 0x100000000, not an integer in 0x0-0xffffffff",
+  });
+  assert.throws(corrupt((s) => s.resetControl = 0x04), /resetControl is 4, not 0 or 2/);
+  assert.throws(corrupt((s) => s.functions["00:00.0"]![0x58] = 0x100), /functions.00:00.0\[88\] is 256, not a byte/);
+  assert.throws(corrupt((s) => s.functions["00:00.0"] = s.functions["00:00.0"]!.slice(1)), /has 255 elements, not 256/);
+  assert.throws(
+    corrupt((s) => s.functions["00:01.0"] = s.functions["00:00.0"]!),
+    /functions has "00:01.0", a function this host does not have \(it has 00:00.0\)/,
+  );
+  assert.throws(() => new PciHost({ hostBridge: false }).restore(viaJson(before)), /\(it has none\)/);
+  assert.throws(corrupt((s) => delete (s as Partial<PciHostState>).functions), { name: "TypeError" });
+  assert.deepEqual(pci.state, before);
+  assert.equal(pci.read(5, 1), 0x44);
 });

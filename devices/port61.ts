@@ -12,6 +12,7 @@
  */
 
 import type { IoDevice } from "./bus.ts";
+import { StateReader } from "./_state.ts";
 
 /** Port B bits. */
 export const PORT61 = {
@@ -31,7 +32,10 @@ export interface Port61Options {
   onGate?: (gate: boolean) => void;
 }
 
-/** Snapshot of port B. */
+/**
+ * Snapshot of port B (plain JSON data). The PIT output (bit 5) is the PIT's
+ * state, not the port's.
+ */
 export interface Port61State {
   /** The stored bits 0-3. */
   value: number;
@@ -62,9 +66,30 @@ export class Port61 implements IoDevice {
     this.#options = options;
   }
 
-  /** A copy of the state. */
+  /** Builds a port from `options` in `state`; throws as {@link Port61.restore} does. */
+  static fromState(state: Port61State, options: Port61Options = {}): Port61 {
+    const port = new Port61(options);
+    port.restore(state);
+    return port;
+  }
+
+  /** A copy of the state (plain JSON data). */
   get state(): Port61State {
     return { value: this.#value, refresh: this.#refresh };
+  }
+
+  /**
+   * Puts the port in `state`. `onGate` is not called: the PIT's gate is part
+   * of the PIT's own state, restored with it. Throws a TypeError or
+   * RangeError naming the bad field and its value, and changes nothing, when
+   * `state` is not a valid state.
+   */
+  restore(state: Port61State): void {
+    const r = new StateReader("port 0x61", state);
+    const value = r.integer("value", 0, WRITABLE, true);
+    const refresh = r.boolean("refresh");
+    this.#value = value;
+    this.#refresh = refresh;
   }
 
   /** The PIT channel 2 gate as last written (bit 0). */

@@ -7,6 +7,7 @@
  */
 
 import type { IoDevice } from "./bus.ts";
+import { StateReader, toBase64 } from "./_state.ts";
 
 const RBR_THR = 0; // DLL when DLAB
 const IER = 1; // DLM when DLAB
@@ -41,11 +42,17 @@ const INPUT_LIMIT = 1 << 20;
 /** How much output {@link Serial16550.output} keeps (oldest text is dropped first). */
 const OUTPUT_LIMIT = 16 << 20;
 
-/** Snapshot of the UART's registers. */
+/**
+ * Snapshot of the UART: its registers, the bytes in its receive FIFO and the
+ * input still queued for it on the host side. Plain JSON data. The captured
+ * output ({@link Serial16550.output}) is the host's transcript, not device
+ * state, and is not part of it; the interrupt level follows from the rest.
+ */
 export interface SerialState {
   ier: number;
   lcr: number;
   mcr: number;
+  /** The stored line status bits (THRE, TEMT, OE); DR is derived from the FIFO. */
   lsr: number;
   msr: number;
   scr: number;
@@ -53,7 +60,13 @@ export interface SerialState {
   dlm: number;
   fifoEnabled: boolean;
   thrInterruptPending: boolean;
+  /** Bytes in the receive FIFO, oldest first (0-16). */
+  rxFifo: number[];
+  /** Input queued with {@link Serial16550.send} that has not reached the FIFO yet, as base64 (up to 1 MiB). */
+  inputQueue: string;
 }
+
+type SerialRegisters = Omit<SerialState, "rxFifo" | "inputQueue">;
 
 /**
  * A 16550A UART.
@@ -67,7 +80,7 @@ export interface SerialState {
  * ```
  */
 export class Serial16550 implements IoDevice {
-  #state: SerialState = {
+  #state: SerialRegisters = {
     ier: 0,
     lcr: 0x03,
     mcr: 0,
@@ -91,10 +104,24 @@ export class Serial16550 implements IoDevice {
   #interruptLevel = false;
   #transmitted = 0;
 
-  /** Connects the interrupt line (e.g. IRQ 4 on the in-kernel PIC/IOAPIC). */
+  /**
+   * Builds a UART in `state` (as {@link Serial16550.state} returns it,
+   * possibly through JSON). Throws as {@link Serial16550.restore} does.
+   */
+  static fromState(state: SerialState): Serial16550 {
+    const uart = new Serial16550();
+    uart.restore(state);
+    return uart;
+  }
+
+  /**
+   * Connects the interrupt line (e.g. IRQ 4 on the in-kernel PIC/IOAPIC); a
+   * pending interrupt (say, of a restored UART) raises it at once.
+   */
   connectInterrupt(line: (level: boolean) => void): void {
     this.#interruptLine = line;
-    this.#updateInterrupt();
+    this.#interruptLevel = this.#pendingInterrupt() !== IIR_NONE;
+    if (this.#interruptLevel) line(true);
   }
 
   /** Everything the guest has transmitted, decoded as UTF-8 (bounded to the last 16 MiB). */
@@ -174,9 +201,50 @@ export class Serial16550 implements IoDevice {
     });
   }
 
-  /** A copy of the register state. */
+  /** A copy of the device state (plain JSON data). */
   get state(): SerialState {
-    return { ...this.#state };
+    const input = new Uint8Array(this.#inputBytes);
+    let at = 0;
+    this.#input.forEach((chunk, i) => {
+      const part = i === 0 ? chunk.subarray(this.#inputOffset) : chunk;
+      input.set(part, at);
+      at += part.length;
+    });
+    return { ...this.#state, rxFifo: [...this.#rx], inputQueue: toBase64(input) };
+  }
+
+  /**
+   * Puts the UART in `state`. The interrupt line is then driven to the
+   * state's level: raised when an interrupt is pending (even if this UART
+   * had raised it already, so a line a new interrupt controller lost comes
+   * back), lowered only when this UART had it raised. Captured output and
+   * observers are kept. Throws a TypeError or RangeError naming the bad field
+   * and its value, and changes nothing, when `state` is not a valid state.
+   */
+  restore(state: SerialState): void {
+    const r = new StateReader("serial port", state);
+    const registers: SerialRegisters = {
+      ier: r.integer("ier", 0, IER_RDA | IER_THRE | IER_RLS | IER_MSI, true),
+      lcr: r.byte("lcr"),
+      mcr: r.integer("mcr", 0, 0x1f, true),
+      lsr: r.byte("lsr"),
+      msr: r.byte("msr"),
+      scr: r.byte("scr"),
+      dll: r.byte("dll"),
+      dlm: r.byte("dlm"),
+      fifoEnabled: r.boolean("fifoEnabled"),
+      thrInterruptPending: r.boolean("thrInterruptPending"),
+    };
+    const rx = r.bytes("rxFifo", 0, RX_FIFO_SIZE);
+    const input = r.base64("inputQueue", 0, INPUT_LIMIT);
+    this.#state = registers;
+    this.#rx = [...rx];
+    this.#input = input.length > 0 ? [input] : [];
+    this.#inputOffset = 0;
+    this.#inputBytes = input.length;
+    const wasRaised = this.#interruptLevel;
+    this.#interruptLevel = this.#pendingInterrupt() !== IIR_NONE;
+    if (this.#interruptLevel || wasRaised) this.#interruptLine?.(this.#interruptLevel);
   }
 
   /** Port read at `offset` from the base (0-7). */

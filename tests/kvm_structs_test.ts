@@ -10,23 +10,38 @@ import {
   decodeCpuid,
   decodeDebugRegs,
   decodeFpu,
+  decodeIrqchip,
   decodeMsrs,
+  decodePitState,
+  decodeRedirectionEntry,
   decodeRegs,
   decodeSregs,
   encodeCpuid,
   encodeDebugRegs,
   encodeFpu,
   encodeGuestDebug,
+  encodeIrqchip,
   encodeMemoryRegion,
   encodeMsrs,
+  encodePitState,
+  encodeRedirectionEntry,
   encodeRegs,
   encodeSregs,
+  type IrqchipState,
   KVM_CPUID_ENTRY2_SIZE,
   KVM_DEBUGREGS_SIZE,
   KVM_FPU_SIZE,
   KVM_GUEST_DEBUG_SIZE,
+  KVM_IOAPIC_NUM_PINS,
+  KVM_IOAPIC_STATE_SIZE,
+  KVM_IRQCHIP_SIZE,
+  KVM_PIC_STATE_SIZE,
+  KVM_PIT_CHANNEL_STATE_SIZE,
+  KVM_PIT_STATE2_SIZE,
   KVM_REGS_SIZE,
   KVM_SREGS_SIZE,
+  type PicState,
+  type PitState,
   REGISTER_NAMES,
   SEGMENT_NAMES,
 } from "../core/kvm/structs.ts";
@@ -47,6 +62,13 @@ Deno.test("struct sizes equal the C sizeof of <linux/kvm.h> on x86-64", () => {
   assert.equal(KVM_DEBUGREGS_SIZE, 128);
   assert.equal(KVM_CPUID_ENTRY2_SIZE, 40);
   assert.equal(KVM_GUEST_DEBUG_SIZE, 72);
+  assert.equal(KVM_IRQCHIP_SIZE, 520);
+  assert.equal(KVM_PIC_STATE_SIZE, 16);
+  assert.equal(KVM_IOAPIC_STATE_SIZE, 216);
+  assert.equal(KVM_PIT_STATE2_SIZE, 112);
+  assert.equal(KVM_PIT_CHANNEL_STATE_SIZE, 24);
+  assert.equal(encodeIrqchip(decodeIrqchip(new Uint8Array(520))).length, 520);
+  assert.equal(encodePitState(decodePitState(new Uint8Array(112))).length, 112);
   assert.equal(encodeRegs(decodeRegs(new Uint8Array(144))).length, 144);
   assert.equal(encodeSregs(decodeSregs(new Uint8Array(312))).length, 312);
   assert.equal(encodeFpu(decodeFpu(new Uint8Array(416))).length, 416);
@@ -257,6 +279,195 @@ Deno.test("encodeMemoryRegion() writes slot@0 flags@4 guest_phys_addr@8 memory_s
   assert.equal(view.getBigUint64(8, true), 0x1_0000_0000n);
   assert.equal(view.getBigUint64(16, true), 0x2000_0000n);
   assert.equal(view.getBigUint64(24, true), 0x7f00_1234_5000n);
+});
+
+// struct kvm_irqchip: chip_id@0 u32, pad@4 u32, the chip union@8 (512 bytes). struct kvm_pic_state: 16 u8 fields in
+// order last_irr@0 irr@1 imr@2 isr@3 priority_add@4 irq_base@5 read_reg_select@6 poll@7 special_mask@8 init_state@9
+// auto_eoi@10 rotate_on_auto_eoi@11 special_fully_nested_mode@12 init4@13 elcr@14 elcr_mask@15.
+const PIC_C_ORDER: (keyof PicState)[] = [
+  "lastIrr",
+  "irr",
+  "imr",
+  "isr",
+  "priorityAdd",
+  "irqBase",
+  "readRegSelect",
+  "poll",
+  "specialMask",
+  "initState",
+  "autoEoi",
+  "rotateOnAutoEoi",
+  "specialFullyNestedMode",
+  "init4",
+  "elcr",
+  "elcrMask",
+];
+
+Deno.test("decodeIrqchip() reads chip_id@0 and each kvm_pic_state byte at 8 + its C offset; encodeIrqchip() writes them back", () => {
+  for (const [chipId, chip] of [[0, "pic-master"], [1, "pic-slave"]] as const) {
+    const { bytes, view } = offsetBuffer(KVM_IRQCHIP_SIZE);
+    view.setUint32(0, chipId, true);
+    PIC_C_ORDER.forEach((_, i) => view.setUint8(8 + i, 0xa0 + i));
+    const state = decodeIrqchip(bytes);
+    assert.equal(state.chip, chip);
+    assert.equal(state.pic.lastIrr, 0xa0);
+    assert.equal(state.pic.imr, 0xa2);
+    assert.equal(state.pic.irqBase, 0xa5);
+    assert.equal(state.pic.initState, 0xa9);
+    assert.equal(state.pic.init4, 0xad);
+    assert.equal(state.pic.elcrMask, 0xaf);
+    PIC_C_ORDER.forEach((name, i) => assert.equal(state.pic[name], 0xa0 + i, name));
+    assert.deepEqual(encodeIrqchip(state), bytes.slice());
+  }
+});
+
+Deno.test("decodeIrqchip() reads kvm_ioapic_state: base_address@8 ioregsel@16 id@20 irr@24 redirtbl[24]@32 (u64 each)", () => {
+  const { bytes, view } = offsetBuffer(KVM_IRQCHIP_SIZE);
+  view.setUint32(0, 2, true);
+  view.setBigUint64(8, 0xfec0_0000n, true);
+  view.setUint32(16, 0x10, true);
+  view.setUint32(20, 0x0100_0000, true);
+  view.setUint32(24, 0x00ab_cdef, true);
+  for (let pin = 0; pin < 24; pin++) {
+    view.setBigUint64(32 + pin * 8, (BigInt(pin) << 56n) | 0x1_0000n | BigInt(0x20 + pin), true);
+  }
+  const state = decodeIrqchip(bytes);
+  assert.ok(state.chip === "ioapic");
+  assert.equal(state.ioapic.baseAddress, 0xfec0_0000n);
+  assert.equal(state.ioapic.ioregsel, 0x10);
+  assert.equal(state.ioapic.id, 0x0100_0000);
+  assert.equal(state.ioapic.irr, 0x00ab_cdef);
+  assert.equal(state.ioapic.redirtbl.length, KVM_IOAPIC_NUM_PINS);
+  assert.equal(state.ioapic.redirtbl[0], 0x1_0020n);
+  assert.equal(state.ioapic.redirtbl[23], (23n << 56n) | 0x1_0037n);
+  assert.equal(24 + KVM_IOAPIC_NUM_PINS * 8, KVM_IOAPIC_STATE_SIZE, "redirtbl at 24 in the struct ends it");
+  assert.deepEqual(encodeIrqchip(state), bytes.slice());
+});
+
+Deno.test("decodeIrqchip() and encodeIrqchip() refuse an unknown chip, a short buffer and values that do not fit", () => {
+  const bytes = new Uint8Array(KVM_IRQCHIP_SIZE);
+  bytes[0] = 3;
+  assert.throws(() => decodeIrqchip(bytes), /chip_id 3 is not 0, 1 or 2/);
+  assert.throws(() => decodeIrqchip(new Uint8Array(100)), /struct kvm_irqchip: 100 bytes given, 520 needed/);
+  const pic = decodeIrqchip(new Uint8Array(KVM_IRQCHIP_SIZE));
+  assert.ok(pic.chip === "pic-master");
+  pic.pic.imr = 0x100;
+  assert.throws(() => encodeIrqchip(pic), {
+    name: "RangeError",
+    message: "Cannot encode pic.imr: 256 is not an integer in 0-255",
+  });
+  const ioapic = {
+    chip: "ioapic",
+    ioapic: { baseAddress: 0n, ioregsel: 0, id: 0, irr: 0, redirtbl: [0n] },
+  } as IrqchipState;
+  assert.throws(() => encodeIrqchip(ioapic), /ioapic.redirtbl: 1 entries, not 24/);
+});
+
+Deno.test("decodeRedirectionEntry() names the bitfields as GCC lays out kvm_ioapic_state's redirtbl fields", () => {
+  // From a C program: vector 0x31, delivery_mode 5, dest_mode 1, polarity 1, trig_mode 1, mask 1, dest_id 0xab.
+  const bits = 0xab00_0000_0001_ad31n;
+  const entry = decodeRedirectionEntry(bits);
+  assert.deepEqual(entry, {
+    vector: 0x31,
+    deliveryMode: 5,
+    destMode: 1,
+    deliveryStatus: 0,
+    polarity: 1,
+    remoteIrr: 0,
+    trigMode: 1,
+    mask: 1,
+    destId: 0xab,
+  });
+  assert.equal(encodeRedirectionEntry(entry), bits);
+  // delivery_status and remote_irr alone: bits 12 and 14.
+  assert.deepEqual(
+    encodeRedirectionEntry({ ...decodeRedirectionEntry(0n), deliveryStatus: 1, remoteIrr: 1 }),
+    0x5000n,
+  );
+});
+
+Deno.test("decodePitState() reads 24-byte kvm_pit_channel_state entries, flags@72; encodePitState() leaves reserved zero", () => {
+  const { bytes, view } = offsetBuffer(KVM_PIT_STATE2_SIZE);
+  // struct kvm_pit_channel_state: count@0 u32, latched_count@4 u16, count_latched@6, status_latched@7, status@8,
+  // read_state@9, write_state@10, write_latch@11, rw_mode@12, mode@13, bcd@14, gate@15 (u8), count_load_time@16 s64.
+  for (let i = 0; i < 3; i++) {
+    const at = i * 24;
+    view.setUint32(at, 0x1_0000 + i, true);
+    view.setUint16(at + 4, 0xbeef - i, true);
+    for (let offset = 6; offset < 16; offset++) view.setUint8(at + offset, i * 16 + offset);
+    view.setBigInt64(at + 16, -1_000_000_007n * BigInt(i + 1), true);
+  }
+  view.setUint32(72, 0x3, true);
+  const pit = decodePitState(bytes);
+  assert.equal(pit.channels.length, 3);
+  const [c0, c1, c2] = pit.channels;
+  assert.equal(c0!.count, 0x1_0000, "65536 as KVM reports it");
+  assert.equal(c2!.count, 0x1_0002);
+  assert.equal(c1!.latchedCount, 0xbeee);
+  assert.deepEqual(
+    [c1!.countLatched, c1!.statusLatched, c1!.status, c1!.readState, c1!.writeState],
+    [22, 23, 24, 25, 26],
+  );
+  assert.deepEqual([c1!.writeLatch, c1!.rwMode, c1!.mode, c1!.bcd, c1!.gate], [27, 28, 29, 30, 31]);
+  assert.equal(c2!.countLoadTime, -3_000_000_021n);
+  assert.equal(pit.flags, 3);
+  assert.deepEqual(encodePitState(pit), bytes.slice());
+  view.setUint32(76, 0xffff_ffff, true); // reserved[0]: not carried
+  assert.deepEqual(encodePitState(decodePitState(bytes)).subarray(76), new Uint8Array(36));
+});
+
+Deno.test("encodePitState() refuses other than 3 channels and fields that do not fit, naming them", () => {
+  const pit: PitState = decodePitState(new Uint8Array(KVM_PIT_STATE2_SIZE));
+  pit.channels[2]!.mode = 256;
+  assert.throws(() => encodePitState(pit), {
+    name: "RangeError",
+    message: "Cannot encode channels[2].mode: 256 is not an integer in 0-255",
+  });
+  pit.channels[2]!.mode = 3;
+  pit.flags = -1;
+  assert.throws(() => encodePitState(pit), /flags: -1 is not an integer/);
+  assert.throws(() => encodePitState({ channels: pit.channels.slice(1), flags: 0 }), /2 channels, not 3/);
+});
+
+Deno.test({
+  name: "The irqchip and PIT codecs round-trip the in-kernel PIC, IOAPIC and PIT state through KVM",
+  ignore: !kvmAvailable,
+  async fn() {
+    await using vm = await Vm.create({ memory: "2M", irqchip: true });
+
+    const slave = decodeIrqchip(vm.kernelDeviceState("pic-slave"));
+    assert.ok(slave.chip === "pic-slave");
+    slave.pic.imr = 0xfb;
+    slave.pic.irqBase = 0x70;
+    slave.pic.elcr = 0x0e & slave.pic.elcrMask;
+    vm.setKernelDeviceState("pic-slave", encodeIrqchip(slave));
+    assert.deepEqual(decodeIrqchip(vm.kernelDeviceState("pic-slave")), slave);
+
+    const ioapic = decodeIrqchip(vm.kernelDeviceState("ioapic"));
+    assert.ok(ioapic.chip === "ioapic");
+    assert.equal(ioapic.ioapic.baseAddress, 0xfec0_0000n);
+    assert.equal(decodeRedirectionEntry(ioapic.ioapic.redirtbl[4]!).mask, 1, "pins start masked");
+    ioapic.ioapic.redirtbl[4] = encodeRedirectionEntry({
+      ...decodeRedirectionEntry(0n),
+      vector: 0x24,
+      trigMode: 0,
+      destId: 0,
+    });
+    vm.setKernelDeviceState("ioapic", encodeIrqchip(ioapic));
+    const back = decodeIrqchip(vm.kernelDeviceState("ioapic"));
+    assert.ok(back.chip === "ioapic");
+    assert.equal(decodeRedirectionEntry(back.ioapic.redirtbl[4]!).vector, 0x24);
+    assert.equal(decodeRedirectionEntry(back.ioapic.redirtbl[4]!).mask, 0);
+
+    const pit = decodePitState(vm.kernelDeviceState("pit"));
+    const channel2 = pit.channels[2]!;
+    Object.assign(channel2, { count: 0x1234, rwMode: 3, readState: 3, writeState: 3, mode: 2, gate: 1 });
+    vm.setKernelDeviceState("pit", encodePitState(pit));
+    const pitBack = decodePitState(vm.kernelDeviceState("pit"));
+    const { countLoadTime: _loaded, ...rest } = pitBack.channels[2]!;
+    const { countLoadTime: _written, ...wanted } = channel2;
+    assert.deepEqual(rest, wanted, "KVM_SET_PIT2 reloads the count, so only count_load_time moves");
+  },
 });
 
 Deno.test({

@@ -384,3 +384,381 @@ export function encodeMemoryRegion(
   view.setBigUint64(24, userspaceAddr, true);
   return bytes;
 }
+
+/** `chip_id` of each in-kernel interrupt controller in `struct kvm_irqchip`. */
+export const KVM_IRQCHIP_IDS = { "pic-master": 0, "pic-slave": 1, "ioapic": 2 } as const;
+
+/** Name of an in-kernel interrupt controller. */
+export type IrqchipName = keyof typeof KVM_IRQCHIP_IDS;
+
+/** sizeof(struct kvm_irqchip): chip_id, pad, then a 512-byte union of the chip states. */
+export const KVM_IRQCHIP_SIZE = 520;
+/** sizeof(struct kvm_pic_state). */
+export const KVM_PIC_STATE_SIZE = 16;
+/** sizeof(struct kvm_ioapic_state). */
+export const KVM_IOAPIC_STATE_SIZE = 216;
+/** KVM_IOAPIC_NUM_PINS: entries in the IOAPIC's redirection table. */
+export const KVM_IOAPIC_NUM_PINS = 24;
+/** sizeof(struct kvm_pit_state2). */
+export const KVM_PIT_STATE2_SIZE = 112;
+/** sizeof(struct kvm_pit_channel_state). */
+export const KVM_PIT_CHANNEL_STATE_SIZE = 24;
+
+/** `struct kvm_pit_state2` flags. */
+export const KVM_PIT_FLAGS = {
+  /** KVM_PIT_FLAGS_HPET_LEGACY: the HPET's legacy mode has taken over the PIT's interrupt. */
+  hpetLegacy: 0x1,
+  /** KVM_PIT_FLAGS_SPEAKER_DATA_ON: port 0x61 bit 1 as the in-kernel speaker port holds it. */
+  speakerDataOn: 0x2,
+} as const;
+
+/**
+ * `struct kvm_pic_state`: one 8259A as KVM models it (every field a u8, in
+ * C order). Plain numbers, so it goes through JSON as is.
+ */
+export interface PicState {
+  /** The IRQ lines' levels at the last edge detection. */
+  lastIrr: number;
+  /** Interrupt request register. */
+  irr: number;
+  /** Interrupt mask register (OCW1). */
+  imr: number;
+  /** In-service register. */
+  isr: number;
+  /** The lowest-priority IRQ + 1 (rotation). */
+  priorityAdd: number;
+  /** The vector of IRQ 0 (ICW2). */
+  irqBase: number;
+  /** OCW3 read selection: 1 = ISR, 0 = IRR. */
+  readRegSelect: number;
+  /** OCW3 poll command pending. */
+  poll: number;
+  /** Special mask mode. */
+  specialMask: number;
+  /** Initialisation step: 0 = initialised, 1-3 = waiting for ICW2-ICW4. */
+  initState: number;
+  /** Automatic end of interrupt (ICW4). */
+  autoEoi: number;
+  rotateOnAutoEoi: number;
+  /** Special fully nested mode (ICW4). */
+  specialFullyNestedMode: number;
+  /** Whether ICW4 is expected (ICW1 bit 0). */
+  init4: number;
+  /** Edge/level control (PIIX ELCR): bit n = IRQ n level-triggered. */
+  elcr: number;
+  /** The ELCR bits the guest may change. */
+  elcrMask: number;
+}
+
+/** `struct kvm_pic_state`'s fields in C order, one byte each. */
+const PIC_FIELDS = [
+  "lastIrr",
+  "irr",
+  "imr",
+  "isr",
+  "priorityAdd",
+  "irqBase",
+  "readRegSelect",
+  "poll",
+  "specialMask",
+  "initState",
+  "autoEoi",
+  "rotateOnAutoEoi",
+  "specialFullyNestedMode",
+  "init4",
+  "elcr",
+  "elcrMask",
+] as const satisfies readonly (keyof PicState)[];
+
+/**
+ * `struct kvm_ioapic_state` (the `pad` word is left out: encoded as 0).
+ * `baseAddress` and the redirection entries are u64 bigints: a JSON
+ * snapshot must write them as strings (e.g. `value.toString(16)`).
+ */
+export interface IoapicState {
+  /** Where the IOAPIC's registers sit (0xfec00000). */
+  baseAddress: bigint;
+  /** IOREGSEL: the register the window at +0x10 selects. */
+  ioregsel: number;
+  /** The IOAPIC ID. */
+  id: number;
+  /** Pins whose interrupt is requested: bit n = pin n. */
+  irr: number;
+  /** The 24 redirection entries as 64-bit words; {@link decodeRedirectionEntry} names their fields. */
+  redirtbl: bigint[];
+}
+
+/** The fields of one IOAPIC redirection entry (the `fields` view of `redirtbl[n]`). */
+export interface RedirectionEntry {
+  vector: number;
+  /** 0 fixed, 1 lowest priority, 2 SMI, 4 NMI, 5 INIT, 7 ExtINT. */
+  deliveryMode: number;
+  /** 0 physical, 1 logical. */
+  destMode: number;
+  /** 1 while the interrupt is being sent. */
+  deliveryStatus: number;
+  /** 0 active high, 1 active low. */
+  polarity: number;
+  /** Set while a level-triggered interrupt waits for its EOI. */
+  remoteIrr: number;
+  /** 0 edge, 1 level. */
+  trigMode: number;
+  /** 1 = masked. */
+  mask: number;
+  /** Destination APIC ID (or logical set). */
+  destId: number;
+}
+
+/** `struct kvm_irqchip`: the master or slave PIC's state, or the IOAPIC's, as `chip` says. */
+export type IrqchipState =
+  | { chip: "pic-master" | "pic-slave"; pic: PicState }
+  | { chip: "ioapic"; ioapic: IoapicState };
+
+/**
+ * `struct kvm_pit_channel_state`: one 8254 channel as KVM models it.
+ * `countLoadTime` is the host kernel's ktime (ns) when the count was loaded:
+ * meaningless in another process or on another host, and ignored by
+ * KVM_SET_PIT2, which reloads each channel's count at the time of the call.
+ */
+export interface PitChannelState {
+  /** The initial count; 0 stands for 65536 as written, and KVM may report 65536. */
+  count: number;
+  /** The count latched by a counter-latch command. */
+  latchedCount: number;
+  /** Which bytes of the latched count remain to be read (a `read_state` value), 0 when none. */
+  countLatched: number;
+  /** Whether a read-back status byte is latched. */
+  statusLatched: number;
+  /** The latched status byte. */
+  status: number;
+  /** Which byte of the count the next read returns (RW_STATE_LSB 1, MSB 2, WORD0 3, WORD1 4). */
+  readState: number;
+  /** Which byte of the count the next write sets (same values as `readState`). */
+  writeState: number;
+  /** The low byte written, waiting for the high one. */
+  writeLatch: number;
+  /** The access mode (1 LSB, 2 MSB, 3 LSB then MSB). */
+  rwMode: number;
+  /** The counter mode (0-5). */
+  mode: number;
+  /** Whether the count is BCD. */
+  bcd: number;
+  /** The gate input (channel 2: port 0x61 bit 0). */
+  gate: number;
+  /** Host ktime in ns when the count was loaded (s64). */
+  countLoadTime: bigint;
+}
+
+/** `struct kvm_pit_state2` (the `reserved` words are left out: encoded as 0). */
+export interface PitState {
+  /** Channels 0-2. */
+  channels: PitChannelState[];
+  /** {@link KVM_PIT_FLAGS} bits. */
+  flags: number;
+}
+
+/** The `[name, offset, size]` of each number field of `struct kvm_pit_channel_state` except count_load_time. */
+const PIT_CHANNEL_FIELDS = [
+  ["count", 0, 4],
+  ["latchedCount", 4, 2],
+  ["countLatched", 6, 1],
+  ["statusLatched", 7, 1],
+  ["status", 8, 1],
+  ["readState", 9, 1],
+  ["writeState", 10, 1],
+  ["writeLatch", 11, 1],
+  ["rwMode", 12, 1],
+  ["mode", 13, 1],
+  ["bcd", 14, 1],
+  ["gate", 15, 1],
+] as const satisfies readonly (readonly [keyof PitChannelState, number, 1 | 2 | 4])[];
+const PIT_COUNT_LOAD_TIME = 16;
+const PIT_FLAGS = 72;
+
+/** Where the chip's state starts in `struct kvm_irqchip` (after chip_id and pad). */
+const IRQCHIP_UNION = 8;
+const IOAPIC_BASE_ADDRESS = 0;
+const IOAPIC_IOREGSEL = 8;
+const IOAPIC_ID = 12;
+const IOAPIC_IRR = 16;
+const IOAPIC_REDIRTBL = 24;
+
+function checkLength(what: string, bytes: Uint8Array, size: number): DataView {
+  if (bytes.byteLength < size) {
+    throw new RangeError(`Cannot decode ${what}: ${bytes.byteLength} bytes given, ${size} needed`);
+  }
+  return new DataView(bytes.buffer, bytes.byteOffset, size);
+}
+
+/** Writes an unsigned field of `size` bytes, refusing a value that does not fit. */
+function setField(view: DataView, at: number, size: 1 | 2 | 4, value: number, what: string): void {
+  const max = 2 ** (size * 8) - 1;
+  if (!Number.isInteger(value) || value < 0 || value > max) {
+    throw new RangeError(`Cannot encode ${what}: ${value} is not an integer in 0-${max}`);
+  }
+  if (size === 1) view.setUint8(at, value);
+  else if (size === 2) view.setUint16(at, value, true);
+  else view.setUint32(at, value, true);
+}
+
+function decodePic(view: DataView, at: number): PicState {
+  const pic = {} as PicState;
+  PIC_FIELDS.forEach((name, i) => pic[name] = view.getUint8(at + i));
+  return pic;
+}
+
+function decodeIoapic(view: DataView, at: number): IoapicState {
+  return {
+    baseAddress: view.getBigUint64(at + IOAPIC_BASE_ADDRESS, true),
+    ioregsel: view.getUint32(at + IOAPIC_IOREGSEL, true),
+    id: view.getUint32(at + IOAPIC_ID, true),
+    irr: view.getUint32(at + IOAPIC_IRR, true),
+    redirtbl: Array.from(
+      { length: KVM_IOAPIC_NUM_PINS },
+      (_, pin) => view.getBigUint64(at + IOAPIC_REDIRTBL + pin * 8, true),
+    ),
+  };
+}
+
+/**
+ * Decodes `struct kvm_irqchip` (as KVM_GET_IRQCHIP fills it). Throws a
+ * RangeError for a buffer shorter than 520 bytes or an unknown `chip_id`.
+ *
+ * @example
+ * ```ts
+ * import { decodeIrqchip, encodeIrqchip, KVM_IRQCHIP_SIZE } from "./structs.ts";
+ * import assert from "node:assert/strict";
+ * const bytes = new Uint8Array(KVM_IRQCHIP_SIZE); // chip_id 0: the master PIC
+ * bytes[8 + 5] = 0x08; // irq_base
+ * const state = decodeIrqchip(bytes);
+ * assert.equal(state.chip === "pic-master" && state.pic.irqBase, 0x08);
+ * assert.deepEqual(encodeIrqchip(state), bytes);
+ * ```
+ */
+export function decodeIrqchip(bytes: Uint8Array): IrqchipState {
+  const view = checkLength("struct kvm_irqchip", bytes, KVM_IRQCHIP_SIZE);
+  const chipId = view.getUint32(0, true);
+  switch (chipId) {
+    case KVM_IRQCHIP_IDS["pic-master"]:
+      return { chip: "pic-master", pic: decodePic(view, IRQCHIP_UNION) };
+    case KVM_IRQCHIP_IDS["pic-slave"]:
+      return { chip: "pic-slave", pic: decodePic(view, IRQCHIP_UNION) };
+    case KVM_IRQCHIP_IDS.ioapic:
+      return { chip: "ioapic", ioapic: decodeIoapic(view, IRQCHIP_UNION) };
+    default:
+      throw new RangeError(`Cannot decode struct kvm_irqchip: chip_id ${chipId} is not 0, 1 or 2`);
+  }
+}
+
+/**
+ * Encodes `struct kvm_irqchip` for KVM_SET_IRQCHIP (520 bytes; padding and
+ * the union's unused bytes zero). Throws a RangeError naming the field for
+ * a value that does not fit it.
+ */
+export function encodeIrqchip(state: IrqchipState): Uint8Array<ArrayBuffer> {
+  const bytes = new Uint8Array(KVM_IRQCHIP_SIZE);
+  const view = new DataView(bytes.buffer);
+  const chipId = KVM_IRQCHIP_IDS[state.chip];
+  if (chipId === undefined) throw new RangeError(`Cannot encode struct kvm_irqchip: unknown chip ${state.chip}`);
+  view.setUint32(0, chipId, true);
+  if (state.chip === "ioapic") {
+    const { ioapic } = state;
+    const at = IRQCHIP_UNION;
+    view.setBigUint64(at + IOAPIC_BASE_ADDRESS, BigInt.asUintN(64, ioapic.baseAddress), true);
+    setField(view, at + IOAPIC_IOREGSEL, 4, ioapic.ioregsel, "ioapic.ioregsel");
+    setField(view, at + IOAPIC_ID, 4, ioapic.id, "ioapic.id");
+    setField(view, at + IOAPIC_IRR, 4, ioapic.irr, "ioapic.irr");
+    if (ioapic.redirtbl.length !== KVM_IOAPIC_NUM_PINS) {
+      throw new RangeError(
+        `Cannot encode ioapic.redirtbl: ${ioapic.redirtbl.length} entries, not ${KVM_IOAPIC_NUM_PINS}`,
+      );
+    }
+    ioapic.redirtbl.forEach((entry, pin) =>
+      view.setBigUint64(at + IOAPIC_REDIRTBL + pin * 8, BigInt.asUintN(64, entry), true)
+    );
+  } else {
+    PIC_FIELDS.forEach((name, i) => setField(view, IRQCHIP_UNION + i, 1, state.pic[name], `pic.${name}`));
+  }
+  return bytes;
+}
+
+/** Names the fields of an IOAPIC redirection entry (`kvm_ioapic_state.redirtbl[n]`). */
+export function decodeRedirectionEntry(bits: bigint): RedirectionEntry {
+  const low = Number(bits & 0xffff_ffffn);
+  return {
+    vector: low & 0xff,
+    deliveryMode: (low >>> 8) & 0x7,
+    destMode: (low >>> 11) & 1,
+    deliveryStatus: (low >>> 12) & 1,
+    polarity: (low >>> 13) & 1,
+    remoteIrr: (low >>> 14) & 1,
+    trigMode: (low >>> 15) & 1,
+    mask: (low >>> 16) & 1,
+    destId: Number((bits >> 56n) & 0xffn),
+  };
+}
+
+/** Packs a redirection entry's fields into its 64-bit word (reserved bits zero). */
+export function encodeRedirectionEntry(entry: RedirectionEntry): bigint {
+  const low = (entry.vector & 0xff) |
+    ((entry.deliveryMode & 0x7) << 8) |
+    ((entry.destMode & 1) << 11) |
+    ((entry.deliveryStatus & 1) << 12) |
+    ((entry.polarity & 1) << 13) |
+    ((entry.remoteIrr & 1) << 14) |
+    ((entry.trigMode & 1) << 15) |
+    ((entry.mask & 1) << 16);
+  return (BigInt(entry.destId & 0xff) << 56n) | BigInt(low >>> 0);
+}
+
+/**
+ * Decodes `struct kvm_pit_state2` (as KVM_GET_PIT2 fills it). Throws a
+ * RangeError for a buffer shorter than 112 bytes.
+ *
+ * @example
+ * ```ts
+ * import { decodePitState, encodePitState, KVM_PIT_STATE2_SIZE } from "./structs.ts";
+ * import assert from "node:assert/strict";
+ * const pit = decodePitState(new Uint8Array(KVM_PIT_STATE2_SIZE));
+ * pit.channels[0]!.mode = 3; // square wave
+ * assert.equal(encodePitState(pit)[13], 3); // channels[0].mode
+ * ```
+ */
+export function decodePitState(bytes: Uint8Array): PitState {
+  const view = checkLength("struct kvm_pit_state2", bytes, KVM_PIT_STATE2_SIZE);
+  const channels = [0, 1, 2].map((i) => {
+    const at = i * KVM_PIT_CHANNEL_STATE_SIZE;
+    const channel = { countLoadTime: view.getBigInt64(at + PIT_COUNT_LOAD_TIME, true) } as PitChannelState;
+    for (const [name, offset, size] of PIT_CHANNEL_FIELDS) {
+      channel[name] = size === 1
+        ? view.getUint8(at + offset)
+        : size === 2
+        ? view.getUint16(at + offset, true)
+        : view.getUint32(at + offset, true);
+    }
+    return channel;
+  });
+  return { channels, flags: view.getUint32(PIT_FLAGS, true) };
+}
+
+/**
+ * Encodes `struct kvm_pit_state2` for KVM_SET_PIT2 (112 bytes, reserved
+ * words zero). Throws a RangeError naming the field for a value that does
+ * not fit it, or for other than 3 channels.
+ */
+export function encodePitState(pit: PitState): Uint8Array<ArrayBuffer> {
+  if (pit.channels.length !== 3) {
+    throw new RangeError(`Cannot encode struct kvm_pit_state2: ${pit.channels.length} channels, not 3`);
+  }
+  const bytes = new Uint8Array(KVM_PIT_STATE2_SIZE);
+  const view = new DataView(bytes.buffer);
+  pit.channels.forEach((channel, i) => {
+    const at = i * KVM_PIT_CHANNEL_STATE_SIZE;
+    for (const [name, offset, size] of PIT_CHANNEL_FIELDS) {
+      setField(view, at + offset, size, channel[name], `channels[${i}].${name}`);
+    }
+    view.setBigInt64(at + PIT_COUNT_LOAD_TIME, BigInt.asIntN(64, channel.countLoadTime), true);
+  });
+  setField(view, PIT_FLAGS, 4, pit.flags, "flags");
+  return bytes;
+}

@@ -22,6 +22,16 @@
 import { Kvm, type VcpuFd, type VmFd } from "./kvm/kvm.ts";
 import { KVM_CAP, KVM_MEM_READONLY } from "./kvm/ioctls.ts";
 import type { VcpuExit } from "./kvm/exit.ts";
+import {
+  decodeIrqchip,
+  decodePitState,
+  encodeIrqchip,
+  encodePitState,
+  type IrqchipName,
+  type IrqchipState,
+  KVM_IRQCHIP_IDS,
+  type PitState,
+} from "./kvm/structs.ts";
 import { mainThreadKick, prepareKickSignal } from "./kvm/signals.ts";
 import { GuestMemory, parseSize } from "./memory.ts";
 import { Vcpu } from "./vcpu.ts";
@@ -87,9 +97,7 @@ export interface ExitInterceptor {
 }
 
 /** The kernel devices whose state {@link Machine.kernelDeviceState} reads. */
-export type KernelDevice = "pic-master" | "pic-slave" | "ioapic" | "pit";
-
-const IRQCHIP_IDS = { "pic-master": 0, "pic-slave": 1, "ioapic": 2 } as const;
+export type KernelDevice = IrqchipName | "pit";
 
 /** How often the run loop yields to the event loop (the kick timer's period too). */
 const TICK_MS = 10;
@@ -270,7 +278,7 @@ export class Machine {
    */
   kernelDeviceState(device: KernelDevice): Uint8Array<ArrayBuffer> {
     if (!this.#irqchip) throw new Error(`Cannot read the ${device} state: this VM has no irqchip`);
-    return device === "pit" ? this.#vmFd.getPit2() : this.#vmFd.getIrqchip(IRQCHIP_IDS[device]);
+    return device === "pit" ? this.#vmFd.getPit2() : this.#vmFd.getIrqchip(KVM_IRQCHIP_IDS[device]);
   }
 
   /** Writes state read with {@link kernelDeviceState} (possibly changed) back into KVM. */
@@ -278,6 +286,26 @@ export class Machine {
     if (!this.#irqchip) throw new Error(`Cannot set the ${device} state: this VM has no irqchip`);
     if (device === "pit") this.#vmFd.setPit2(state);
     else this.#vmFd.setIrqchip(state);
+  }
+
+  /** An in-kernel interrupt controller's state as named fields (`struct kvm_pic_state` or `kvm_ioapic_state`). */
+  irqchipState(chip: IrqchipName): IrqchipState {
+    return decodeIrqchip(this.kernelDeviceState(chip));
+  }
+
+  /** Writes an interrupt controller's state (read with {@link irqchipState}, possibly changed) back into KVM. */
+  setIrqchipState(state: IrqchipState): void {
+    this.setKernelDeviceState(state.chip, encodeIrqchip(state));
+  }
+
+  /** The in-kernel PIT's state as named fields (`struct kvm_pit_state2`). */
+  pitState(): PitState {
+    return decodePitState(this.kernelDeviceState("pit"));
+  }
+
+  /** Writes the PIT's state (read with {@link pitState}, possibly changed) back into KVM. */
+  setPitState(state: PitState): void {
+    this.setKernelDeviceState("pit", encodePitState(state));
   }
 
   /**

@@ -297,24 +297,22 @@ function installBiosState(vm: Machine): void {
     memory.writeU16(vector * 4, stub & 0xffff);
     memory.writeU16(vector * 4 + 2, 0xf000);
   }
-  // struct kvm_irqchip: chip_id, pad, then struct kvm_pic_state (imr @2, irq_base @5, init_state @9, init4 @13).
-  const pic = (device: "pic-master" | "pic-slave", base: number, imr: number) => {
-    const state = vm.kernelDeviceState(device);
-    state[8 + 2] = imr;
-    state[8 + 5] = base;
-    state[8 + 9] = 0;
-    state[8 + 13] = 1;
-    vm.setKernelDeviceState(device, state);
+  const pic = (chip: "pic-master" | "pic-slave", irqBase: number, imr: number) => {
+    const state = vm.irqchipState(chip);
+    if (state.chip === "ioapic") return;
+    // Initialised (ICW1-ICW4 done, 8086 mode) with the vector base and mask SeaBIOS leaves.
+    vm.setIrqchipState({ chip, pic: { ...state.pic, imr, irqBase, initState: 0, init4: 1 } });
   };
   pic("pic-master", 0x08, 0xfa); // IRQ 0 (timer) and 2 (cascade) unmasked
   pic("pic-slave", 0x70, 0xff);
-  // struct kvm_pit_state2: channel 0 = {count u32 @0, read_state @9, write_state @10, rw_mode @12, mode @13, gate @15}.
-  const pit = vm.kernelDeviceState("pit");
-  new DataView(pit.buffer).setUint32(0, 0, true); // 0 loads 65536: 1193182 / 65536 = 18.2 Hz
-  pit[9] = 3;
-  pit[10] = 3;
-  pit[12] = 3; // lobyte then hibyte
-  pit[13] = 3; // square wave
-  pit[15] = 1;
-  vm.setKernelDeviceState("pit", pit);
+  const pit = vm.pitState();
+  const [channel0, ...others] = pit.channels;
+  vm.setPitState({
+    ...pit,
+    channels: [
+      // Count 0 loads 65536: 1193182 / 65536 = 18.2 Hz. Lobyte then hibyte (access 3), square wave (mode 3).
+      { ...channel0!, count: 0, readState: 3, writeState: 3, rwMode: 3, mode: 3, gate: 1 },
+      ...others,
+    ],
+  });
 }

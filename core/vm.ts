@@ -14,6 +14,7 @@ import type { IoBus, MmioBus } from "../devices/bus.ts";
 import type { Serial16550 } from "../devices/serial.ts";
 import { FW_CFG_KEY } from "../devices/fw_cfg.ts";
 import { detectFormat, type LoadedImage, loadImage, type LoadOptions } from "./loader/mod.ts";
+import type { ImageSymbol } from "./loader/types.ts";
 import { buildPlatform, type PcPlatform, resetPolicy } from "./platform.ts";
 import { Debugger } from "./debug/debugger.ts";
 import { attachGdb, type VmGdb } from "./gdb/server.ts";
@@ -61,6 +62,8 @@ export class Vm extends Machine {
   readonly #buses: BusDispatch;
   #lastLoad: { bytes: Uint8Array; options: LoadOptions } | undefined;
   #gdb: VmGdb | undefined;
+  /** The symbols of every image loaded, for the debugger whenever it attaches. */
+  readonly #symbols: ImageSymbol[][] = [];
 
   private constructor(parts: MachineParts, buses: BusDispatch, options: VmOptions) {
     super(parts, buses, options);
@@ -77,6 +80,8 @@ export class Vm extends Machine {
     });
     this.serial = built.serial;
     this.platform = built.pc;
+    // Attached now, so every front end (the gdb server, the REPL) shares it with the image's symbols.
+    void this.debug;
   }
 
   /**
@@ -144,7 +149,9 @@ export class Vm extends Machine {
     }
     this.image = image;
     this.#lastLoad = { bytes, options: { ...loadOptions, cmdline } };
-    if (image.symbols.length > 0) this.debug.symbols.add(image.symbols);
+    // Kept for a debugger that attaches later (after a detach), given now to the one attached.
+    this.#symbols.push(image.symbols);
+    Debugger.attachedTo(this)?.symbols.add(image.symbols);
     if (this.platform !== undefined && cmdline !== "") {
       const data = new TextEncoder().encode(cmdline + "\0");
       const size = new Uint8Array(4);
@@ -170,7 +177,11 @@ export class Vm extends Machine {
 
   /** The debugger: breakpoints, watchpoints, stepping, disassembly, symbols, page walks (one per VM, shared). */
   get debug(): Debugger<Vm> {
-    return Debugger.for<Vm>(this);
+    const attached = Debugger.attachedTo<Vm>(this);
+    if (attached !== undefined) return attached;
+    const debug = new Debugger<Vm>(this);
+    for (const symbols of this.#symbols) debug.symbols.add(symbols);
+    return debug;
   }
 
   /** The gdb stub: `vm.gdb.listen({ port: 1234 })`; `vm.gdb.server` is the one listening. */

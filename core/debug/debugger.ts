@@ -163,7 +163,12 @@ export class Debugger<M extends Machine = Machine> {
    * front end (`vm.debug`, the REPL, the gdb server).
    */
   static for<M extends Machine>(machine: M): Debugger<M> {
-    return (attached.get(machine) as Debugger<M> | undefined) ?? new Debugger(machine);
+    return Debugger.attachedTo(machine) ?? new Debugger(machine);
+  }
+
+  /** The debugger attached to `machine`, or undefined when none is. */
+  static attachedTo<M extends Machine>(machine: M): Debugger<M> | undefined {
+    return attached.get(machine) as Debugger<M> | undefined;
   }
 
   /**

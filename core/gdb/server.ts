@@ -74,6 +74,8 @@ export interface GdbServer {
   readonly closed: Promise<GdbServerEnd>;
   /** Stops listening and drops the client (a guest GDB was running is paused). Safe to call twice. */
   close(): Promise<void>;
+  /** `await using server = vm.gdb.listen()` closes it at scope exit. */
+  [Symbol.asyncDispose](): Promise<void>;
   /** Calls `listener` when a client attaches (true) or goes (false). Returns an unsubscribe function. */
   onConnection(listener: (connected: boolean) => void): () => void;
 }
@@ -292,6 +294,10 @@ class Server implements GdbServer {
     await this.#accepting;
     if (this.path !== undefined) removeStaleSocket(this.path);
     this.#resolveClosed(end);
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
   }
 
   close(): Promise<void> {

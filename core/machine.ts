@@ -314,9 +314,24 @@ export class Machine {
    * exits). The debugger's watchpoints use this: it works on every host,
    * unlike DR7 data breakpoints, which nested KVM may never deliver.
    * An empty map restores plain RAM slots.
+   *
+   * Allowed during a run too (the debugger maps a page for one step): this
+   * thread's vCPU is never inside KVM_RUN while JavaScript runs, and the
+   * application processors are parked around the change so none of them
+   * sees RAM missing while the slots are rebuilt.
    */
   setPageProtection(pages: ReadonlyMap<number, "readonly" | "none">): void {
-    this.#assertIdle("change memory slots");
+    if (this.#closed) throw new Error(`Cannot change memory slots: the VM ${this.name} is closed`);
+    const parkAps = this.#running && this.#aps.count > 0;
+    if (parkAps) this.#aps.park();
+    try {
+      this.#layOutSlots(pages);
+    } finally {
+      if (parkAps) this.#aps.resume();
+    }
+  }
+
+  #layOutSlots(pages: ReadonlyMap<number, "readonly" | "none">): void {
     const slots: { base: number; size: number; host: bigint; flags: number }[] = [];
     const sorted = [...pages.keys()].sort((a, b) => a - b);
     for (const region of this.memory.regions) {

@@ -105,6 +105,8 @@ export interface DebugStop extends StopContext {
   newValue?: bigint;
   /** Watchpoints: the address of the instruction that made the access. */
   pc?: bigint;
+  /** Watchpoints: why that instruction is not known, when it is not (no guess is made). */
+  pcUnknown?: string;
   /** Breakpoints: software or hardware. */
   kind?: "software" | "hardware";
 }
@@ -163,7 +165,11 @@ export function describeStop(stop: StopEvent): string {
       }) at ${where}`;
     default: {
       if (stop.reason === "watchpoint") {
-        const pc = stop.pc === undefined ? "" : ` by the instruction at 0x${stop.pc.toString(16)}`;
+        const pc = stop.pc !== undefined
+          ? ` by the instruction at 0x${stop.pc.toString(16)}`
+          : stop.pcUnknown !== undefined
+          ? ` (instruction unknown: ${stop.pcUnknown})`
+          : "";
         return `watchpoint ${stop.id ?? ""}: ${stop.access} of ${stop.size} bytes at 0x${stop.address.toString(16)}: ` +
           `0x${(stop.oldValue ?? 0n).toString(16)} -> 0x${(stop.newValue ?? 0n).toString(16)}${pc}, ${where}`;
       }

@@ -423,3 +423,31 @@ gdbTest(
     }
   },
 );
+
+gdbTest(
+  "gdb: rwatch and awatch on a variable in the page the code runs from stop at the load and the store",
+  async () => {
+    await using s = await served("watch_sites.elf");
+    const symbols = new Map(
+      readElfSymbols(await Deno.readFile(await guest("watch_sites.elf"))).map((e) => [e.name, e]),
+    );
+    const out = await gdb(s.server, await guest("watch_sites.elf"), [
+      "awatch *(long *)&value",
+      "continue",
+      "print/x $pc",
+      "continue",
+      "print/x $pc",
+      "delete",
+      "rwatch *(long *)&value",
+      "continue",
+    ]);
+    assert.match(out.stdout, /Hardware access \(read\/write\) watchpoint 1: \*\(long \*\)&value/);
+    // The store has run (gdb shows the value after it); the load is about to (rip is on it).
+    assert.match(out.stdout, /Value = 0x1234|New value = 4660/);
+    const pcs = printed(out.stdout).map((text) => BigInt(text));
+    assert.equal(pcs.length, 2);
+    assert.equal(pcs[1], symbols.get("site_read")!.address, "the read stops on the load");
+    assert.doesNotMatch(out.all, /SIGILL|internal-error/);
+    assert.match(out.stdout, /\[Inferior 1 \(Remote target\) exited with code 01\]/);
+  },
+);

@@ -24,6 +24,7 @@
 
 import type { Machine } from "../machine.ts";
 import type { Vcpu } from "../vcpu.ts";
+import type { Registers } from "../kvm/structs.ts";
 import type { DebugStop, PendingStop, StopEvent } from "../stop.ts";
 import { KVM_GUESTDBG } from "../kvm/ioctls.ts";
 import {
@@ -34,7 +35,13 @@ import {
   type VcpuExit,
 } from "../kvm/exit.ts";
 import { SymbolTable } from "./symbols.ts";
-import { type DecodedInstruction, decodeInstructions } from "./disasm.ts";
+import {
+  decodeAccesses,
+  type DecodedInstruction,
+  decodeInstructions,
+  type InstructionAccesses,
+  type MemoryAccess,
+} from "./disasm.ts";
 import { translate, type Translation } from "./paging.ts";
 import { readElfSymbols } from "../loader/elf.ts";
 import { hex } from "../hex.ts";
@@ -126,6 +133,23 @@ export class NoDebugRegisterError extends RangeError {
   // Its name stays "RangeError": the REPL and scripts show it as before, callers branch with instanceof.
 }
 
+/** A register's value by its lower-case name (`rsp`, `ebx`, `r8d`, `si`), for computing memory operands. */
+function registerValue(name: string | undefined, regs: Registers): bigint {
+  if (name === undefined) return 0n;
+  if (name in regs) return regs[name as keyof Registers];
+  const legacy = /^e?([abcd]x|[sd]i|[sb]p|ip)$/.exec(name);
+  if (legacy !== null) {
+    const value = regs[`r${legacy[1]}` as keyof Registers];
+    return name.startsWith("e") ? value & 0xffff_ffffn : value & 0xffffn;
+  }
+  const numbered = /^(r\d+)([dw])$/.exec(name);
+  if (numbered !== null) {
+    const value = regs[numbered[1] as keyof Registers];
+    return numbered[2] === "d" ? value & 0xffff_ffffn : value & 0xffffn;
+  }
+  return 0n;
+}
+
 /** The debugger attached to each machine: `Debugger.for(machine)` shares it. */
 const attached = new WeakMap<Machine, Debugger<Machine>>();
 
@@ -157,6 +181,12 @@ export class Debugger<M extends Machine = Machine> {
   #steppingOver: { physical: number | undefined; hardware: boolean; address?: bigint } | undefined;
   #blockIrq: number;
   #protectedPages = new Map<number, "readonly" | "none">();
+  /** A fetch-through step in progress: the page mapped for it, the instruction, and the watched writes to check after. */
+  #fetching:
+    | { page: number; rip: bigint; writes: { wp: Watchpoint<M>; at: number; size: number; before: Uint8Array }[] }
+    | undefined;
+  /** The rip of a read reported before a fetch-through: resuming runs it through without reporting it again. */
+  #fetchPending: bigint | undefined;
 
   /**
    * The debugger of `machine`, attached on first use and shared by every
@@ -564,46 +594,207 @@ export class Debugger<M extends Machine = Machine> {
     for (let i = 0; i < hits.length; i++) {
       const wp = hits[i]!;
       if (wp.condition !== undefined && !this.#evaluate(wp.condition, cpu, `watchpoint ${wp.id}`)) continue;
-      wp.hits++;
-      const toValue = (bytes: Uint8Array) => bytes.reduceRight((v, b) => (v << 8n) | BigInt(b), 0n);
-      const oldValue = toValue(before[i]!);
-      const newValue = toValue(memory.readRaw(wp.physical, Math.min(wp.length, 8)));
       cpu.invalidate();
-      const rip = cpu.regs.rip;
-      // A write exits with rip past the instruction (it has been emulated); a read exits before it completes.
-      const pc = isWrite ? this.#instructionBefore(cpu, rip) : rip;
-      const stop: PendingStop = {
-        reason: "watchpoint",
-        id: wp.id,
-        address: wp.address,
-        access: isWrite ? "write" : "read",
-        dataAddress: BigInt(at),
-        size,
-        oldValue,
-        newValue,
-      };
-      if (pc !== undefined) (stop as DebugStop).pc = pc;
-      return stop;
+      // A read exits before the instruction completes (rip is on it); a write exits after it.
+      const site = exit.kind === "mmio-write" ? this.#writeSite(cpu, at, exit.bytes) : { pc: this.#ripLinear(cpu) };
+      return this.#watchStop(wp, isWrite ? "write" : "read", at, size, before[i]!, site);
     }
     return "resume";
   }
 
+  /** The stop of watchpoint `wp`: the access, its values before and now, and the instruction that made it. */
+  #watchStop(
+    wp: Watchpoint<M>,
+    access: "read" | "write",
+    at: number,
+    size: number,
+    before: Uint8Array,
+    site: { pc: bigint } | { unknown: string },
+  ): PendingStop {
+    wp.hits++;
+    const toValue = (bytes: Uint8Array) => bytes.reduceRight((v, b) => (v << 8n) | BigInt(b), 0n);
+    const stop: DebugStop = {
+      reason: "watchpoint",
+      id: wp.id,
+      address: wp.address,
+      access,
+      dataAddress: BigInt(at),
+      size,
+      oldValue: toValue(before),
+      newValue: toValue(this.#vm.memory.readRaw(wp.physical, Math.min(wp.length, 8))),
+    } as DebugStop;
+    if ("pc" in site) stop.pc = site.pc;
+    else stop.pcUnknown = site.unknown;
+    return stop as PendingStop;
+  }
+
   /**
-   * The start of the memory-accessing instruction that ends at `end`, found by
-   * decoding backwards (best effort: the longest decoding that fits wins).
+   * The guest fetched an instruction from a page a read/access watchpoint
+   * unmapped (tiny kernels keep code and data in the same pages). The
+   * instruction's own accesses are computed from its operands before it
+   * runs: a watched read stops now, at that instruction. Otherwise the page
+   * is mapped for one single step and unmapped again; a watched write the
+   * step made to that page stops after it, naming the instruction.
    */
-  #instructionBefore(cpu: Vcpu, end: bigint): bigint | undefined {
+  #fetchThrough(cpu: Vcpu, page: number, rip: bigint): PendingStop | "resume" {
+    const pending = this.#fetchPending;
+    this.#fetchPending = undefined;
+    const writes: { wp: Watchpoint<M>; at: number; size: number; before: Uint8Array }[] = [];
+    let insn: InstructionAccesses | undefined;
     try {
-      const bytes = this.readVirtual(end - 15n, 15, cpu);
-      for (let length = 15; length >= 1; length--) {
-        const start = end - BigInt(length);
-        const [insn] = decodeInstructions(bytes.subarray(15 - length), start, cpu.bitness, 1);
-        if (insn !== undefined && !insn.invalid && insn.length === length && insn.accessesMemory) return start;
-      }
+      insn = decodeAccesses(this.readVirtual(rip, 15, cpu), rip, cpu.bitness);
     } catch {
-      // unreadable: no pc
+      insn = undefined;
+    }
+    for (const access of insn?.accesses ?? []) {
+      const range = this.#operandRange(cpu, insn!, access);
+      if (range === undefined) continue;
+      for (const wp of this.#watchpoints.values()) {
+        if (!wp.enabled || !(range.at < wp.physical + wp.length && wp.physical < range.at + range.size)) continue;
+        const reads = access.kind !== "write" && wp.access !== "write";
+        const writes_ = access.kind !== "read" && wp.access !== "read";
+        if (reads && pending !== rip) {
+          if (wp.condition !== undefined && !this.#evaluate(wp.condition, cpu, `watchpoint ${wp.id}`)) continue;
+          // Resuming from this stop runs the instruction through without reporting the read again.
+          this.#fetchPending = rip;
+          const before = this.#vm.memory.readRaw(wp.physical, Math.min(wp.length, 8));
+          return this.#watchStop(wp, "read", Math.max(range.at, wp.physical), range.size, before, { pc: rip });
+        }
+        if (writes_) {
+          writes.push({
+            wp,
+            at: Math.max(range.at, wp.physical),
+            size: range.size,
+            before: this.#vm.memory.readRaw(wp.physical, Math.min(wp.length, 8)),
+          });
+        }
+      }
+    }
+    const pages = new Map(this.#protectedPages);
+    pages.delete(page);
+    this.#vm.setPageProtection(pages);
+    this.#fetching = { page, rip, writes };
+    this.#applyGuestDebug();
+    return "resume";
+  }
+
+  /** Ends a fetch-through step: the page is unmapped again; a watched write the step made stops here. */
+  #endFetchThrough(cpu: Vcpu): PendingStop | undefined {
+    const fetching = this.#fetching;
+    if (fetching === undefined) return undefined;
+    this.#fetching = undefined;
+    this.#vm.setPageProtection(this.#protectedPages);
+    for (const { wp, at, size, before } of fetching.writes) {
+      const now = this.#vm.memory.readRaw(wp.physical, Math.min(wp.length, 8));
+      if (now.every((byte, i) => byte === before[i])) continue;
+      if (wp.condition !== undefined && !this.#evaluate(wp.condition, cpu, `watchpoint ${wp.id}`)) continue;
+      return this.#watchStop(wp, "write", at, size, before, { pc: fetching.rip });
     }
     return undefined;
+  }
+
+  /** The guest-physical bytes an operand of the instruction at rip will access (registers as they are before it runs). */
+  #operandRange(cpu: Vcpu, insn: InstructionAccesses, access: MemoryAccess): { at: number; size: number } | undefined {
+    const regs = cpu.regs;
+    const sregs = cpu.sregsView;
+    const long = cpu.bitness === 64;
+    const mask = long ? 0xffff_ffff_ffff_ffffn : cpu.bitness === 32 ? 0xffff_ffffn : 0xffffn;
+    const size = access.size || insn.elementSize || 1;
+    const index = access.index === undefined ? 0n : registerValue(access.index, regs) * BigInt(access.scale);
+    const segment = access.segment === undefined || (long && !["fs", "gs"].includes(access.segment))
+      ? 0n
+      : sregs[access.segment as "fs" | "gs"].base;
+    const offset = (registerValue(access.base, regs) + index + access.displacement) & mask;
+    const t = translate(segment + offset, sregs, this.#vm.memory);
+    return t.physical === undefined ? undefined : { at: Number(t.physical), size };
+  }
+
+  /**
+   * The instruction that wrote `written` at guest-physical `physical`, found
+   * exactly or not at all. A write to a watched page exits after the
+   * instruction (rip is past it, or at a call's target, or still on a `rep`
+   * string instruction with iterations left), so rip alone does not say
+   * which instruction wrote. Each candidate (the string instruction at rip,
+   * every decoding that ends at rip, a call that ends at the return address
+   * being pushed) is checked by computing its memory operands from the
+   * registers it left; only a single candidate that wrote exactly there is
+   * named. Writes by interrupt or exception delivery, and ambiguous
+   * decodings, are reported as unknown.
+   */
+  #writeSite(cpu: Vcpu, physical: number, written: Uint8Array): { pc: bigint } | { unknown: string } {
+    const rip = this.#ripLinear(cpu);
+    const candidates: { insn: InstructionAccesses; mustCall: boolean }[] = [];
+    const decodeAt = (address: bigint, length: number | undefined, mustCall: boolean) => {
+      try {
+        const insn = decodeAccesses(this.readVirtual(address, 15, cpu), address, cpu.bitness);
+        if (insn !== undefined && (length === undefined || insn.length === length)) candidates.push({ insn, mustCall });
+      } catch {
+        // unreadable: not a candidate
+      }
+    };
+    decodeAt(rip, undefined, false);
+    for (let length = 1; length <= 15; length++) decodeAt(rip - BigInt(length), length, false);
+    if (written.length >= 2) {
+      // A call writes its return address: the call ends there.
+      const returnAddress = written.reduceRight((value, byte) => (value << 8n) | BigInt(byte), 0n);
+      for (let length = 2; length <= 15; length++) decodeAt(returnAddress - BigInt(length), length, true);
+    }
+    const sites = new Set<bigint>();
+    const calls = new Set<bigint>();
+    for (const { insn, mustCall } of candidates) {
+      if (mustCall && !insn.isCall) continue;
+      if (!mustCall && insn.address === rip && !insn.isString) continue; // not yet executed
+      if (!this.#writesAt(cpu, insn, physical, written.length)) continue;
+      sites.add(insn.address);
+      if (mustCall) calls.add(insn.address);
+    }
+    // A call that pushed its own end as the return address is conclusive, whatever else decodes before rip.
+    if (calls.size === 1) return { pc: [...calls][0]! };
+    if (sites.size === 1) return { pc: [...sites][0]! };
+    return {
+      unknown: sites.size === 0
+        ? `no instruction before rip ${
+          hex(rip)
+        } writes there (an interrupt or exception pushed it, or a jump came first)`
+        : `${sites.size} instructions could have written it (${[...sites].map((a) => hex(a)).join(", ")})`,
+    };
+  }
+
+  /**
+   * Whether an instruction that has just run wrote `accessSize` bytes at guest-physical `physical`, by its
+   * operands and the registers now (the size tells `mov [x], eax` from the `mov [x], rax` it overlaps).
+   */
+  #writesAt(cpu: Vcpu, insn: InstructionAccesses, physical: number, accessSize: number): boolean {
+    const regs = cpu.regs;
+    const sregs = cpu.sregsView;
+    const long = cpu.bitness === 64;
+    const mask = long ? 0xffff_ffff_ffff_ffffn : cpu.bitness === 32 ? 0xffff_ffffn : 0xffffn;
+    for (const access of insn.accesses) {
+      if (access.kind === "read") continue;
+      const size = access.size || insn.elementSize || 1;
+      // KVM splits an access that crosses a page; otherwise it reports the operand's size.
+      if (accessSize !== 0 && size !== accessSize && (physical & 0xfff) + size <= 0x1000) continue;
+      let bases = [registerValue(access.base, regs)];
+      if (access.base !== undefined && /^[re]?sp$/.test(access.base)) {
+        // The stack pointer the instruction started with.
+        bases = [bases[0]! - BigInt(insn.stackPointerIncrement)];
+      } else if (insn.isString) {
+        // rdi has moved by one element after each iteration, either way (DF).
+        bases = [bases[0]!, bases[0]! - BigInt(size), bases[0]! + BigInt(size)];
+      }
+      const index = access.index === undefined ? 0n : registerValue(access.index, regs) * BigInt(access.scale);
+      const segment = access.segment === undefined || (long && !["fs", "gs"].includes(access.segment))
+        ? 0n
+        : sregs[access.segment as "fs" | "gs"].base;
+      for (const base of bases) {
+        const offset = (base + index + access.displacement) & mask;
+        const t = translate(segment + offset, sregs, this.#vm.memory);
+        if (t.physical === undefined) continue;
+        const start = Number(t.physical);
+        if (start <= physical && physical < start + size) return true;
+      }
+    }
+    return false;
   }
 
   // ---------------------------------------------------------------- execution
@@ -841,7 +1032,7 @@ export class Debugger<M extends Machine = Machine> {
 
   #applyGuestDebug(): void {
     if (this.#vm.state === "closed") return;
-    const stepping = this.#stepsRemaining > 0 || this.#steppingOver !== undefined;
+    const stepping = this.#stepsRemaining > 0 || this.#steppingOver !== undefined || this.#fetching !== undefined;
     const hardware = this.#steppingOver?.hardware ? [] : this.#hardwareBreakpoints();
     let control = 0;
     if (this.#planted.size > 0) control |= KVM_GUESTDBG.USE_SW_BP;
@@ -868,6 +1059,7 @@ export class Debugger<M extends Machine = Machine> {
   /** Lifts the breakpoint under rip (software or hardware) for one step. */
   #beforeResume(cpu: Vcpu): PendingStop | undefined {
     const rip = this.#ripLinear(cpu);
+    if (this.#fetchPending !== rip) this.#fetchPending = undefined;
     const underRip = this.#breakpointAt(cpu, rip);
     if (underRip !== undefined) this.#startStepOver({ ...underRip, address: rip });
     this.#applyGuestDebug();
@@ -898,6 +1090,11 @@ export class Debugger<M extends Machine = Machine> {
 
   #afterStop(): void {
     this.#endStepOver();
+    // A stop in the middle of a fetch-through step (another watched page, a pause): unmap the page again.
+    if (this.#fetching !== undefined) {
+      this.#fetching = undefined;
+      this.#vm.setPageProtection(this.#protectedPages);
+    }
     this.#stepsRemaining = 0;
     // The guest-debug flags are brought up to date before the next run (beforeResume): a run of single
     // steps then leaves KVM_GUESTDBG_SINGLESTEP set throughout instead of two ioctls per step.
@@ -913,23 +1110,11 @@ export class Debugger<M extends Machine = Machine> {
       const rip = this.#ripLinear(cpu);
       const at = this.#breakpointAt(cpu, rip);
       if (at?.physical !== undefined) return this.#onBreakpointHit(cpu, rip, at.physical, "software");
-      // Fetching from a page a read/access watchpoint unmapped fails on every host: say so.
+      // Fetching from a page a read/access watchpoint unmapped fails on every host: fetch it through.
       const t = translate(rip, cpu.sregsView, this.#vm.memory);
       const page = t.physical === undefined ? undefined : Number(t.physical) & ~0xfff;
-      if (page !== undefined && this.#protectedPages.get(page) === "none") {
-        const ids = [...this.#watchpoints.values()]
-          .filter((wp) =>
-            wp.enabled && wp.access !== "write" && (wp.physical & ~0xfff) <= page &&
-            page < wp.physical + wp.length
-          )
-          .map((wp) => wp.id);
-        return {
-          reason: "internal-error",
-          suberror: EMULATION_FAILURE,
-          detail: `the guest executes from page 0x${page.toString(16)}, which read/access watchpoint ${
-            ids.join(", ")
-          } unmaps; delete it or watch writes only (write watchpoints leave pages executable)`,
-        };
+      if (page !== undefined && this.#protectedPages.get(page) === "none" && this.#fetching === undefined) {
+        return this.#fetchThrough(cpu, page, rip);
       }
     }
     return undefined;
@@ -966,6 +1151,11 @@ export class Debugger<M extends Machine = Machine> {
 
   /** `pc` is the debug exit's linear rip after the step (kvm_run's debug.arch.pc): no register ioctl per step. */
   #onSingleStep(cpu: Vcpu, pc: bigint): PendingStop | "resume" {
+    const fetched = this.#endFetchThrough(cpu);
+    if (fetched !== undefined) {
+      this.#stepsRemaining = 0;
+      return fetched;
+    }
     const over = this.#steppingOver;
     const wasOver = over !== undefined;
     this.#endStepOver();

@@ -120,3 +120,108 @@ export function decodeInstructions(
   }
   return out;
 }
+
+/** A memory access an instruction makes, as its operands describe it (before the instruction runs). */
+export interface MemoryAccess {
+  /** Conditional accesses (a `rep` with rcx 0, cmov) count as the access they may make. */
+  kind: "read" | "write" | "read-write";
+  /** Lower-case register names (`rsp`, `ebx`, `r8d`), undefined when the operand has none. */
+  base: string | undefined;
+  index: string | undefined;
+  scale: number;
+  /** A RIP-relative operand's displacement is already the absolute address (with no base). */
+  displacement: bigint;
+  /** Bytes accessed; 0 when the operand's size varies (string instructions take it from the instruction). */
+  size: number;
+  /** The segment register whose base applies (`fs`, `gs`; others are flat in long mode). */
+  segment: string | undefined;
+}
+
+/** What {@link decodeAccesses} finds in one instruction. */
+export interface InstructionAccesses {
+  address: bigint;
+  length: number;
+  text: string;
+  accesses: MemoryAccess[];
+  /** How the instruction moves the stack pointer (push: -8 in 64-bit mode; 0 for most). */
+  stackPointerIncrement: number;
+  /** A string instruction (movs, stos...); `elementSize` is its element's size. */
+  isString: boolean;
+  elementSize: number;
+  isCall: boolean;
+}
+
+/**
+ * Decodes the instruction at the start of `bytes` and lists its memory
+ * accesses; undefined when the bytes are not a valid instruction.
+ *
+ * @example
+ * ```ts
+ * import { decodeAccesses } from "./disasm.ts";
+ * const push = decodeAccesses(new Uint8Array([0x50]), 0x1000n, 64)!; // push rax
+ * push.accesses[0]!.base; // "rsp"
+ * push.stackPointerIncrement; // -8
+ * ```
+ */
+export function decodeAccesses(
+  bytes: Uint8Array,
+  address: bigint,
+  bitness: 16 | 32 | 64,
+): InstructionAccesses | undefined {
+  const x86 = loadIced();
+  const decoder = new x86.Decoder(bitness, bytes, x86.DecoderOptions.None);
+  decoder.ip = address;
+  const factory = new x86.InstructionInfoFactory();
+  const formatter = new x86.Formatter(x86.FormatterSyntax.Intel);
+  const instruction = decoder.decode();
+  try {
+    if (instruction.isInvalid || instruction.length > bytes.length) return undefined;
+    const info = factory.info(instruction);
+    const register = (value: number) =>
+      value === x86.Register.None ? undefined : (x86.Register[value] as string).toLowerCase();
+    const kinds: Partial<Record<number, MemoryAccess["kind"]>> = {
+      [x86.OpAccess.Read]: "read",
+      [x86.OpAccess.CondRead]: "read",
+      [x86.OpAccess.Write]: "write",
+      [x86.OpAccess.CondWrite]: "write",
+      [x86.OpAccess.ReadWrite]: "read-write",
+      [x86.OpAccess.ReadCondWrite]: "read-write",
+    };
+    const accesses: MemoryAccess[] = [];
+    for (const used of info.usedMemory() as InstanceType<Iced["UsedMemory"]>[]) {
+      try {
+        const kind = kinds[used.access];
+        if (kind === undefined) continue;
+        const segment = register(used.segment);
+        accesses.push({
+          kind,
+          base: register(used.base),
+          index: register(used.index),
+          scale: used.scale,
+          displacement: used.displacement,
+          size: x86.MemorySizeExt.size(used.memorySize),
+          segment: segment === "fs" || segment === "gs" ? segment : undefined,
+        });
+      } finally {
+        used.free();
+      }
+    }
+    info.free();
+    const flow = instruction.flowControl;
+    return {
+      address,
+      length: instruction.length,
+      text: formatter.format(instruction),
+      accesses,
+      stackPointerIncrement: instruction.stackPointerIncrement,
+      isString: instruction.isStringInstruction,
+      elementSize: x86.MemorySizeExt.size(instruction.memorySize),
+      isCall: flow === x86.FlowControl.Call || flow === x86.FlowControl.IndirectCall,
+    };
+  } finally {
+    instruction.free();
+    decoder.free();
+    factory.free();
+    formatter.free();
+  }
+}

@@ -169,6 +169,8 @@ export class Machine {
   #closed = false;
   #running = false;
   #pauseRequested = false;
+  /** Who asked for the pause, for the stop event. */
+  #pausedBy: string | undefined;
   /** A stop asked for while an exit is handled; the loop returns it once the exit is complete. */
   #pendingStop: PendingStop | undefined;
   /** The vCPU the pending stop belongs to, when it is not the main thread's. */
@@ -423,10 +425,13 @@ export class Machine {
   /**
    * Stops a running guest (within a few milliseconds, even one that makes no
    * exits). Resolves with the stop event; with undefined when nothing runs.
+   * `by` names who paused it in the stop (`"gdb"`, `"repl"`), so the other
+   * front ends watching the VM can say so.
    */
-  pause(): Promise<StopEvent | undefined> {
+  pause(by?: string): Promise<StopEvent | undefined> {
     if (!this.#running) return Promise.resolve(undefined);
     this.#pauseRequested = true;
+    if (by !== undefined) this.#pausedBy ??= by;
     return new Promise((resolve) => this.#runWaiters.push(resolve));
   }
 
@@ -440,6 +445,7 @@ export class Machine {
     if (timeout !== undefined && !(timeout >= 0)) throw new RangeError(`Invalid timeout ${timeout}: expected ms >= 0`);
     this.#running = true;
     this.#pauseRequested = false;
+    this.#pausedBy = undefined;
     this.#stopCpu = undefined;
     const cpu = this.cpu(0);
     let stop: StopEvent | undefined;
@@ -465,6 +471,10 @@ export class Machine {
     for (const waiter of this.#runWaiters.splice(0)) waiter(stop);
     for (const observer of this.#stopObservers) observer(stop);
     return stop;
+  }
+
+  #pausedStop(): PendingStop {
+    return this.#pausedBy === undefined ? { reason: "paused" } : { reason: "paused", by: this.#pausedBy };
   }
 
   /** Takes the pending stop, if any. */
@@ -531,7 +541,7 @@ export class Machine {
         const wakeAt = performance.now() + sleep.wakeAfterMs;
         while (performance.now() < wakeAt) {
           await new Promise((resolve) => setTimeout(resolve, Math.min(TICK_MS, wakeAt - performance.now())));
-          if (this.#closed || this.#pauseRequested) return this.#withContext(cpu, { reason: "paused" });
+          if (this.#closed || this.#pauseRequested) return this.#withContext(cpu, this.#pausedStop());
           if (performance.now() >= deadline) return this.#withContext(cpu, { reason: "timeout" });
         }
         this.#sleep = undefined;
@@ -554,7 +564,7 @@ export class Machine {
       await this.#events.yield();
       if (this.#closed || this.#pauseRequested) {
         settle();
-        return this.#withContext(cpu, { reason: "paused" });
+        return this.#withContext(cpu, this.#pausedStop());
       }
       if (performance.now() >= deadline) {
         settle();

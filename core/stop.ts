@@ -59,6 +59,8 @@ export interface InternalErrorStop extends StopContext {
 /** `vm.pause()` (or a front end) stopped the guest. */
 export interface PausedStop extends StopContext {
   reason: "paused";
+  /** Who paused it, when it was said (`"gdb"`, `"repl"`): the other front ends show it. */
+  by?: string;
 }
 
 /** `run({ timeout })` ran out. */
@@ -152,7 +154,7 @@ export function describeStop(stop: StopEvent): string {
       return `guest crashed: ${stop.detail} at ${where}${bytes}`;
     }
     case "paused":
-      return `paused at ${where}`;
+      return `paused${stop.by === undefined ? "" : ` by ${stop.by}`} at ${where}`;
     case "timeout":
       return `timed out at ${where}`;
     case "unhandled-io":

@@ -451,3 +451,40 @@ gdbTest(
     assert.match(out.stdout, /\[Inferior 1 \(Remote target\) exited with code 01\]/);
   },
 );
+
+gdbTest(
+  "gdb stepi while a script's run is going pauses that run (paused by gdb) and steps one instruction",
+  async () => {
+    await using s = await served("spin.elf");
+    const fifo = await Deno.makeTempFile({ prefix: "hvsh-gdb-gate-" });
+    await Deno.remove(fifo);
+    await new Deno.Command("mkfifo", { args: [fifo] }).output();
+    try {
+      const attached = new Promise<void>((resolve) => s.server.onConnection((connected) => connected && resolve()));
+      // gdb attaches, then waits at the gate until the script's run has started, then steps.
+      const session = gdb(s.server, await guest("spin.elf"), [
+        "print/x $pc",
+        `shell cat ${fifo}`,
+        "stepi",
+        "print/x $pc",
+        "detach",
+      ]);
+      await attached;
+      // gdb's attach pauses the guest; wait until it has, then the script runs it.
+      while (s.vm.running) await new Promise((resolve) => setTimeout(resolve, 10));
+      const run = s.vm.run({ timeout: 20_000 });
+      assert.ok(s.vm.running);
+      await Deno.writeTextFile(fifo, "go\n");
+      const stop = await run;
+      assert.equal(stop.reason, "paused");
+      assert.equal(stop.reason === "paused" && stop.by, "gdb");
+      const out = await session;
+      assert.doesNotMatch(out.all, /SIGINT|Program received signal/);
+      const pcs = printed(out.stdout);
+      assert.equal(pcs.length, 2, out.all);
+      assert.match(out.stdout, /\[Inferior 1 \(Remote target\) detached\]/);
+    } finally {
+      await Deno.remove(fifo).catch(() => {});
+    }
+  },
+);

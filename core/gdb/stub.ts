@@ -411,9 +411,19 @@ export class GdbStub {
     const mine = actions.find((a) => a.thread === runs) ??
       actions.find((a) => a.thread === undefined || a.thread === "all" || a.thread === "any") ??
       actions[0]!;
-    this.#waiting = true;
     const target = this.#target;
-    if (target.running) return; // another front end runs it: its stop ends our wait
+    if (target.running) {
+      // Another front end runs the guest (the REPL's .cont, a script). A continue joins that run: its next
+      // stop ends gdb's wait. A step pauses it (that front end's stop says "paused by gdb") and then steps,
+      // so gdb's stepi never waits on someone else's run.
+      if (mine.action !== "step") {
+        this.#waiting = true;
+        return;
+      }
+      void target.interrupt().then(() => this.#resume(actions));
+      return;
+    }
+    this.#waiting = true;
     if (mine.address !== undefined) {
       try {
         target.writeRegisters(runs, { rip: mine.address });

@@ -112,7 +112,7 @@ export interface GdbTarget {
   removeAll(): void;
   /** Starts the guest (continue, or step one instruction); resolves when it stops (the stop also reaches {@link onStop}). */
   resume(step: boolean): Promise<StopEvent>;
-  /** Stops a running guest; resolves once stopped. */
+  /** Stops a running guest (whoever runs it); resolves once stopped. The stop says gdb paused it. */
   interrupt(): Promise<void>;
   /** Calls `observer` for every stop, whoever ran the guest. Returns an unsubscribe function. */
   onStop(observer: (stop: TargetStop) => void): () => void;
@@ -451,7 +451,7 @@ export class VmTarget implements GdbTarget {
   }
 
   async interrupt(): Promise<void> {
-    await this.#machine.pause();
+    await this.#machine.pause("gdb");
   }
 
   onStop(observer: (stop: TargetStop) => void): () => void {

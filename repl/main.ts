@@ -10,10 +10,10 @@
 import * as readline from "node:readline";
 import { homedir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { installScope, Session } from "./session.ts";
 import { CommandError, completeDotCommand, ExitRequest, runDotCommand, setConsoleAttacher } from "./commands.ts";
 import { createBootVm, parseBootArgs, UsageError } from "../cli/boot.ts";
-import { buildGuests } from "../scripts/build_guests.ts";
 
 const HISTORY_LIMIT = 1000;
 const historyFile = () => Deno.env.get("HVSH_HISTORY") ?? join(homedir(), ".hvsh_history");
@@ -58,10 +58,18 @@ export async function executeLine(line: string, session: Session): Promise<void>
   }
 }
 
+/**
+ * The demo guest's image, checked into the repository (built from
+ * tests/guests/demo.c by scripts/build_demo.ts), so opening the REPL needs
+ * no C toolchain and runs no compiler.
+ */
 async function demoKernel(): Promise<string> {
-  const guests = await buildGuests();
-  const demo = guests.get("demo.elf");
-  if (demo === undefined) throw new Error("The demo guest (demo.elf) was not built");
+  const demo = fileURLToPath(new URL("./demo/demo.elf", import.meta.url));
+  try {
+    await Deno.stat(demo);
+  } catch {
+    throw new Error(`The demo guest image ${demo} is missing: rebuild it with \`deno task demo\` (needs gcc)`);
+  }
   return demo;
 }
 

@@ -22,6 +22,7 @@ import { FwCfg } from "../devices/fw_cfg.ts";
 import { AcpiPm, PM1_STATUS } from "../devices/acpi_pm.ts";
 import { buildAcpiTables } from "./firmware/acpi.ts";
 import { buildMpTable } from "./firmware/mptable.ts";
+import type { ReservedRange } from "./loader/types.ts";
 
 /** Where the platform puts things (guest physical addresses and ports). */
 export const PC_LAYOUT = {
@@ -56,6 +57,8 @@ export interface PcPlatform {
   acpiPm: AcpiPm;
   /** Where the ACPI FACS is (its firmware waking vector is at +12), when the tables were written. */
   facs: number | undefined;
+  /** The firmware tables written in RAM (ACPI, RSDP, MP table): the loader refuses images that would overwrite them. */
+  reserved: ReservedRange[];
 }
 
 /**
@@ -104,6 +107,7 @@ export function installPcPlatform(vm: Vm, onReset: (source: string) => void): Pc
   vm.mmio.insert(BigInt(PC_TESTDEV.iomem), BigInt(PC_TESTDEV.iomemSize), "pc-testdev-iomem", testDev.iomem);
 
   let facs: number | undefined;
+  const reserved: ReservedRange[] = [];
   // Sleep types as QEMU's DSDT names them: 1 = S3 (suspend to RAM), 0 = S5 (soft off).
   const acpiPm = new AcpiPm({
     onSleep: (type) => {
@@ -150,10 +154,16 @@ export function installPcPlatform(vm: Vm, onReset: (source: string) => void): Pc
     facs = acpi.addresses.facs;
     memory.write(PC_LAYOUT.acpiTables, acpi.tables);
     memory.write(PC_LAYOUT.rsdp, acpi.rsdp);
-    memory.write(PC_LAYOUT.mpTable, buildMpTable({ cpus, address: PC_LAYOUT.mpTable, ioapicId: 0, irq0Override }));
+    const mpTable = buildMpTable({ cpus, address: PC_LAYOUT.mpTable, ioapicId: 0, irq0Override });
+    memory.write(PC_LAYOUT.mpTable, mpTable);
+    reserved.push(
+      { label: "the ACPI tables", start: PC_LAYOUT.acpiTables, size: acpi.tables.length },
+      { label: "the ACPI RSDP", start: PC_LAYOUT.rsdp, size: acpi.rsdp.length },
+      { label: "the MP table", start: PC_LAYOUT.mpTable, size: mpTable.length },
+    );
   }
   if (vm.hasIrqchip && memory.isRam(0, 0x10_0000)) installBiosState(vm);
-  return { fwCfg, cmos, i8042, pciHost, testDev, acpiPm, facs };
+  return { fwCfg, cmos, i8042, pciHost, testDev, acpiPm, facs, reserved };
 }
 
 /**

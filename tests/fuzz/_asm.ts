@@ -110,6 +110,23 @@ export class Code {
     return size === 1 ? this.#u8(0x8a, 0x03) : size === 2 ? this.#u8(0x66, 0x8b, 0x03) : this.#u8(0x8b, 0x03);
   }
 
+  /**
+   * Long mode only: maps the 2 MiB page around `address` (below 512 GiB) through the spare page
+   * directory `directory` hung in the PDPT at `pdpt` (the boot page tables' second page), then reloads
+   * CR3. The first GiB is left alone (the boot tables map it). 2 MiB pages, not 1 GiB ones: hvsh's CPUID
+   * does not offer pdpe1gb. Clobbers rax and rbx.
+   */
+  mapPage(pdpt: number, directory: number, address: bigint): this {
+    const index = Number(address >> 30n);
+    if (this.bits !== 64 || index >= 512) throw new RangeError(`Cannot map 0x${address.toString(16)}`);
+    if (index === 0) return this;
+    const slot = Number((address >> 21n) & 511n);
+    this.movRbx(BigInt(directory + slot * 8)).#u8(0x48, 0xb8).#u64((address & ~((1n << 21n) - 1n)) | 0x83n);
+    this.#u8(0x48, 0x89, 0x03);
+    this.movRbx(BigInt(pdpt + index * 8)).#u8(0x48, 0xb8).#u64(BigInt(directory) | 0x3n);
+    return this.#u8(0x48, 0x89, 0x03, 0x0f, 0x20, 0xd8, 0x0f, 0x22, 0xd8);
+  }
+
   /** `jmp rbx` (`jmp ebx` in 32-bit code). */
   jmpRbx(): this {
     return this.#u8(0xff, 0xe3);

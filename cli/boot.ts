@@ -49,8 +49,8 @@ crashes; 124 on --timeout (which also covers reading the kernel and initrd);
 "| head", or it is full): hvsh prints one line and stops the guest; 129, 130, 143
 on SIGHUP, SIGINT, SIGTERM: the guest is stopped and its pending output written
 first. A reader slower than the guest pauses the guest until it catches up.
---kernel and --initrd must be files or pipes of at most 1 GiB (an initrd also
-fits in --mem); devices such as /dev/zero are refused.
+--kernel and --initrd must be files or pipes (at most 1 GiB; an initrd at most
+--mem); devices such as /dev/zero are refused.
 
 --gdb serves the GDB remote protocol (host 127.0.0.1 unless one is given; a path with
 a / is a Unix socket): gdb -ex 'target remote 127.0.0.1:PORT'. The guest runs at once
@@ -155,19 +155,12 @@ export function parseBootArgs(args: string[]): BootOptions {
   };
 }
 
-/** Creates a VM and loads the kernel as the boot options say. Closes the VM if loading fails. */
+/**
+ * Creates a VM and loads the kernel as the boot options say. Closes the VM if loading fails. The kernel and
+ * initrd are read with a size cap (devices refused); `signal` (e.g. --timeout) bounds the reading, which a
+ * FIFO without a writer would otherwise block forever.
+ */
 export async function createBootVm(options: BootOptions, signal?: AbortSignal): Promise<Vm> {
-  // Files first: a FIFO without a writer then holds nothing open but itself, and --timeout (signal) bounds it.
-  const kernel = await readImageFile(options.kernel, {
-    what: "kernel image",
-    maxBytes: MAX_KERNEL_FILE_BYTES,
-    signal,
-  });
-  let initrd: Uint8Array | undefined;
-  if (options.initrd !== undefined) {
-    // An initrd must fit in guest RAM: the memory size caps it (parsed by Vm.create, so check after).
-    initrd = await readImageFile(options.initrd, { what: "initrd", maxBytes: MAX_KERNEL_FILE_BYTES, signal });
-  }
   const vm = await Vm.create({
     memory: options.memory,
     cpus: options.cpus,
@@ -176,14 +169,16 @@ export async function createBootVm(options: BootOptions, signal?: AbortSignal): 
       : { hide: options.cpuidHide, vendor: options.cpuidVendor },
   });
   try {
+    const kernel = await readImageFile(options.kernel, {
+      what: "kernel image",
+      maxBytes: MAX_KERNEL_FILE_BYTES,
+      signal,
+    });
     const load: LoadOptions = { ...options.load, path: options.kernel };
-    if (initrd !== undefined) {
-      if (initrd.length > vm.memory.ramSize) {
-        throw new Error(
-          `Cannot read initrd ${options.initrd}: it is ${initrd.length} bytes, more than guest RAM (${vm.memory.ramSize} bytes)`,
-        );
-      }
-      load.modules = [{ data: initrd, cmdline: options.initrd! }];
+    if (options.initrd !== undefined) {
+      // An initrd must fit in guest RAM.
+      const data = await readImageFile(options.initrd, { what: "initrd", maxBytes: vm.memory.ramSize, signal });
+      load.modules = [{ data, cmdline: options.initrd }];
     }
     await vm.load(kernel, load);
   } catch (error) {

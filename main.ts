@@ -12,7 +12,8 @@ usage: hvsh                          open the REPL on the demo VM
        hvsh --kernel FILE [OPTIONS]  open the REPL on a kernel (boot options as below)
        hvsh --empty                  open the REPL with no VM
        hvsh boot --kernel FILE ...   run a kernel with COM1 on this terminal (hvsh boot --help)
-       hvsh run SCRIPT.ts [ARGS]     run a provisioning script with the scripting API`;
+       hvsh run SCRIPT.ts [ARGS]     run a provisioning script with the scripting API
+       hvsh fuzz [--minutes N] [--seed S] [--only a,b]  fuzz hvsh itself (hvsh fuzz --help)`;
 
 async function runScript(args: string[]): Promise<number> {
   const [script] = args;
@@ -31,6 +32,10 @@ async function main(args: string[]): Promise<number> {
       return await bootCommand(rest);
     case "run":
       return await runScript(rest);
+    case "fuzz": {
+      const { fuzzCommand } = await import("./cli/fuzz.ts");
+      return await fuzzCommand(rest);
+    }
     case "help":
     case "--help":
     case "-h":

@@ -11,13 +11,21 @@ import { Vm } from "../core/vm.ts";
 import { describeStop, type StopEvent } from "../core/stop.ts";
 import type { ImageFormat, LoadOptions } from "../core/loader/mod.ts";
 import { isLoopback, listenGdb, parseGdbAddress, serveGdbUntilEnd } from "../core/gdb/server.ts";
+import { MAX_KERNEL_FILE_BYTES, readImageFile } from "../core/loader/read_image_file.ts";
+import { GuestOutput } from "./_guest_output.ts";
 
 /** Exit statuses of `hvsh boot`. */
 export const BOOT_STATUS = {
   halted: 0,
   crashed: 4,
   usage: 2,
+  /** stdout failed (closed by its reader, full, an I/O error): sysexits' EX_IOERR. */
+  outputError: 74,
   timeout: 124,
+  /** 128 + the signal number for SIGHUP, SIGINT, SIGTERM (hvsh stops the guest and writes its pending output first). */
+  hangup: 129,
+  interrupted: 130,
+  terminated: 143,
 } as const;
 
 /** A command-line mistake: printed with the usage, exit status 2. */
@@ -36,8 +44,13 @@ export const BOOT_USAGE = `usage: hvsh boot --kernel FILE [--format auto|flat|el
 Runs the kernel with COM1 on this terminal. Exit status: (V << 1) | 1 when the guest
 writes V to port 0xf4; 0 when it halts for good, powers off (ACPI S5) or asks for a
 reset (i8042 0xfe, port 0xcf9: the run ends as with QEMU's -no-reboot); 4 when it
-crashes; 124 on --timeout;
-2 on a usage or image error.
+crashes; 124 on --timeout (which also covers reading the kernel and initrd);
+2 on a usage or image error; 74 when stdout fails (its reader closed it, as with
+"| head", or it is full): hvsh prints one line and stops the guest; 129, 130, 143
+on SIGHUP, SIGINT, SIGTERM: the guest is stopped and its pending output written
+first. A reader slower than the guest pauses the guest until it catches up.
+--kernel and --initrd must be files or pipes (at most 1 GiB; an initrd at most
+--mem); devices such as /dev/zero are refused.
 
 --gdb serves the GDB remote protocol (host 127.0.0.1 unless one is given; a path with
 a / is a Unix socket): gdb -ex 'target remote 127.0.0.1:PORT'. The guest runs at once
@@ -142,8 +155,12 @@ export function parseBootArgs(args: string[]): BootOptions {
   };
 }
 
-/** Creates a VM and loads the kernel as the boot options say. Closes the VM if loading fails. */
-export async function createBootVm(options: BootOptions): Promise<Vm> {
+/**
+ * Creates a VM and loads the kernel as the boot options say. Closes the VM if loading fails. The kernel and
+ * initrd are read with a size cap (devices refused); `signal` (e.g. --timeout) bounds the reading, which a
+ * FIFO without a writer would otherwise block forever.
+ */
+export async function createBootVm(options: BootOptions, signal?: AbortSignal): Promise<Vm> {
   const vm = await Vm.create({
     memory: options.memory,
     cpus: options.cpus,
@@ -152,17 +169,18 @@ export async function createBootVm(options: BootOptions): Promise<Vm> {
       : { hide: options.cpuidHide, vendor: options.cpuidVendor },
   });
   try {
-    const load = { ...options.load };
+    const kernel = await readImageFile(options.kernel, {
+      what: "kernel image",
+      maxBytes: MAX_KERNEL_FILE_BYTES,
+      signal,
+    });
+    const load: LoadOptions = { ...options.load, path: options.kernel };
     if (options.initrd !== undefined) {
-      let data: Uint8Array;
-      try {
-        data = await Deno.readFile(options.initrd);
-      } catch (error) {
-        throw new Error(`Cannot read initrd ${options.initrd}: ${(error as Error).message}`);
-      }
+      // An initrd must fit in guest RAM.
+      const data = await readImageFile(options.initrd, { what: "initrd", maxBytes: vm.memory.ramSize, signal });
       load.modules = [{ data, cmdline: options.initrd }];
     }
-    await vm.load(options.kernel, load);
+    await vm.load(kernel, load);
   } catch (error) {
     await vm.close();
     throw error;
@@ -207,37 +225,6 @@ async function pumpStdin(vm: Vm, signal: AbortSignal): Promise<void> {
   }
 }
 
-/** Connects COM1 output to stdout, batched per event-loop turn (a write per byte would cost a syscall each). */
-function pipeSerialToStdout(vm: Vm): () => void {
-  let pending: Uint8Array[] = [];
-  let scheduled = false;
-  const flush = () => {
-    scheduled = false;
-    if (pending.length === 0) return;
-    const total = pending.reduce((n, chunk) => n + chunk.length, 0);
-    const out = new Uint8Array(total);
-    let at = 0;
-    for (const chunk of pending) {
-      out.set(chunk, at);
-      at += chunk.length;
-    }
-    pending = [];
-    let written = 0;
-    while (written < out.length) written += Deno.stdout.writeSync(out.subarray(written));
-  };
-  const unsubscribe = vm.serial.onData((bytes) => {
-    pending.push(bytes);
-    if (!scheduled) {
-      scheduled = true;
-      setTimeout(flush, 0);
-    }
-  });
-  return () => {
-    unsubscribe();
-    flush();
-  };
-}
-
 /** `--gdb`: serves gdb until the guest ends. Returns the stop to report, or the exit status when none is left to report. */
 async function runUnderGdb(vm: Vm, options: BootOptions): Promise<StopEvent | number> {
   const gdb = options.gdb!;
@@ -271,47 +258,136 @@ async function runUnderGdb(vm: Vm, options: BootOptions): Promise<StopEvent | nu
   return end.stop;
 }
 
+/** Signals `hvsh boot` handles: the guest stops, its pending output is written, and hvsh exits 128 + the number. */
+const STOP_SIGNALS = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 } as const;
+type StopSignal = keyof typeof STOP_SIGNALS;
+/** How long output still waiting for stdout may hold up an exit caused by a signal. */
+const SIGNAL_FLUSH_MS = 2_000;
+
+function describeWriteError(error: Error): string {
+  return error.message.replace(/ \(os error \d+\)$/, "");
+}
+
 /** Runs `hvsh boot ARGS` and returns the process exit status. */
 export async function bootCommand(args: string[]): Promise<number> {
   if (args.includes("--help") || args.includes("-h")) {
     console.log(BOOT_USAGE);
     return 0;
   }
-  let vm: Vm;
+  const started = performance.now();
+  let options: BootOptions;
   try {
-    vm = await createBootVm(parseBootArgs(args));
+    options = parseBootArgs(args);
   } catch (error) {
     console.error(`hvsh boot: ${(error as Error).message}`);
     if (error instanceof UsageError) console.error(BOOT_USAGE);
     return BOOT_STATUS.usage;
   }
-  const timeoutMs = parseBootArgs(args).timeoutMs;
+  const timeoutMs = options.timeoutMs;
+  const deadline = timeoutMs === undefined ? Infinity : started + timeoutMs;
+  // --timeout covers loading too (a FIFO with no writer, a slow disk).
+  const loading = new AbortController();
+  const loadTimer = timeoutMs === undefined ? undefined : setTimeout(() => loading.abort(), timeoutMs);
+  let vm: Vm;
+  try {
+    vm = await createBootVm(options, loading.signal);
+  } catch (error) {
+    if (loading.signal.aborted) {
+      console.error(
+        `hvsh: timed out after ${timeoutMs} ms while reading the kernel or initrd (a FIFO with no writer?)`,
+      );
+      return BOOT_STATUS.timeout;
+    }
+    console.error(`hvsh boot: ${(error as Error).message}`);
+    if (error instanceof UsageError) console.error(BOOT_USAGE);
+    return BOOT_STATUS.usage;
+  } finally {
+    clearTimeout(loadTimer);
+  }
+
+  let signalled: StopSignal | undefined;
+  const signalArrived = new AbortController();
+  const signalListeners = (Object.keys(STOP_SIGNALS) as StopSignal[]).map((name) => {
+    const listener = () => {
+      signalled ??= name;
+      signalArrived.abort();
+      void vm.pause();
+    };
+    Deno.addSignalListener(name, listener);
+    return () => Deno.removeSignalListener(name, listener);
+  });
+  const inGdb = options.gdb !== undefined;
+  const output = new GuestOutput(Deno.stdout, {
+    // Under gdb the run belongs to the gdb server: output beyond the bound is dropped rather than pausing it.
+    onCongested: () => {
+      if (!inGdb) void vm.pause();
+    },
+    onFailed: () => {
+      if (!inGdb) void vm.pause();
+    },
+  });
+  const unsubscribe = vm.serial.onData((bytes) => output.push(bytes));
   const stopInput = new AbortController();
-  const stopOutput = pipeSerialToStdout(vm);
   const input = pumpStdin(vm, stopInput.signal);
   try {
-    const options = parseBootArgs(args);
     let stop: Awaited<ReturnType<typeof runUnderGdb>>;
     try {
-      stop = options.gdb === undefined
-        ? await vm.run(timeoutMs === undefined ? {} : { timeout: timeoutMs })
-        : await runUnderGdb(vm, options);
+      if (inGdb) {
+        stop = await runUnderGdb(vm, options);
+      } else {
+        for (;;) {
+          const left = deadline - performance.now();
+          stop = await vm.run(left === Infinity ? {} : { timeout: Math.max(0, left) });
+          if (stop.reason !== "paused" || signalled !== undefined || output.failure !== undefined) break;
+          // Paused because stdout is slower than the guest: go on once the reader has caught up.
+          if (!await output.drained(deadline, signalArrived.signal)) {
+            if (signalled === undefined) stop = { ...stop, reason: "timeout" };
+            break;
+          }
+        }
+      }
     } catch (error) {
       // A device model or hook failed on what the guest did: report it as a crash, not a stack trace.
-      stopOutput();
+      unsubscribe();
+      await output.drained(Math.min(deadline, performance.now() + SIGNAL_FLUSH_MS));
       console.error(`hvsh: the guest could not run on: ${(error as Error).message}`);
       return BOOT_STATUS.crashed;
     }
-    stopOutput();
+    unsubscribe();
+    const flushDeadline = signalled !== undefined ? Math.min(deadline, performance.now() + SIGNAL_FLUSH_MS) : deadline;
+    const flushed = await output.drained(flushDeadline);
+    if (output.failure !== undefined) {
+      console.error(
+        `hvsh: cannot write the guest's output to stdout: ${describeWriteError(output.failure)}; the guest was stopped`,
+      );
+      return BOOT_STATUS.outputError;
+    }
+    if (signalled !== undefined) {
+      const passed = flushed ? "all passed on" : `${output.pendingBytes} bytes of it could not be written`;
+      console.error(
+        `hvsh: stopped by ${signalled} (the guest wrote ${vm.serial.transmitted} bytes to COM1, ${passed})`,
+      );
+      return 128 + STOP_SIGNALS[signalled];
+    }
+    if (!flushed) {
+      console.error(
+        `hvsh: timed out after ${timeoutMs} ms: stdout is not being read (${output.pendingBytes} bytes of guest output not written)`,
+      );
+      return BOOT_STATUS.timeout;
+    }
     if (typeof stop === "number") return stop;
     const status = statusForStop(stop);
     if (status === BOOT_STATUS.crashed || status === BOOT_STATUS.timeout || stop.reason === "shutdown") {
-      console.error(`hvsh: ${describeStop(stop)}`);
+      const pendingNote = stop.reason === "timeout" && output.pendingBytes > 0
+        ? ` (stdout is not being read: ${output.pendingBytes} bytes of guest output not written)`
+        : "";
+      console.error(`hvsh: ${describeStop(stop)}${pendingNote}`);
     }
     return status;
   } finally {
     stopInput.abort();
     void input; // a pending stdin read may never end (a TTY); main exits the process
+    for (const remove of signalListeners) remove();
     await vm.close();
   }
 }

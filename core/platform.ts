@@ -26,6 +26,7 @@ import { Serial16550 } from "../devices/serial.ts";
 import { DebugExit, SinkPort } from "../devices/debug_exit.ts";
 import { buildAcpiTables } from "./firmware/acpi.ts";
 import { buildMpTable } from "./firmware/mptable.ts";
+import type { ReservedRange } from "./loader/types.ts";
 
 /**
  * Where the platform puts everything: ports (with how many each device
@@ -71,6 +72,8 @@ export interface PcPlatform {
   acpiPm: AcpiPm;
   /** Where the ACPI FACS is (its firmware waking vector is at +12), when the tables were written. */
   facs: number | undefined;
+  /** The firmware tables written in RAM (ACPI, RSDP, MP table): the loader refuses images that would overwrite them. */
+  reserved: ReservedRange[];
 }
 
 /** What {@link buildPlatform} placed. */
@@ -157,7 +160,16 @@ function installPcDevices(
   io(PC_LAYOUT.pcTestdevIrq, "pc-testdev-irq", testDev.irqPorts);
   buses.mmio.insert(PC_LAYOUT.pcTestdevIomem.address, PC_LAYOUT.pcTestdevIomem.size, "pc-testdev-iomem", testDev.iomem);
 
-  const platform: PcPlatform = { fwCfg, cmos, i8042, pciHost, testDev, acpiPm: undefined!, facs: undefined };
+  const platform: PcPlatform = {
+    fwCfg,
+    cmos,
+    i8042,
+    pciHost,
+    testDev,
+    acpiPm: undefined!,
+    facs: undefined,
+    reserved: [],
+  };
   platform.acpiPm = new AcpiPm({ onSleep: (type) => sleepPolicy(machine, platform, type) });
   io(PC_LAYOUT.acpiPm, "acpi-pm", platform.acpiPm);
 
@@ -174,9 +186,12 @@ function installPcDevices(
     platform.facs = acpi.addresses.facs;
     memory.write(PC_LAYOUT.acpiTables.address, acpi.tables);
     memory.write(PC_LAYOUT.rsdp.address, acpi.rsdp);
-    memory.write(
-      PC_LAYOUT.mpTable.address,
-      buildMpTable({ cpus, address: PC_LAYOUT.mpTable.address, ioapicId: 0, irq0Override }),
+    const mpTable = buildMpTable({ cpus, address: PC_LAYOUT.mpTable.address, ioapicId: 0, irq0Override });
+    memory.write(PC_LAYOUT.mpTable.address, mpTable);
+    platform.reserved.push(
+      { label: "the ACPI tables", start: PC_LAYOUT.acpiTables.address, size: acpi.tables.length },
+      { label: "the ACPI RSDP", start: PC_LAYOUT.rsdp.address, size: acpi.rsdp.length },
+      { label: "the MP table", start: PC_LAYOUT.mpTable.address, size: mpTable.length },
     );
   }
   if (machine.hasIrqchip && memory.isRam(0, 0x10_0000)) installBiosState(machine);

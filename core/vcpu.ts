@@ -293,30 +293,41 @@ export class Vcpu {
     this.setRegs(this.#cleanRegs({ rip: options.ip, rsp: options.sp ?? 0 }));
   }
 
-  /** Puts the vCPU in flat 32-bit protected mode, paging off, at `entry`. */
-  enterProtectedMode(options: { entry: number | bigint; registers?: RegisterValues }): void {
-    this.#writeBootGdt();
-    this.#enterFlatMode(32, { cr0: CR0.PE | CR0.ET | CR0.NE, cr3: 0n, cr4: 0n, efer: 0n }, options);
+  /**
+   * Puts the vCPU in flat 32-bit protected mode, paging off, at `entry`. The
+   * boot GDT goes to `gdt` (default 0x500; the loader picks a place the image does not use).
+   */
+  enterProtectedMode(options: { entry: number | bigint; registers?: RegisterValues; gdt?: number }): void {
+    const gdt = options.gdt ?? BOOT_LAYOUT.gdt;
+    this.#writeBootGdt(gdt);
+    this.#enterFlatMode(32, gdt, { cr0: CR0.PE | CR0.ET | CR0.NE, cr3: 0n, cr4: 0n, efer: 0n }, options);
   }
 
   /**
    * Puts the vCPU in 64-bit long mode at `entry`, with identity page tables
-   * covering all RAM (2 MiB pages below 4 GiB, 1 GiB pages above).
+   * covering all RAM (2 MiB pages below 4 GiB, 1 GiB pages above). The GDT
+   * goes to `gdt` (default 0x500), the 0x6000 bytes of page tables to
+   * `pageTables` (default 0x1000): the loader picks places the image does not use.
    */
-  enterLongMode(options: { entry: number | bigint; registers?: RegisterValues }): void {
-    this.#writeBootGdt();
-    this.#writeIdentityPageTables();
-    this.#enterFlatMode(64, {
+  enterLongMode(
+    options: { entry: number | bigint; registers?: RegisterValues; gdt?: number; pageTables?: number },
+  ): void {
+    const gdt = options.gdt ?? BOOT_LAYOUT.gdt;
+    const pml4 = options.pageTables ?? BOOT_LAYOUT.pml4;
+    this.#writeBootGdt(gdt);
+    this.#writeIdentityPageTables(pml4);
+    this.#enterFlatMode(64, gdt, {
       cr0: CR0.PE | CR0.ET | CR0.NE | CR0.PG,
-      cr3: BigInt(BOOT_LAYOUT.pml4),
+      cr3: BigInt(pml4),
       cr4: CR4.PAE,
       efer: EFER.LME | EFER.LMA,
     }, options);
   }
 
-  /** Flat segments from the boot GDT (code of `bits`, 32-bit data), the given control registers, clean registers. */
+  /** Flat segments from the boot GDT at `gdt` (code of `bits`, 32-bit data), the given control registers, clean registers. */
   #enterFlatMode(
     bits: 32 | 64,
+    gdt: number,
     control: Pick<SpecialRegisters, "cr0" | "cr3" | "cr4" | "efer">,
     options: { entry: number | bigint; registers?: RegisterValues },
   ): void {
@@ -330,7 +341,7 @@ export class Vcpu {
       gs: dataSegment,
       ss: dataSegment,
       tr: taskSegment(),
-      gdt: { base: BigInt(BOOT_LAYOUT.gdt), limit: 6 * 8 - 1 },
+      gdt: { base: BigInt(gdt), limit: 6 * 8 - 1 },
       idt: { base: 0n, limit: 0 },
       ...control,
     });
@@ -343,7 +354,7 @@ export class Vcpu {
     return { ...clean, ...values };
   }
 
-  #writeBootGdt(): void {
+  #writeBootGdt(base: number): void {
     const gdt = [
       0n,
       0x00af9b000000ffffn, // 0x08: 64-bit code
@@ -352,12 +363,14 @@ export class Vcpu {
       0x008f9b000000ffffn, // 0x20: 16-bit code
       0x008f93000000ffffn, // 0x28: 16-bit data
     ];
-    gdt.forEach((entry, i) => this.#memory.writeU64(BOOT_LAYOUT.gdt + i * 8, entry));
+    gdt.forEach((entry, i) => this.#memory.writeU64(base + i * 8, entry));
   }
 
-  #writeIdentityPageTables(): void {
+  #writeIdentityPageTables(pml4: number): void {
     const memory = this.#memory;
-    const { pml4, pdpt, pageDirectories } = BOOT_LAYOUT;
+    // Same shape as BOOT_LAYOUT, wherever it sits: PML4, then PDPT, then four page directories.
+    const pdpt = pml4 + 0x1000;
+    const pageDirectories = pml4 + 0x2000;
     const present = 0x3n; // present | writable
     const large = 0x80n;
     memory.fill(pml4, 0x1000, 0);

@@ -12,6 +12,7 @@ import { Machine, type MachineOptions, type MachineParts } from "./machine.ts";
 import { BusDispatch, type IoHook, type MmioHook } from "./bus_dispatch.ts";
 import type { IoBus, MmioBus } from "../devices/bus.ts";
 import type { Serial16550 } from "../devices/serial.ts";
+import { MAX_KERNEL_FILE_BYTES, readImageFile } from "./loader/read_image_file.ts";
 import { FW_CFG_KEY } from "../devices/fw_cfg.ts";
 import { detectFormat, type LoadedImage, loadImage, type LoadOptions } from "./loader/mod.ts";
 import type { ImageSymbol } from "./loader/types.ts";
@@ -108,11 +109,7 @@ export class Vm extends Machine {
     this.assertIdle("load an image");
     let bytes: Uint8Array;
     if (typeof source === "string") {
-      try {
-        bytes = await Deno.readFile(source);
-      } catch (error) {
-        throw new Error(`Cannot read kernel image ${source}: ${(error as Error).message}`, { cause: error });
-      }
+      bytes = await readImageFile(source, { what: "kernel image", maxBytes: MAX_KERNEL_FILE_BYTES });
     } else {
       bytes = source;
     }
@@ -135,6 +132,7 @@ export class Vm extends Machine {
       isRam: (address, length) => memory.isRam(address, length),
       write: (address, data) => memory.write(address, data),
       fill: (address, length, value) => memory.fill(address, length, value),
+      reserved: this.platform?.reserved ?? [],
     }, loadOptions);
     const cpu = this.cpu(0);
     const entry = image.entry;
@@ -143,9 +141,9 @@ export class Vm extends Machine {
       const cs = linear < 0x10000 ? 0 : linear >>> 4;
       cpu.enterRealMode({ cs, ip: linear - cs * 16 });
     } else if (image.mode === "protected") {
-      cpu.enterProtectedMode({ entry, registers: image.registers });
+      cpu.enterProtectedMode({ entry, registers: image.registers, ...image.bootStructures });
     } else {
-      cpu.enterLongMode({ entry, registers: image.registers });
+      cpu.enterLongMode({ entry, registers: image.registers, ...image.bootStructures });
     }
     this.image = image;
     this.#lastLoad = { bytes, options: { ...loadOptions, cmdline } };

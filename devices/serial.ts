@@ -39,8 +39,96 @@ const MCR_LOOP = 0x10;
 const RX_FIFO_SIZE = 16;
 /** Host-side input queue bound: input beyond it is refused, not silently dropped. */
 const INPUT_LIMIT = 1 << 20;
-/** How much output {@link Serial16550.output} keeps (oldest text is dropped first). */
-const OUTPUT_LIMIT = 16 << 20;
+/**
+ * How many bytes of output {@link Serial16550.output} keeps by default: the
+ * last 1 MiB (older bytes are dropped first). Set `outputLimit` to keep more,
+ * or `Infinity` to keep everything.
+ *
+ * @example
+ * ```ts
+ * import { DEFAULT_SERIAL_OUTPUT_LIMIT } from "./serial.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(DEFAULT_SERIAL_OUTPUT_LIMIT, 1 << 20);
+ * ```
+ */
+export const DEFAULT_SERIAL_OUTPUT_LIMIT = 1 << 20;
+
+/** Options of {@linkcode Serial16550}. */
+export interface SerialOptions {
+  /** Bytes of output `output` keeps (default {@linkcode DEFAULT_SERIAL_OUTPUT_LIMIT}); `Infinity` keeps all. */
+  outputLimit?: number;
+}
+
+/** The last `limit` bytes pushed, in a buffer that grows up to the limit and then wraps. */
+class ByteRing {
+  #buffer: Uint8Array;
+  #start = 0;
+  #length = 0;
+  #limit: number;
+  /** Bytes pushed out of the ring since the last clear. */
+  dropped = 0;
+
+  constructor(limit: number) {
+    this.#limit = limit;
+    this.#buffer = new Uint8Array(Math.min(4096, limit));
+  }
+
+  get length(): number {
+    return this.#length;
+  }
+
+  get limit(): number {
+    return this.#limit;
+  }
+
+  set limit(limit: number) {
+    if (!(limit >= 0)) throw new RangeError(`Invalid serial output limit ${limit}: expected bytes >= 0 or Infinity`);
+    const keep = this.toBytes().subarray(Math.max(0, this.#length - limit));
+    this.dropped += this.#length - keep.length;
+    this.#limit = limit;
+    this.#buffer = new Uint8Array(Math.max(Math.min(4096, limit), keep.length));
+    this.#buffer.set(keep);
+    this.#start = 0;
+    this.#length = keep.length;
+  }
+
+  push(byte: number): void {
+    if (this.#limit === 0) {
+      this.dropped++;
+      return;
+    }
+    if (this.#length === this.#buffer.length && this.#length < this.#limit) {
+      const grown = new Uint8Array(Math.min(this.#buffer.length * 2, this.#limit));
+      grown.set(this.toBytes());
+      this.#buffer = grown;
+      this.#start = 0;
+    }
+    if (this.#length < this.#buffer.length) {
+      this.#buffer[(this.#start + this.#length++) % this.#buffer.length] = byte;
+    } else {
+      this.#buffer[this.#start] = byte;
+      this.#start = (this.#start + 1) % this.#buffer.length;
+      this.dropped++;
+    }
+  }
+
+  toBytes(): Uint8Array {
+    const end = this.#start + this.#length;
+    if (end <= this.#buffer.length) return this.#buffer.slice(this.#start, end);
+    const out = new Uint8Array(this.#length);
+    out.set(this.#buffer.subarray(this.#start));
+    out.set(this.#buffer.subarray(0, end - this.#buffer.length), this.#buffer.length - this.#start);
+    return out;
+  }
+
+  clear(): void {
+    this.#buffer = new Uint8Array(Math.min(4096, this.#limit));
+    this.#start = 0;
+    this.#length = 0;
+    this.dropped = 0;
+  }
+}
 
 /**
  * Snapshot of the UART: its registers, the bytes in its receive FIFO and the
@@ -71,6 +159,12 @@ type SerialRegisters = Omit<SerialState, "rxFifo" | "inputQueue">;
 /**
  * A 16550A UART.
  *
+ * What the guest transmits goes to `onData` observers as it comes and is
+ * kept for {@linkcode Serial16550.output} in a bounded ring: the last
+ * `outputLimit` bytes (1 MiB by default), so a guest that floods the port
+ * cannot grow the host's memory. Scripts that want everything set
+ * `outputLimit = Infinity` (or subscribe with `onData`).
+ *
  * @example
  * ```ts
  * import { Serial16550 } from "./serial.ts";
@@ -96,20 +190,27 @@ export class Serial16550 implements IoDevice {
   #input: Uint8Array[] = [];
   #inputOffset = 0;
   #inputBytes = 0;
-  #outputText = "";
-  #decoder = new TextDecoder();
+  #output: ByteRing;
+  /** `output` decoded, until the next byte arrives. */
+  #outputText: string | undefined = "";
+  #waiterCheckScheduled = false;
   #observers = new Set<(bytes: Uint8Array) => void>();
   #waiters = new Set<() => void>();
   #interruptLine: ((level: boolean) => void) | undefined;
   #interruptLevel = false;
   #transmitted = 0;
 
+  constructor(options: SerialOptions = {}) {
+    this.#output = new ByteRing(DEFAULT_SERIAL_OUTPUT_LIMIT);
+    if (options.outputLimit !== undefined) this.#output.limit = options.outputLimit;
+  }
+
   /**
    * Builds a UART in `state` (as {@link Serial16550.state} returns it,
    * possibly through JSON). Throws as {@link Serial16550.restore} does.
    */
-  static fromState(state: SerialState): Serial16550 {
-    const uart = new Serial16550();
+  static fromState(state: SerialState, options: SerialOptions = {}): Serial16550 {
+    const uart = new Serial16550(options);
     uart.restore(state);
     return uart;
   }
@@ -124,9 +225,41 @@ export class Serial16550 implements IoDevice {
     if (this.#interruptLevel) line(true);
   }
 
-  /** Everything the guest has transmitted, decoded as UTF-8 (bounded to the last 16 MiB). */
+  /**
+   * What the guest has transmitted, decoded as UTF-8: the last `outputLimit`
+   * bytes (all of it unless more than that was sent; see `droppedOutput`).
+   * A multi-byte character cut by the limit or still incomplete is left out.
+   */
   get output(): string {
+    if (this.#outputText === undefined) {
+      let bytes = this.#output.toBytes();
+      if (this.#output.dropped > 0) {
+        // The ring may start inside a character: skip its continuation bytes.
+        let skip = 0;
+        while (skip < bytes.length && skip < 3 && (bytes[skip]! & 0xc0) === 0x80) skip++;
+        bytes = bytes.subarray(skip);
+      }
+      this.#outputText = new TextDecoder().decode(bytes, { stream: true });
+    }
     return this.#outputText;
+  }
+
+  /**
+   * How many bytes `output` keeps (default 1 MiB, {@linkcode DEFAULT_SERIAL_OUTPUT_LIMIT}).
+   * Lowering it drops the oldest bytes; `Infinity` keeps everything, for scripts that want all output.
+   */
+  get outputLimit(): number {
+    return this.#output.limit;
+  }
+
+  set outputLimit(limit: number) {
+    this.#output.limit = limit;
+    this.#outputText = undefined;
+  }
+
+  /** Bytes transmitted but no longer in `output` because of `outputLimit` (since the last `clearOutput`). */
+  get droppedOutput(): number {
+    return this.#output.dropped;
   }
 
   /** Total bytes the guest has transmitted. */
@@ -136,6 +269,7 @@ export class Serial16550 implements IoDevice {
 
   /** Forgets the captured output (what `output` returns). */
   clearOutput(): void {
+    this.#output.clear();
     this.#outputText = "";
   }
 
@@ -176,7 +310,7 @@ export class Serial16550 implements IoDevice {
     const timeout = options.timeout ?? 10_000;
     return new Promise((resolve, reject) => {
       const check = (): boolean => {
-        const match = this.#outputText.match(regex);
+        const match = this.output.match(regex);
         if (match === null) return false;
         cleanup();
         resolve(match);
@@ -187,7 +321,7 @@ export class Serial16550 implements IoDevice {
         reject(
           new Error(
             `Timed out after ${timeout} ms waiting for ${regex} on the serial port; output so far: ${
-              JSON.stringify(this.#outputText.slice(-200))
+              JSON.stringify(this.output.slice(-200))
             }`,
           ),
         );
@@ -336,11 +470,20 @@ export class Serial16550 implements IoDevice {
 
   #transmit(byte: number): void {
     this.#transmitted++;
-    const bytes = Uint8Array.of(byte);
-    this.#outputText += this.#decoder.decode(bytes, { stream: true });
-    if (this.#outputText.length > OUTPUT_LIMIT) this.#outputText = this.#outputText.slice(-OUTPUT_LIMIT / 2);
-    for (const observer of this.#observers) observer(bytes);
-    for (const waiter of [...this.#waiters]) waiter();
+    this.#output.push(byte);
+    this.#outputText = undefined;
+    if (this.#observers.size > 0) {
+      const bytes = Uint8Array.of(byte);
+      for (const observer of this.#observers) observer(bytes);
+    }
+    // Decoding the whole ring per byte would be quadratic: waiters look once per turn of the event loop.
+    if (this.#waiters.size > 0 && !this.#waiterCheckScheduled) {
+      this.#waiterCheckScheduled = true;
+      queueMicrotask(() => {
+        this.#waiterCheckScheduled = false;
+        for (const waiter of [...this.#waiters]) waiter();
+      });
+    }
   }
 
   #refill(): void {

@@ -28,7 +28,10 @@ function loadHistory(): string[] {
 
 function saveHistory(lines: readonly string[]): void {
   try {
-    Deno.writeTextFileSync(historyFile(), lines.slice(-HISTORY_LIMIT).join("\n") + "\n");
+    // History can hold secrets typed at the prompt: only its owner may read it (mode applies when creating).
+    const path = historyFile();
+    Deno.writeTextFileSync(path, lines.slice(-HISTORY_LIMIT).join("\n") + "\n", { mode: 0o600 });
+    if (((Deno.statSync(path).mode ?? 0) & 0o077) !== 0) Deno.chmodSync(path, 0o600);
   } catch {
     // a read-only home is no reason to fail
   }

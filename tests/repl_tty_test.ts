@@ -275,7 +275,7 @@ ttyTest("Tab completes a symbol after .x/FMT (.x/2i lev -> .x/2i level)", async 
 
 // --------------------------------------------------------------- history
 
-ttyTest("Up recalls the previous line; history persists in HVSH_HISTORY across two REPL runs", async () => {
+ttyTest("Up recalls the previous line; history persists in HVSH_HISTORY (mode 0600) across two REPL runs", async () => {
   await withTempDir(async (dir) => {
     const history = join(dir, "history");
     await withRepl(await dbgArgs(), async (pane) => {
@@ -296,6 +296,9 @@ ttyTest("Up recalls the previous line; history persists in HVSH_HISTORY across t
       assert.equal(await pane.exitStatus(), 0);
     }, { history });
     assert.equal(await Deno.readTextFile(history), "const histmark = 41\n.regs rip\n.exit\n");
+    assert.equal((await Deno.stat(history)).mode! & 0o777, 0o600, "a new history file is private to its owner");
+    // A history file an older hvsh created world-readable is tightened on the next save.
+    await Deno.chmod(history, 0o644);
 
     await withRepl(await dbgArgs(), async (pane) => {
       await pane.keys("Up");
@@ -314,6 +317,7 @@ ttyTest("Up recalls the previous line; history persists in HVSH_HISTORY across t
     }, { history });
     const lines = (await Deno.readTextFile(history)).split("\n");
     assert.deepEqual(lines.slice(-4), ["const histmark = 41", "histmark + 1", ".exit", ""]);
+    assert.equal((await Deno.stat(history)).mode! & 0o777, 0o600);
   });
 });
 

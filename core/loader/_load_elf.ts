@@ -53,10 +53,7 @@ export function planElfSegments(
   }
   const byPaddr = loads.some((ph) => ph.paddr !== 0n) ||
     loads.every((ph) => ph.vaddr === 0n);
-  const placed: { vaddr: bigint; address: number; memsz: number }[] = [];
-  let lowest = Number.POSITIVE_INFINITY;
-  let end = 0;
-  for (const ph of loads) {
+  const reservations = loads.map((ph) => {
     const label = `program header ${ph.index} (${programHeaderTypeName(ph.type)})`;
     const start = byPaddr ? ph.paddr : ph.vaddr;
     if (limit !== undefined && start + BigInt(ph.memsz) > limit.address) {
@@ -64,13 +61,21 @@ export function planElfSegments(
         `${prefix}${label} ends at ${hex(start + BigInt(ph.memsz))}, beyond ${limit.why}`,
       );
     }
-    const address = plan.reserve(label, start, ph.memsz);
+    return { label, start, size: ph.memsz };
+  });
+  // One batch: 200k segments are checked against each other in O(n log n).
+  const addresses = plan.reserveAll(reservations);
+  const placed: { vaddr: bigint; address: number; memsz: number }[] = [];
+  let lowest = Number.POSITIVE_INFINITY;
+  let end = 0;
+  loads.forEach((ph, i) => {
+    const address = addresses[i]!;
     plan.write(address, bytes.subarray(ph.offset, ph.offset + ph.filesz));
     plan.fill(address + ph.filesz, ph.memsz - ph.filesz, 0);
     placed.push({ vaddr: ph.vaddr, address, memsz: ph.memsz });
     lowest = Math.min(lowest, address);
     end = Math.max(end, address + ph.memsz);
-  }
+  });
 
   let entry: bigint | undefined;
   for (const p of placed) {

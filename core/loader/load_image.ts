@@ -6,7 +6,7 @@
  */
 
 import { detectFormat } from "./detect_format.ts";
-import { type ElfImage, type ElfSymbol, hasElfMagic, parseElf } from "./elf.ts";
+import { type ElfImage, type ElfSymbol, EM_386, EM_X86_64, hasElfMagic, parseElf } from "./elf.ts";
 import {
   findMultibootHeader,
   MULTIBOOT_BOOTLOADER_MAGIC,
@@ -17,7 +17,7 @@ import {
 import { planMultibootInfo } from "./_multiboot_info.ts";
 import { planElfSegments } from "./_load_elf.ts";
 import { errorPrefix, hex, LoadPlan } from "./_plan.ts";
-import type { ImageFormat, LoadedImage, LoadOptions, LoadTarget, MultibootModule } from "./types.ts";
+import type { BootStructures, ImageFormat, LoadedImage, LoadOptions, LoadTarget, MultibootModule } from "./types.ts";
 
 /**
  * Where a flat image is loaded when no `loadAddress` is given.
@@ -143,8 +143,45 @@ export function loadImage(
       image = planMultiboot(bytes, plan, target.ramSize, options, prefix);
       break;
   }
+  if (image.mode !== "real") image.bootStructures = planBootStructures(plan, image.mode, prefix);
   plan.apply();
   return image;
+}
+
+/** The boot GDT's size: six 8-byte descriptors (see Vcpu.enterProtectedMode). */
+const BOOT_GDT_SIZE = 6 * 8;
+/** PML4, PDPT and four page directories mapping the first 4 GiB with 2 MiB pages. */
+const BOOT_PAGE_TABLES_SIZE = 6 * 0x1000;
+/** Where boot structures go when the image leaves them free (the machine's long-standing layout). */
+const USUAL_GDT = 0x500;
+const USUAL_PAGE_TABLES = 0x1000;
+/** The real-mode IVT and BDA below 0x500, and the EBDA, video and BIOS area: never used for boot structures. */
+const KEEP_OUT: readonly [number, number][] = [[0, USUAL_GDT], [0x9fc00, REAL_MODE_LIMIT]];
+
+/**
+ * Reserves room for the boot GDT and (long mode) the page tables the machine
+ * writes before entering the image: at the usual addresses when the image
+ * and the machine leave them free, else at the lowest free RAM below 4 GiB.
+ * Throws a RangeError naming what is in the way when there is no room.
+ */
+function planBootStructures(plan: LoadPlan, mode: "protected" | "long", prefix: string): BootStructures {
+  const place = (label: string, size: number, align: number, usual: number): number => {
+    const inWay = plan.overlapping(usual, usual + size);
+    if (inWay === undefined && plan.findFree(size, align, usual, usual + size, KEEP_OUT) === usual) {
+      return plan.reserve(label, usual, size);
+    }
+    const address = plan.findFree(size, align, USUAL_GDT, FOUR_GIB, KEEP_OUT);
+    if (address === undefined) {
+      const why = inWay === undefined ? "is not RAM" : `holds ${inWay.label} [${hex(inWay.start)}, ${hex(inWay.end)})`;
+      throw new RangeError(
+        `${prefix}no room for ${label} (${hex(size)} bytes): ${hex(usual)} ${why} and no other free RAM below 4 GiB`,
+      );
+    }
+    return plan.reserve(label, address, size);
+  };
+  const gdt = place("the boot GDT", BOOT_GDT_SIZE, 8, USUAL_GDT);
+  if (mode === "protected") return { gdt };
+  return { gdt, pageTables: place("the boot page tables", BOOT_PAGE_TABLES_SIZE, 0x1000, USUAL_PAGE_TABLES) };
 }
 
 function checkOptions(format: ImageFormat, options: LoadOptions, prefix: string): void {
@@ -205,7 +242,20 @@ function planFlat(
   };
 }
 
+/** Refuses an ELF whose class and machine disagree (ELF32 must be EM_386, ELF64 EM_X86_64). */
+function checkElfMachine(elf: ElfImage, prefix: string): void {
+  const want = elf.class === 64 ? EM_X86_64 : EM_386;
+  if (elf.machine !== want) {
+    throw new TypeError(
+      `${prefix}e_machine is ${elf.machine} (${elf.machine === EM_386 ? "EM_386" : "EM_X86_64"}) but EI_CLASS is ${
+        elf.class === 64 ? 2 : 1
+      } (ELF${elf.class}); an ELF${elf.class} kernel must be ${want === EM_386 ? "EM_386 (3)" : "EM_X86_64 (62)"}`,
+    );
+  }
+}
+
 function checkElfType(elf: ElfImage, prefix: string): void {
+  checkElfMachine(elf, prefix);
   if (elf.type !== ET_EXEC && elf.type !== ET_DYN) {
     throw new TypeError(
       `${prefix}e_type is ${elf.type} (${

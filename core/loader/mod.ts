@@ -34,3 +34,4 @@ export * from "./elf.ts";
 export * from "./multiboot.ts";
 export * from "./detect_format.ts";
 export * from "./load_image.ts";
+export * from "./read_image_file.ts";

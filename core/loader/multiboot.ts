@@ -170,7 +170,8 @@ export interface MultibootHeader {
  *
  * Throws a `SyntaxError` if the magic is present but no occurrence has a
  * valid checksum, or if the header is cut off before the fields its flags
- * announce (a.out kludge: 32 bytes; video: 48 bytes).
+ * announce (a.out kludge: 32 bytes; video: 48 bytes), by the end of the file
+ * or by the end of the 8192-byte window.
  *
  * @param bytes The kernel image (at least its first 8192 bytes).
  * @param path The image path, for error messages.
@@ -210,6 +211,13 @@ export function findMultibootHeader(
     const header: MultibootHeader = { offset, flags, checksum };
     const prefix = errorPrefix("parse", "multiboot header", path);
     const need = (size: number, what: string) => {
+      if (offset + size > MULTIBOOT_SEARCH) {
+        throw new SyntaxError(
+          `${prefix}flags ${hex(flags)} announce ${what}, but the header at ${hex(offset)} would end at ${
+            hex(offset + size)
+          }, past the first ${MULTIBOOT_SEARCH} bytes where the header must lie entirely`,
+        );
+      }
       if (offset + size > bytes.length) {
         throw new SyntaxError(
           `${prefix}flags ${hex(flags)} announce ${what}, but the header at ${

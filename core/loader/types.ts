@@ -37,6 +37,52 @@ export interface LoadTarget {
   write(addr: number, bytes: Uint8Array): void;
   /** Fill [addr, addr+len) with `value` (loaders pass 0 to zero BSS). */
   fill(addr: number, len: number, value: number): void;
+  /**
+   * Ranges the machine already uses (firmware tables such as ACPI and the MP
+   * table): an image that would overwrite one is refused with an error naming it,
+   * and boot structures are placed elsewhere.
+   */
+  readonly reserved?: readonly ReservedRange[];
+}
+
+/**
+ * A range of guest RAM the machine holds, which a loader must not overwrite.
+ *
+ * @example
+ * ```ts
+ * import type { ReservedRange } from "./types.ts";
+ *
+ * const acpi: ReservedRange = { label: "the ACPI tables", start: 0xe0000, size: 0x1000 };
+ * ```
+ */
+export interface ReservedRange {
+  /** What it holds, as error messages name it ("the ACPI tables"). */
+  label: string;
+  /** Its first address. */
+  start: number;
+  /** Its size in bytes. */
+  size: number;
+}
+
+/**
+ * Where the loader placed the structures the machine writes to enter the
+ * image: the boot GDT (protected and long mode) and the identity-mapping page
+ * tables (long mode: PML4, PDPT and four page directories, 0x6000 bytes).
+ * They sit at the usual addresses (GDT 0x500, page tables 0x1000) unless the
+ * image occupies those, in which case they go to the lowest free RAM.
+ *
+ * @example
+ * ```ts
+ * import type { BootStructures } from "./types.ts";
+ *
+ * const usual: BootStructures = { gdt: 0x500, pageTables: 0x1000 };
+ * ```
+ */
+export interface BootStructures {
+  /** Address of the 48-byte boot GDT. */
+  gdt: number;
+  /** Address of the 0x6000 bytes of page tables (long mode only). */
+  pageTables?: number;
 }
 
 /**
@@ -187,4 +233,6 @@ export interface LoadedImage {
   end: number;
   /** The multiboot info area (struct, strings, memory map and modules). */
   bootInfo?: { address: number; size: number };
+  /** Where the machine must write its boot GDT and page tables (absent for real mode). */
+  bootStructures?: BootStructures;
 }

@@ -65,9 +65,10 @@ export class ApplicationProcessors {
       this.#threads.push({ cpu, worker, mailbox });
     }
     for (const { cpu, mailbox } of this.#threads) {
-      const deadline = performance.now() + 10_000;
+      // A Worker's start is module loading: seconds on a host loaded many times over, so the limit is generous.
+      const deadline = performance.now() + 30_000;
       while (Atomics.load(mailbox, Mailbox.state) !== State.parked) {
-        if (performance.now() > deadline) throw new Error(`vCPU ${cpu.index}'s thread did not start within 10 s`);
+        if (performance.now() > deadline) throw new Error(`vCPU ${cpu.index}'s thread did not start within 30 s`);
         await new Promise((resolve) => setTimeout(resolve, 1));
       }
     }

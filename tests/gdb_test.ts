@@ -91,7 +91,7 @@ async function gdb(
 async function served(guestName: string) {
   const vm = await Vm.create({ memory: "64M" });
   await vm.load(await guest(guestName));
-  const server = listenGdb(vm, { port: 0 });
+  const server = listenGdb(vm, { port: 0, allowJs: true }); // the tests' gdb runs monitor js
   return {
     vm,
     server,

@@ -48,7 +48,7 @@ export interface GdbStubOptions {
   send: (bytes: Uint8Array) => void;
   /** Monitor commands; default the shared {@link monitorCommands}. */
   monitor?: MonitorRegistry;
-  /** Whether `monitor js` may run. Default true. */
+  /** Whether `monitor js` may run host code. Default false. */
   allowJs?: boolean;
   /** Called once `D` (detach) has been answered: the connection should close. */
   onDetach?: () => void;
@@ -184,6 +184,8 @@ export class GdbStub {
       case "interrupt":
         this.#log("-> ^C");
         if (this.#target.running) void this.#target.interrupt();
+        // A `c` that came in the same read is still queued: interrupt the run it starts.
+        else this.#enqueue(() => this.#interruptQueuedResume());
         break;
       case "ack":
         break;
@@ -200,6 +202,10 @@ export class GdbStub {
         }
         break;
     }
+  }
+
+  async #interruptQueuedResume(): Promise<void> {
+    if (this.#waiting && this.#target.running) await this.#target.interrupt();
   }
 
   #enqueue(task: () => void | Promise<void>): void {
@@ -491,7 +497,7 @@ export class GdbStub {
       set memorySpace(space: MemorySpace) {
         stub.memorySpace = space;
       },
-      allowJs: this.#options.allowJs ?? true,
+      allowJs: this.#options.allowJs ?? false,
       registry: this.#monitor,
     };
   }

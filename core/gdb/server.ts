@@ -3,7 +3,9 @@
  * runs one {@link GdbStub} per connection, one connection at a time.
  *
  * - A second client while one is attached gets one `E` packet saying so and
- *   is disconnected; the first stays.
+ *   is disconnected; the first stays. (It waits up to a second first: a
+ *   client that has just hung up may not have been seen leaving yet.)
+ * - A connection reset before it is accepted is skipped; the server goes on.
  * - A client that disconnects (or dies) mid-command leaves the VM paused and
  *   usable; its breakpoints and watchpoints are removed.
  * - `detach` lets the guest run on; the server keeps listening.
@@ -173,9 +175,15 @@ interface Client {
   target: VmTarget | undefined;
   stub: GdbStub | undefined;
   writing: Promise<void>;
+  /** Resolves when the connection has ended (read EOF or error), before the teardown. */
+  left: Promise<void>;
+  hasLeft: () => void;
   /** Resolves when this client's session (and every earlier one) is over. */
   done: Promise<void>;
 }
+
+/** How long a new client waits for the attached one to be seen leaving before it is refused. */
+const REFUSE_GRACE_MS = 1000;
 
 /** How long to wait before accepting again after an accept error that was not the peer's (e.g. out of fds). */
 const ACCEPT_RETRY_MS = 50;
@@ -205,6 +213,9 @@ class Server implements GdbServer {
   #resolveClosed!: (end: GdbServerEnd) => void;
   #client: Client | undefined;
   #closing = false;
+  #startClosing!: () => void;
+  /** Resolves when the server starts closing. */
+  readonly #closingNow = new Promise<void>((resolve) => this.#startClosing = resolve);
   #killed = false;
   #listeners = new Set<(connected: boolean) => void>();
   #accepting: Promise<void>;
@@ -268,10 +279,17 @@ class Server implements GdbServer {
         conn.close();
         return;
       }
-      if (this.#client !== undefined) {
+      const attached = this.#client;
+      if (attached !== undefined) {
         // The attached client may have hung up just before this one connected, its FIN or RST not read
-        // yet: let those reads run before deciding whether the slot is taken.
-        await new Promise((resolve) => setTimeout(resolve, 0));
+        // yet (the event loop is busy with the guest): give it a moment to be seen leaving before refusing.
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        await Promise.race([
+          attached.left,
+          this.#closingNow,
+          new Promise((resolve) => timer = setTimeout(resolve, REFUSE_GRACE_MS)),
+        ]);
+        clearTimeout(timer);
         if (this.#closing) {
           closeQuietly(conn);
           return;
@@ -293,11 +311,15 @@ class Server implements GdbServer {
    */
   #serve(conn: Deno.Conn): void {
     if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
+    let hasLeft!: () => void;
+    const left = new Promise<void>((resolve) => hasLeft = resolve);
     const client: Client = {
       conn,
       target: undefined,
       stub: undefined,
       writing: Promise.resolve(),
+      left,
+      hasLeft,
       done: Promise.resolve(),
     };
     this.#client = client;
@@ -310,6 +332,7 @@ class Server implements GdbServer {
     const conn = client.conn;
     if (this.#closing) {
       if (this.#client === client) this.#client = undefined;
+      client.hasLeft();
       closeQuietly(conn);
       return;
     }
@@ -348,6 +371,7 @@ class Server implements GdbServer {
     }
     // The client is gone: the next one may take the slot (its session waits for this teardown).
     if (this.#client === client) this.#client = undefined;
+    client.hasLeft();
     try {
       await stub.disconnect();
     } finally {
@@ -360,6 +384,7 @@ class Server implements GdbServer {
   async #shutdown(end: GdbServerEnd): Promise<void> {
     if (this.#closing) return;
     this.#closing = true;
+    this.#startClosing();
     try {
       this.#listener.close();
     } catch {

@@ -39,7 +39,8 @@ export class UsageError extends Error {
 /** The usage text of `hvsh boot`. */
 export const BOOT_USAGE = `usage: hvsh boot --kernel FILE [--format auto|flat|elf|multiboot] [--load-addr ADDR]
                  [--append "CMDLINE"] [--initrd FILE] [--mem 64M] [--cpus N] [--timeout SECONDS]
-                 [--cpuid-hide FEATURE,...] [--cpuid-vendor VENDOR12] [--gdb [HOST:]PORT|SOCKET-PATH [--wait]]
+                 [--cpuid-hide FEATURE,...] [--cpuid-vendor VENDOR12]
+                 [--gdb [HOST:]PORT|SOCKET-PATH [--wait] [--gdb-allow-js]]
 
 Runs the kernel with COM1 on this terminal. Exit status: (V << 1) | 1 when the guest
 writes V to port 0xf4; 0 when it halts for good, powers off (ACPI S5) or asks for a
@@ -57,7 +58,10 @@ a / is a Unix socket): gdb -ex 'target remote 127.0.0.1:PORT'. The guest runs at
 (gdb stops it when it attaches) or, with --wait, stays at its first instruction until
 gdb continues. hvsh exits when the guest does; a crash while gdb is attached is shown
 to gdb and ends the run when gdb detaches. gdb's detach lets the guest run on; gdb's
-kill stops it: hvsh prints "hvsh: killed by gdb" and exits with status 0.`;
+kill stops it: hvsh prints "hvsh: killed by gdb" and exits with status 0. A Unix socket
+path another program listens on is refused; a stale socket file there is replaced.
+gdb's "monitor js EXPR" runs JavaScript inside hvsh, so it is off unless --gdb-allow-js
+is given (anyone who can connect to the gdb address could then run code as hvsh).`;
 
 /** Parsed `hvsh boot` options, shared with the REPL's `--kernel`. */
 export interface BootOptions {
@@ -74,6 +78,8 @@ export interface BootOptions {
   gdb: { host?: string; port?: number; path?: string } | undefined;
   /** `--wait`: hold the guest until gdb continues it. */
   wait: boolean;
+  /** `--gdb-allow-js`: let gdb's `monitor js` run host code. */
+  gdbAllowJs: boolean;
 }
 
 /** Parses a number written in decimal or 0x-hex, naming the option on error. */
@@ -104,6 +110,7 @@ export function parseBootArgs(args: string[]): BootOptions {
         "cpuid-vendor": { type: "string" },
         gdb: { type: "string" },
         wait: { type: "boolean", default: false },
+        "gdb-allow-js": { type: "boolean", default: false },
       },
       allowPositionals: true,
       strict: true,
@@ -141,6 +148,7 @@ export function parseBootArgs(args: string[]): BootOptions {
     }
   }
   if (values.wait && gdb === undefined) throw new UsageError("--wait needs --gdb [HOST:]PORT|PATH");
+  if (values["gdb-allow-js"] && gdb === undefined) throw new UsageError("--gdb-allow-js needs --gdb [HOST:]PORT|PATH");
   return {
     kernel,
     load,
@@ -152,6 +160,7 @@ export function parseBootArgs(args: string[]): BootOptions {
     initrd: values.initrd,
     gdb,
     wait: values.wait,
+    gdbAllowJs: values["gdb-allow-js"],
   };
 }
 
@@ -230,15 +239,15 @@ async function runUnderGdb(vm: Vm, options: BootOptions): Promise<StopEvent | nu
   const gdb = options.gdb!;
   let server;
   try {
-    server = listenGdb(vm, gdb);
+    server = listenGdb(vm, { ...gdb, allowJs: options.gdbAllowJs });
   } catch (error) {
     console.error(`hvsh boot: ${(error as Error).message}`);
     return BOOT_STATUS.usage;
   }
   if (gdb.host !== undefined && !isLoopback(gdb.host)) {
     console.error(
-      `hvsh: warning: the gdb server listens on ${server.address}: anyone who can reach it can control the VM ` +
-        `(monitor js is disabled)`,
+      `hvsh: warning: the gdb server listens on ${server.address}: anyone who can reach it can control the VM` +
+        (options.gdbAllowJs ? " and run code as hvsh (--gdb-allow-js)" : ""),
     );
   }
   const held = options.wait ? " (the guest waits for gdb to continue)" : "";

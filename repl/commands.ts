@@ -555,11 +555,19 @@ export function setConsoleAttacher(attach: (session: Session) => Promise<void>):
 
 registerCommand({
   name: "gdb",
-  usage: ".gdb [PORT]",
-  help: "serve gdb's remote protocol for this VM on 127.0.0.1:PORT (default 1234); gdb's monitor runs dot commands",
+  usage: ".gdb [PORT] [--allow-js]",
+  help: "serve gdb's remote protocol for this VM on 127.0.0.1:PORT (default 1234); gdb's monitor runs dot commands " +
+    "(monitor js only with --allow-js: it runs host code for anyone who can connect)",
   async run(args, session) {
-    const port = args.trim() === "" ? 1234 : count(args, 1234);
-    const { listenGdb, defaultMonitorRegistry } = await import("../core/gdb/mod.ts");
+    const words = args.trim().split(/\s+/).filter((word) => word !== "");
+    const allowJs = words.includes("--allow-js");
+    const rest = words.filter((word) => word !== "--allow-js");
+    if (rest.length > 1) throw new CommandError(`Unexpected argument ${quote(rest[1]!)}`);
+    const port = rest.length === 0 ? 1234 : Number(rest[0]);
+    if (!/^\d+$/.test(rest[0] ?? "0") || port > 65535) {
+      throw new CommandError(`Invalid port ${quote(rest[0]!)}: expected 0-65535 (0 picks a free one)`);
+    }
+    const { defaultMonitorRegistry } = await import("../core/gdb/mod.ts");
     // gdb's `monitor CMD` runs the stub's own commands first, then any REPL dot command, with its output captured.
     const monitor = defaultMonitorRegistry();
     for (const command of registry.values()) {
@@ -570,7 +578,8 @@ registerCommand({
         run: (monitorArgs) => session.capture(() => runDotCommand(`${command.name} ${monitorArgs}`, session)),
       });
     }
-    const server = listenGdb(session.vm, { port, monitor });
+    // Through vm.gdb, so scripts find it as vm.gdb.server (its port when 0 was asked for).
+    const server = session.vm.gdb.listen({ port, monitor, allowJs });
     session.output.print(`gdb: target remote ${server.address} (monitor help lists the commands)`);
   },
 });

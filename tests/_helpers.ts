@@ -61,3 +61,16 @@ export function toHex(bytes: Uint8Array): string {
 
 /** Milliseconds a run of a tiny guest may take before a test calls it hung. */
 export const RUN_TIMEOUT_MS = 10_000;
+
+/**
+ * Waits until `condition()` holds, looking every few milliseconds; throws
+ * naming `what` when it still does not hold after `timeoutMs`. Tests wait
+ * for conditions this way instead of sleeping a fixed time.
+ */
+export async function waitUntil(condition: () => boolean, what: string, timeoutMs = RUN_TIMEOUT_MS): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() >= deadline) throw new Error(`Timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 2));
+  }
+}

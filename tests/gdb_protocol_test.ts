@@ -36,6 +36,7 @@ import {
 import { MonitorRegistry } from "../core/gdb/monitor.ts";
 import { type GdbServer, listenGdb, parseGdbAddress } from "../core/gdb/server.ts";
 import { guest, kvmAvailable, symbol } from "./_helpers.ts";
+import { expandRunLength, RawClient } from "./_gdb_client.ts";
 
 const text = (s: string) => new TextEncoder().encode(s);
 
@@ -109,19 +110,6 @@ Deno.test("hexEncode()/hexDecode() round-trip and hexDecode() names bad input", 
 });
 
 // ---------------------------------------------------------------- command parsers (no KVM)
-
-/** Expands the reply's run-length encoding (`c*N`: N - 29 more copies of c), as gdb does. */
-function expandRunLength(body: string): string {
-  let out = "";
-  for (let i = 0; i < body.length; i++) {
-    if (body[i] === "*" && out.length > 0 && i + 1 < body.length) {
-      out += out.at(-1)!.repeat(body.charCodeAt(++i) - 29);
-    } else {
-      out += body[i];
-    }
-  }
-  return out;
-}
 
 /** A stop reply with the expedited core registers 0-23 (16 of 64 bits, then 8 of 32 bits) after `prefix`. */
 function stopReply(prefix: string): RegExp {
@@ -297,119 +285,6 @@ Deno.test("parseGdbAddress() reads PORT, HOST:PORT, [IPv6]:PORT and socket paths
 });
 
 // ---------------------------------------------------------------- a raw client against a VM
-
-/** A GDB stand-in speaking raw bytes over TCP. */
-class RawClient {
-  readonly #conn: Deno.TcpConn;
-  #buffer = "";
-  #eof = false;
-  #pending: Promise<number | null> | undefined;
-  readonly #chunk = new Uint8Array(65536);
-
-  private constructor(conn: Deno.TcpConn) {
-    this.#conn = conn;
-  }
-
-  static async connect(server: GdbServer): Promise<RawClient> {
-    const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.port! });
-    conn.setNoDelay(true);
-    return new RawClient(conn);
-  }
-
-  async write(raw: string): Promise<void> {
-    const bytes = textToBytes(raw);
-    let done = 0;
-    while (done < bytes.length) done += await this.#conn.write(bytes.subarray(done));
-  }
-
-  /** Sends a framed packet. */
-  send(payload: string): Promise<void> {
-    return this.write(bytesToText(encodePacket(payload)));
-  }
-
-  /** Waits until `end(buffer)` finds an end index, then consumes and returns that much. */
-  async take(end: (buffer: string) => number | undefined, timeoutMs = 5000): Promise<string> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const at = end(this.#buffer);
-      if (at !== undefined) {
-        const out = this.#buffer.slice(0, at);
-        this.#buffer = this.#buffer.slice(at);
-        return out;
-      }
-      if (this.#eof) throw new Error(`connection closed; buffer ${JSON.stringify(this.#buffer)}`);
-      await this.#fill(deadline);
-    }
-  }
-
-  async #fill(deadline: number): Promise<void> {
-    this.#pending ??= this.#conn.read(this.#chunk);
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<"timeout">((resolve) =>
-      timer = setTimeout(() => resolve("timeout"), deadline - Date.now())
-    );
-    const result = await Promise.race([this.#pending, timeout]);
-    clearTimeout(timer);
-    if (result === "timeout") throw new Error(`timed out; buffer ${JSON.stringify(this.#buffer)}`);
-    this.#pending = undefined;
-    if (result === null) this.#eof = true;
-    else this.#buffer += bytesToText(this.#chunk.slice(0, result));
-  }
-
-  /** The next byte. */
-  byte(timeoutMs?: number): Promise<string> {
-    return this.take((b) => b.length > 0 ? 1 : undefined, timeoutMs);
-  }
-
-  /** Everything up to the end of the next packet, as received (acks included). */
-  rawPacket(timeoutMs?: number): Promise<string> {
-    return this.take((b) => {
-      const hash = b.indexOf("#");
-      return hash >= 0 && b.length >= hash + 3 ? hash + 3 : undefined;
-    }, timeoutMs);
-  }
-
-  /** The next packet's payload (checksum verified), skipping acks before it. */
-  async packet(timeoutMs?: number): Promise<string> {
-    const raw = await this.take((b) => {
-      const start = b.indexOf("$");
-      const hash = b.indexOf("#", start);
-      return start >= 0 && hash >= 0 && b.length >= hash + 3 ? hash + 3 : undefined;
-    }, timeoutMs);
-    const start = raw.indexOf("$");
-    assert.match(raw.slice(0, start), /^\+*$/, `only acks before a packet: ${JSON.stringify(raw)}`);
-    const body = raw.slice(start + 1, -3);
-    assert.equal(raw.slice(-2), checksum(textToBytes(body)).toString(16).padStart(2, "0"), `checksum of ${raw}`);
-    return expandRunLength(body);
-  }
-
-  /** Sends a packet in ack mode: expects `+`, returns the reply (acked). */
-  async ask(payload: string): Promise<string> {
-    await this.send(payload);
-    assert.equal(await this.byte(), "+", `ack for ${payload}`);
-    const reply = await this.packet();
-    await this.write("+");
-    return reply;
-  }
-
-  /** Resolves true once the peer has closed the connection. */
-  async closedByPeer(timeoutMs = 5000): Promise<boolean> {
-    try {
-      await this.take(() => undefined, timeoutMs);
-    } catch (error) {
-      return /connection closed/.test((error as Error).message);
-    }
-    return false;
-  }
-
-  close(): void {
-    try {
-      this.#conn.close();
-    } catch {
-      // closed already
-    }
-  }
-}
 
 interface Fixture {
   vm: Vm;
@@ -607,7 +482,7 @@ kvmTest("Ctrl-C (0x03) interrupts spin.elf with a T02 stop reply at spin_here", 
   await using f = await fixture("spin.elf");
   await f.client.send("c");
   assert.equal(await f.client.byte(), "+");
-  await new Promise((resolve) => setTimeout(resolve, 100));
+  await f.vm.serial.waitFor("spinning\n"); // it reached its loop
   assert.equal(f.vm.state, "running");
   await f.client.write("\x03");
   assert.match(await f.client.packet(), stopReply("T02thread:1;"));
@@ -622,7 +497,7 @@ kvmTest(
     await using f = await fixture("spin.elf");
     await f.client.send("c");
     assert.equal(await f.client.byte(), "+");
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    await f.vm.serial.waitFor("spinning\n");
     const stop = await f.vm.pause();
     assert.equal(stop?.reason, "paused");
     assert.match(await f.client.packet(), stopReply("T02thread:1;"));
@@ -640,12 +515,11 @@ kvmTest("a client that disconnects mid-command leaves the VM paused and runnable
   await f.client.ask(`Z1,${(symbol(f.vm, "spin_here") + 0x100n).toString(16)},1`);
   await f.client.send("c");
   assert.equal(await f.client.byte(), "+");
-  await new Promise((resolve) => setTimeout(resolve, 50));
+  await f.vm.serial.waitFor("spinning\n");
   await f.client.write("$m1000"); // half a packet, then the link drops
+  const left = new Promise<void>((resolve) => f.server.onConnection((connected) => connected || resolve()));
   f.client.close();
-  for (let i = 0; i < 100 && (f.server.connected || f.vm.running); i++) {
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
+  await left;
   assert.equal(f.vm.state, "stopped");
   assert.equal(f.vm.debug.breakpoints.length, 0, "gdb's breakpoints were removed");
   const stop = await f.vm.run({ timeout: 30 });
@@ -698,8 +572,9 @@ kvmTest("Vm.close() closes the gdb servers listening for it, with a client attac
   const vm = await Vm.create();
   await vm.load(await guest("dbg64.elf"));
   const server = listenGdb(vm, { port: 0 });
+  const attached = new Promise<void>((resolve) => server.onConnection((connected) => connected && resolve()));
   const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.port! });
-  await new Promise((resolve) => setTimeout(resolve, 50));
+  await attached;
   await vm.close();
   assert.equal(await server.closed, "closed");
   const buffer = new Uint8Array(64);

@@ -19,6 +19,15 @@ import { Vm } from "../core/vm.ts";
 import { type GdbServer, listenGdb } from "../core/gdb/server.ts";
 import { readElfSymbols } from "../core/loader/elf.ts";
 import { guest, kvmAvailable, kvmMissingReason } from "./_helpers.ts";
+import { disassembly } from "./_elf_facts.ts";
+import { REGISTERS_SIZE, targetXml, X86_64_REGISTERS } from "../core/gdb/arch_x86.ts";
+
+/** A symbol's address in an ELF file. */
+function symbolIn(elf: string, name: string): bigint {
+  const found = readElfSymbols(Deno.readFileSync(elf), elf).find((s) => s.name === name);
+  if (found === undefined) throw new Error(`${elf} has no symbol ${name}`);
+  return found.address;
+}
 
 function probeGdb(): string | undefined {
   try {
@@ -91,7 +100,7 @@ async function gdb(
 async function served(guestName: string) {
   const vm = await Vm.create({ memory: "64M" });
   await vm.load(await guest(guestName));
-  const server = listenGdb(vm, { port: 0 });
+  const server = listenGdb(vm, { port: 0, allowJs: true }); // the tests' gdb runs monitor js
   return {
     vm,
     server,
@@ -100,6 +109,16 @@ async function served(guestName: string) {
       await vm.close();
     },
   };
+}
+
+/** Registers 0-56 of gdb's amd64 layout: its 64bit-core.xml (0-23, 32-39 x87 control) and 64bit-sse.xml. */
+const GDB_AMD64_RAW_REGISTERS = 57;
+
+/** `maint print registers` rows 0-56: name, number, offset, size. */
+function registerTable(output: string): { name: string; number: number; offset: number; size: number }[] {
+  return [...output.matchAll(/^ (\S+) +(\d+) +\d+ +(\d+) +(\d+) /gm)]
+    .filter((m) => m[1] !== "''" && Number(m[2]) < GDB_AMD64_RAW_REGISTERS)
+    .map((m) => ({ name: m[1]!, number: Number(m[2]), offset: Number(m[3]), size: Number(m[4]) }));
 }
 
 /** `$N = VALUE` lines of `print`, in order. */
@@ -209,9 +228,56 @@ gdbTest("gdb: monitor help, regs, pt, disas and js", async () => {
     out.all,
     /0x100000: 4-level paging\n {2}PML4E.*\n {2}PDPTE.*\n {2}PDE .*LARGE\n {2}-> physical 0x100000 \(2 MiB page\)/,
   );
-  assert.match(out.all, /=?\s*0x100014 <bump>: 55 +push rbp/);
+  // bump's address from the ELF's symbols, its first instruction as objdump decodes it.
+  const elf = await guest("dbg64.elf");
+  const [first] = disassembly(elf).instructions.get("bump")!;
+  assert.equal(first!.address, symbolIn(elf, "bump"));
+  assert.match(out.all, new RegExp(`=?\\s*0x${first!.address.toString(16)} <bump>: ${first!.bytes} +${first!.text}`));
   assert.match(out.all, /^1048577n$/m);
   assert.match(out.all, /unknown monitor command "nosuch"/);
+});
+
+Deno.test({
+  name: "targetXml() gives gdb its own amd64 layout: registers 0-56 as gdb 64bit-core/sse.xml number and size them",
+  ignore: gdbMissingReason !== undefined,
+  fn: () => {
+    // gdb's built-in amd64 description (its 64bit-core.xml and 64bit-sse.xml), no target involved.
+    const builtIn = new Deno.Command("gdb", {
+      args: ["-batch", "-nx", "-ex", "set architecture i386:x86-64", "-ex", "maint print registers"],
+      stdout: "piped",
+      stderr: "null",
+    }).outputSync();
+    const gdbs = registerTable(new TextDecoder().decode(builtIn.stdout));
+    assert.equal(gdbs.length, GDB_AMD64_RAW_REGISTERS, "gdb's core and sse registers");
+    // Ours, read back from the XML hvsh sends (not from the table it is generated from).
+    const xml = targetXml();
+    const ours = [...xml.matchAll(/<reg name="([^"]+)" bitsize="(\d+)"[^>]*regnum="(\d+)"/g)].map((m) => ({
+      name: m[1]!,
+      number: Number(m[3]),
+      size: Number(m[2]) / 8,
+    }));
+    let offset = 0;
+    const oursWithOffsets = ours.map((reg) => ({ ...reg, offset: (offset += reg.size) - reg.size }));
+    assert.deepEqual(
+      oursWithOffsets.slice(0, GDB_AMD64_RAW_REGISTERS),
+      gdbs.map(({ name, number, offset, size }) => ({ name, number, size, offset })),
+    );
+    assert.equal(offset, REGISTERS_SIZE, "the g packet holds every register of the XML");
+    assert.equal(ours.length, X86_64_REGISTERS.length);
+  },
+});
+
+gdbTest("gdb, connected: maint print registers shows the same 0-56 layout as gdb's built-in amd64", async () => {
+  await using s = await served("dbg64.elf");
+  const out = await gdb(s.server, await guest("dbg64.elf"), ["maint print registers"]);
+  const builtIn = new Deno.Command("gdb", {
+    args: ["-batch", "-nx", "-ex", "set architecture i386:x86-64", "-ex", "maint print registers"],
+    stdout: "piped",
+    stderr: "null",
+  }).outputSync();
+  const connected = registerTable(out.stdout);
+  assert.deepEqual(connected, registerTable(new TextDecoder().decode(builtIn.stdout)));
+  assert.match(out.stdout, /^ cr3 +\d+ /m, "and hvsh's system registers after them");
 });
 
 gdbTest("gdb: Ctrl-C (SIGINT to gdb) interrupts spin.elf at spin_here", async () => {
@@ -386,10 +452,6 @@ gdbTest("hvsh boot --gdb PATH --wait holds the guest for gdb; gdb's kill ends hv
 gdbTest(
   "hvsh boot --gdb 127.0.0.1:PORT --wait: after gdb's detach the guest finishes and hvsh exits with its status",
   async () => {
-    const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const port = probe.addr.port;
-    probe.close();
-    const address = `127.0.0.1:${port}`;
     const hvsh = new Deno.Command(DENO, {
       args: [
         "run",
@@ -400,7 +462,7 @@ gdbTest(
         "--kernel",
         await guest("dbg64.elf"),
         "--gdb",
-        address,
+        "127.0.0.1:0",
         "--wait",
       ],
       stdin: "null",
@@ -410,8 +472,9 @@ gdbTest(
     const killer = setTimeout(() => hvsh.kill("SIGKILL"), 30_000);
     try {
       const stderr = hvsh.stderr.getReader();
-      const { value } = await stderr.read(); // the "gdb server on ..." line: listening now
-      assert.match(new TextDecoder().decode(value), new RegExp(`gdb server on ${address}`));
+      const { value } = await stderr.read(); // the "gdb server on ..." line: listening now, on the port it chose
+      const address = /gdb server on (127\.0\.0\.1:[1-9]\d*)/.exec(new TextDecoder().decode(value))?.[1];
+      assert.ok(address !== undefined, new TextDecoder().decode(value));
       stderr.releaseLock();
       const out = await gdb({ address } as GdbServer, await guest("dbg64.elf"), ["break level1", "continue", "detach"]);
       assert.match(out.stdout, /Breakpoint 1, level1 \(\)/);

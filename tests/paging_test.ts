@@ -14,7 +14,7 @@ import { GuestMemory } from "../core/memory.ts";
 import { formatTranslation, translate, type Translation } from "../core/debug/paging.ts";
 import type { SpecialRegisters } from "../core/kvm/structs.ts";
 import { Vm } from "../core/vm.ts";
-import { guest, kvmAvailable, toHex } from "./_helpers.ts";
+import { guest, kvmAvailable, kvmMissingReason, toHex } from "./_helpers.ts";
 
 function kvmTest(name: string, fn: () => Promise<void>): void {
   Deno.test({ name, ignore: !kvmAvailable, fn });
@@ -452,57 +452,90 @@ kvmTest(
   },
 );
 
-/*
- * On this project's nested/emulated KVM host, KVM_SET_SREGS silently drops CR0.PG
- * outside long mode (read back: paging off), so KVM_TRANSLATE can only be compared
- * where the host kept it; the walker's answers are checked against hand-computed ones
- * on every host.
+/**
+ * Sets up 32-bit and then PAE page tables in a fresh VM's vCPU 0 (protected
+ * mode) and calls `check` in each mode with hand-computed translations.
  */
-kvmTest(
-  "Debugger.translate() follows PAE and 32-bit paging set in the vCPU (and agrees with KVM_TRANSLATE)",
-  async () => {
-    await using vm = await Vm.create({ memory: "16M" });
-    const cpu = vm.cpu(0);
-    const memory = vm.memory;
-    cpu.enterProtectedMode({ entry: 0x10_0000 });
-    const check = (mode: string, expected: [bigint, bigint | undefined][]) => {
-      const kvmPaging = (cpu.fd.getSregs().cr0 & CR0_PG) !== 0n;
+async function withLegacyPaging(
+  check: (vm: Vm, mode: "32-bit" | "pae", expected: [bigint, bigint | undefined][]) => void,
+): Promise<void> {
+  await using vm = await Vm.create({ memory: "16M" });
+  const cpu = vm.cpu(0);
+  const memory = vm.memory;
+  cpu.enterProtectedMode({ entry: 0x10_0000 });
+
+  // 32-bit tables at 0x20000 with one 4 KiB and one 4 MiB mapping.
+  const pd = 0x2_0000;
+  const pt = 0x2_1000;
+  memory.fill(pd, 0x2000, 0);
+  memory.writeU32(pd + (0x0040_3abc >>> 22) * 4, pt | 0x7);
+  memory.writeU32(pt + 3 * 4, 0x0005_5000 | 0x3);
+  memory.writeU32(pd + (0x8000_0000 >>> 22) * 4, 0x00c0_0000 | 0x83);
+  cpu.setSregs({ cr3: BigInt(pd), cr4: CR4_PSE, cr0: cpu.sregs.cr0 | CR0_PG });
+  check(vm, "32-bit", [[0x0040_3abcn, 0x0005_5abcn], [0x8012_3456n, 0x00d2_3456n], [0x4000_0000n, undefined]]);
+
+  // PAE tables at 0x30000.
+  const pdpt = 0x3_0000;
+  const paePd = 0x3_1000;
+  const paePt = 0x3_2000;
+  memory.fill(pdpt, 0x3000, 0);
+  memory.writeU64(pdpt + 3 * 8, BigInt(paePd) | P);
+  memory.writeU64(paePd + 2 * 8, BigInt(paePt) | P | W);
+  memory.writeU64(paePt + 1 * 8, 0x0abc_d000n | P | W);
+  memory.writeU64(paePd + 5 * 8, 0x0060_0000n | P | PS);
+  cpu.setSregs({ cr3: BigInt(pdpt), cr4: CR4_PAE });
+  check(vm, "pae", [
+    [0xc040_1234n, 0x0abc_d234n],
+    [0xc0a5_4321n, 0x0065_4321n],
+    [0x4000_0000n, undefined],
+    [0xc000_0000n, undefined],
+  ]);
+}
+
+kvmTest("Debugger.translate() follows PAE and 32-bit paging set in the vCPU", async () => {
+  await withLegacyPaging((vm, mode, expected) => {
+    assert.equal(vm.debug.translate(expected[0]![0]).paging, mode);
+    for (const [address, physical] of expected) {
+      assert.equal(vm.debug.translate(address).physical, physical, `${mode} ${hex(address)}`);
+    }
+  });
+});
+
+/**
+ * Why KVM_TRANSLATE cannot be compared here, or undefined when it can: on
+ * this project's nested/emulated KVM host, KVM_SET_SREGS silently drops
+ * CR0.PG outside long mode (it reads back as paging off).
+ */
+async function legacyPagingMissingReason(): Promise<string | undefined> {
+  if (!kvmAvailable) return kvmMissingReason;
+  await using vm = await Vm.create({ memory: "16M" });
+  const cpu = vm.cpu(0);
+  cpu.enterProtectedMode({ entry: 0x10_0000 });
+  vm.memory.fill(0x2_0000, 0x1000, 0);
+  cpu.setSregs({ cr3: 0x2_0000n, cr4: CR4_PSE, cr0: cpu.sregs.cr0 | CR0_PG });
+  return (cpu.fd.getSregs().cr0 & CR0_PG) !== 0n
+    ? undefined
+    : "this host's KVM drops CR0.PG outside long mode (KVM_SET_SREGS reads back paging off)";
+}
+
+const kvmTranslateIgnored = await legacyPagingMissingReason();
+if (kvmAvailable && kvmTranslateIgnored !== undefined) {
+  console.log(`KVM_TRANSLATE cross-check of 32-bit/PAE paging ignored: ${kvmTranslateIgnored}`);
+}
+
+Deno.test({
+  name: "KVM_TRANSLATE agrees with Debugger.translate() under PAE and 32-bit paging",
+  ignore: kvmTranslateIgnored !== undefined,
+  fn: async () => {
+    await withLegacyPaging((vm, mode, expected) => {
+      const cpu = vm.cpu(0);
+      assert.notEqual(cpu.fd.getSregs().cr0 & CR0_PG, 0n, "paging is on in KVM");
       for (const [address, physical] of expected) {
-        assert.equal(vm.debug.translate(address).physical, physical, `${mode} ${hex(address)}`);
-        if (kvmPaging) assert.equal(cpu.fd.translate(address)?.physical, physical, `KVM, ${mode} ${hex(address)}`);
+        assert.equal(cpu.fd.translate(address)?.physical, physical, `KVM, ${mode} ${hex(address)}`);
       }
-    };
-
-    // 32-bit tables at 0x20000 with one 4 KiB and one 4 MiB mapping.
-    const pd = 0x2_0000;
-    const pt = 0x2_1000;
-    memory.fill(pd, 0x2000, 0);
-    memory.writeU32(pd + (0x0040_3abc >>> 22) * 4, pt | 0x7);
-    memory.writeU32(pt + 3 * 4, 0x0005_5000 | 0x3);
-    memory.writeU32(pd + (0x8000_0000 >>> 22) * 4, 0x00c0_0000 | 0x83);
-    cpu.setSregs({ cr3: BigInt(pd), cr4: CR4_PSE, cr0: cpu.sregs.cr0 | CR0_PG });
-    assert.equal(vm.debug.translate(0x0040_3abcn).paging, "32-bit");
-    check("32-bit", [[0x0040_3abcn, 0x0005_5abcn], [0x8012_3456n, 0x00d2_3456n], [0x4000_0000n, undefined]]);
-
-    // PAE tables at 0x30000.
-    const pdpt = 0x3_0000;
-    const paePd = 0x3_1000;
-    const paePt = 0x3_2000;
-    memory.fill(pdpt, 0x3000, 0);
-    memory.writeU64(pdpt + 3 * 8, BigInt(paePd) | P);
-    memory.writeU64(paePd + 2 * 8, BigInt(paePt) | P | W);
-    memory.writeU64(paePt + 1 * 8, 0x0abc_d000n | P | W);
-    memory.writeU64(paePd + 5 * 8, 0x0060_0000n | P | PS);
-    cpu.setSregs({ cr3: BigInt(pdpt), cr4: CR4_PAE });
-    assert.equal(vm.debug.translate(0xc040_1234n).paging, "pae");
-    check("PAE", [
-      [0xc040_1234n, 0x0abc_d234n],
-      [0xc0a5_4321n, 0x0065_4321n],
-      [0x4000_0000n, undefined],
-      [0xc000_0000n, undefined],
-    ]);
+    });
   },
-);
+});
 
 // Regression: translate() does not check that a 64-bit linear address is canonical
 // (core/debug/paging.ts, translate(): bits 63..47, or 63..56 with LA57, must be equal);

@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { Vm } from "../mod.ts";
-import { guest, kvmAvailable } from "./_helpers.ts";
+import { guest, kvmAvailable, symbol, waitUntil } from "./_helpers.ts";
 
 const TIMEOUT = 20_000;
 
@@ -35,15 +35,32 @@ for (const cpus of [2, 4]) {
 kvmTest("Vm.pause() stops every vCPU of an SMP guest and run() resumes them", async () => {
   await using vm = await Vm.create({ cpus: 2 });
   await vm.load(await guest("smp.elf"));
-  const running = vm.run({ timeout: TIMEOUT });
-  setTimeout(() => void vm.pause(), 5);
-  const first = await running;
-  assert.ok(["paused", "exit"].includes(first.reason));
-  if (first.reason === "paused") {
-    const rip = vm.cpu(1).regs.rip; // readable: the AP is out of KVM_RUN
-    assert.equal(typeof rip, "bigint");
-    const stop = await vm.run({ timeout: TIMEOUT });
-    assert.equal(stop.reason, "exit", vm.serial.output);
+  // keep_running: the AP counts in ap_spins[1] and the BSP in bsp_spins for ever (see smp.c).
+  vm.memory.writeU32(Number(symbol(vm, "keep_running")), 1);
+  const apSpins = Number(symbol(vm, "ap_spins")) + 4 * 1;
+  const bspSpins = Number(symbol(vm, "bsp_spins"));
+  for (let round = 0; round < 2; round++) {
+    const running = vm.run({ timeout: TIMEOUT });
+    const counted = [vm.memory.readU32(apSpins), vm.memory.readU32(bspSpins)];
+    await waitUntil(
+      () => vm.memory.readU32(apSpins) !== counted[0] && vm.memory.readU32(bspSpins) !== counted[1],
+      "both vCPUs counting",
+      TIMEOUT,
+    );
+    await vm.pause();
+    const stop = await running;
+    assert.equal(stop.reason, "paused", vm.serial.output);
+    // Stopped means the counters hold still. A vCPU left in KVM_RUN adds millions a second, so a few
+    // event-loop turns spanning 50 ms show it; this watches for a change, it does not time anything.
+    const held = [vm.memory.readU32(apSpins), vm.memory.readU32(bspSpins)];
+    const until = performance.now() + 50;
+    while (performance.now() < until) await new Promise((resolve) => setTimeout(resolve, 5));
+    assert.deepEqual([vm.memory.readU32(apSpins), vm.memory.readU32(bspSpins)], held, "[AP, BSP] counters moved");
+    // The AP is out of KVM_RUN (its registers read without blocking) and stopped inside ap_main's loop.
+    const apRip = vm.cpu(1).regs.rip;
+    const apMain = symbol(vm, "ap_main");
+    const after = vm.image!.symbols.map((s) => s.address).filter((a) => a > apMain).reduce((a, b) => a < b ? a : b);
+    assert.ok(apRip >= apMain && apRip < after, `AP rip 0x${apRip.toString(16)} in ap_main`);
   }
   assert.match(vm.serial.output, /^bsp 0 saw 1 aps$/m);
 });

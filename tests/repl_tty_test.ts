@@ -21,8 +21,6 @@ const ROOT = new URL("..", import.meta.url).pathname;
 const HVSH = join(ROOT, "hvsh");
 /** Longest wait for text to appear on the screen. */
 const SCREEN_TIMEOUT_MS = 10_000;
-/** Wait of the tests that show a bug (they fail by timing out; no need to wait long). */
-const BUG_TIMEOUT_MS = 2_000;
 const POLL_MS = 25;
 // The status line may follow the prompt on the same line (hvsh leaves no newline after it).
 const EXITED = /\[hvsh exited (\d+)\]$/m;
@@ -259,7 +257,7 @@ ttyTest("Tab completes .vm verbs, register names and TypeScript members once cod
 ttyTest("Tab completes TypeScript members of vm on a fresh REPL (vm.deb -> vm.debug)", async () => {
   await withRepl(await dbgArgs(), async (pane) => {
     await pane.complete("vm.deb");
-    await pane.waitForPromptLine("vm.debug", BUG_TIMEOUT_MS);
+    await pane.waitForPromptLine("vm.debug");
   });
 });
 
@@ -269,7 +267,7 @@ ttyTest("Tab completes TypeScript members of vm on a fresh REPL (vm.deb -> vm.de
 ttyTest("Tab completes a symbol after .x/FMT (.x/2i lev -> .x/2i level)", async () => {
   await withRepl(await dbgArgs(), async (pane) => {
     await pane.complete(".x/2i lev");
-    await pane.waitForPromptLine(".x/2i level", BUG_TIMEOUT_MS);
+    await pane.waitForPromptLine(".x/2i level");
   });
 });
 

@@ -175,10 +175,10 @@ Deno.test("Serial16550 in loopback (MCR bit 4) feeds THR back to RBR instead of 
   assert.equal(uart.read(LSR, 1) & LSR_DR, 0);
 });
 
-// BUG (devices/serial.ts, read() case MSR): loopback maps MCR bits 0-1 to MSR bits 4-5 in the same order,
-// so DTR shows as CTS and RTS as DSR; the 16550 (and QEMU) wire DTR->DSR (bit 5) and RTS->CTS (bit 4).
-// Linux's 8250 autoconfig writes MCR = LOOP|RTS|OUT2 (0x1a) and wants MSR & 0xf0 == 0x90 (CTS|DCD); it
-// reads 0xa0 here and decides no UART is present. Fails until that is fixed.
+// Regression (devices/serial.ts, read() case MSR): loopback once mapped MCR bits 0-1 to MSR bits 4-5 in the
+// same order, so DTR showed as CTS and RTS as DSR; the 16550 (and QEMU) wire DTR->DSR (bit 5) and RTS->CTS
+// (bit 4). Linux's 8250 autoconfig writes MCR = LOOP|RTS|OUT2 (0x1a) and wants MSR & 0xf0 == 0x90
+// (CTS|DCD); reading 0xa0 it decided no UART was present.
 Deno.test("Serial16550 in loopback wires DTR->DSR, RTS->CTS, OUT1->RI, OUT2->DCD as Linux's probe expects", () => {
   const uart = new Serial16550();
   uart.write(MCR, 1, 0x10 | 0x0a); // LOOP | RTS | OUT2: Linux's autoconfig loopback test

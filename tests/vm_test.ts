@@ -434,9 +434,9 @@ kvmTest("Vm.close() of a running VM pauses it first and run() resolves", async (
   assert.equal(vm.state, "closed");
 });
 
-// BUG (core/vcpu.ts Vcpu / core/kvm/kvm.ts VcpuFd): after Vm.close() the vCPU still issues ioctls on its
-// closed fd number. Once another VM reuses that number, `closed.cpu(0).regs` reads (and setRegs writes)
-// the other VM's vCPU. VcpuFd methods should check #closed and throw "vCPU 0 is closed". Fails until fixed.
+// Regression (core/vcpu.ts Vcpu / core/kvm/kvm.ts VcpuFd): after Vm.close() the vCPU once still issued
+// ioctls on its closed fd number; once another VM reused that number, `closed.cpu(0).regs` read (and setRegs
+// wrote) the other VM's vCPU. VcpuFd methods check #closed and throw "vCPU 0 is closed".
 kvmTest("Vcpu of a closed VM throws instead of reaching another VM's vCPU through a reused fd", async () => {
   const closed = await Vm.create({ memory: "2M" });
   await closed.close();

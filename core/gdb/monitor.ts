@@ -33,7 +33,7 @@ export interface MonitorContext {
   readonly cpu: Vcpu;
   /** How `m`/`M`/`X` addresses are read: guest virtual (default) or physical. */
   memorySpace: MemorySpace;
-  /** Whether `monitor js` may run (off when the server listens beyond this host). */
+  /** Whether `monitor js` may run (off unless the server was started with allowJs). */
   readonly allowJs: boolean;
   /** The registry the command came from (for `help`). */
   readonly registry: MonitorRegistry;
@@ -207,7 +207,10 @@ const BUILTINS: MonitorCommand[] = [
     help: "js EXPR: evaluate JavaScript with vm, cpu and debug in scope and print the result",
     run: (args, context) => {
       if (!context.allowJs) {
-        throw new Error("disabled: this server listens beyond this host (start it with allowJs: true to enable)");
+        throw new Error(
+          "disabled: it runs host code for anyone who can connect; start the server with allowJs: true " +
+            "(hvsh boot --gdb-allow-js, the REPL's .gdb PORT --allow-js) to enable it",
+        );
       }
       if (args === "") throw new RangeError("expected an expression, e.g. monitor js vm.serial.output");
       return evaluate(args, context);

@@ -3,7 +3,9 @@
  * runs one {@link GdbStub} per connection, one connection at a time.
  *
  * - A second client while one is attached gets one `E` packet saying so and
- *   is disconnected; the first stays.
+ *   is disconnected; the first stays. (It waits up to a second first: a
+ *   client that has just hung up may not have been seen leaving yet.)
+ * - A connection reset before it is accepted is skipped; the server goes on.
  * - A client that disconnects (or dies) mid-command leaves the VM paused and
  *   usable; its breakpoints and watchpoints are removed.
  * - `detach` lets the guest run on; the server keeps listening.
@@ -34,6 +36,7 @@ import { encodePacket } from "./protocol.ts";
 import { GdbStub } from "./stub.ts";
 import { VmTarget } from "./target.ts";
 import type { MonitorRegistry } from "./monitor.ts";
+import { unixSocketState } from "../kvm/unix_socket.ts";
 
 /** Options of {@link listenGdb}. */
 export interface GdbListenOptions {
@@ -41,14 +44,17 @@ export interface GdbListenOptions {
   host?: string;
   /** TCP port; 0 picks a free one (read it from {@link GdbServer.port}). Default 1234. */
   port?: number;
-  /** A Unix socket path instead of TCP. A stale socket file there is replaced. */
+  /**
+   * A Unix socket path instead of TCP. A stale socket file there (nobody
+   * listening) is replaced; a socket another program listens on is refused.
+   */
   path?: string;
   /** Monitor commands; default the shared registry (see monitor.ts). */
   monitor?: MonitorRegistry;
   /**
-   * Whether `monitor js` may run code. Default: true on loopback addresses and
-   * Unix sockets, false when listening beyond this host (anyone who can
-   * connect could run code as hvsh).
+   * Whether `monitor js` may run JavaScript in hvsh's process. Default false:
+   * anyone who can connect (on a shared host, every local user, even on
+   * loopback) could run code as hvsh, which often runs as root.
    */
   allowJs?: boolean;
   /** One line per packet in and out, for debugging. */
@@ -70,6 +76,8 @@ export interface GdbServer {
   readonly address: string;
   /** True while a GDB is connected. */
   readonly connected: boolean;
+  /** True once GDB has sent `kill` ({@link GdbServer.closed} resolves with `"killed"` once the server is down). */
+  readonly killed: boolean;
   /** Resolves when the server stops listening. */
   readonly closed: Promise<GdbServerEnd>;
   /** Stops listening and drops the client (a guest GDB was running is paused). Safe to call twice. */
@@ -104,12 +112,7 @@ export function listenGdb(vm: Machine, options: GdbListenOptions = {}): GdbServe
   const host = options.host ?? "127.0.0.1";
   const port = options.port ?? 1234;
   if (path !== undefined) {
-    removeStaleSocket(path);
-    try {
-      listener = Deno.listen({ transport: "unix", path });
-    } catch (error) {
-      throw new Error(`Cannot listen for gdb on Unix socket ${path}: ${(error as Error).message}`, { cause: error });
-    }
+    listener = listenUnix(path);
   } else {
     if (!Number.isInteger(port) || port < 0 || port > 65535) {
       throw new RangeError(`Invalid gdb port ${port}: expected 0-65535`);
@@ -120,12 +123,45 @@ export function listenGdb(vm: Machine, options: GdbListenOptions = {}): GdbServe
       throw new Error(`Cannot listen for gdb on ${host}:${port}: ${(error as Error).message}`, { cause: error });
     }
   }
-  const allowJs = options.allowJs ?? (path !== undefined || isLoopback(host));
+  const allowJs = options.allowJs ?? false;
   const server = new Server(vm, listener, path, { ...options, allowJs });
   // The listener is the VM's resource too: closing the VM closes it.
   const forget = vm.onClose(() => server.close());
   void server.closed.then(forget);
   return server;
+}
+
+/** Listens on `path`, replacing a stale socket file there but refusing one another program listens on. */
+function listenUnix(path: string): Deno.Listener {
+  const fail = (why: string, cause?: unknown) =>
+    new Error(`Cannot listen for gdb on Unix socket ${path}: ${why}`, cause === undefined ? {} : { cause });
+  try {
+    return Deno.listen({ transport: "unix", path });
+  } catch (error) {
+    const isSocket = (() => {
+      try {
+        return Deno.lstatSync(path).isSocket;
+      } catch {
+        return false;
+      }
+    })();
+    if (!(error instanceof Deno.errors.AddrInUse) || !isSocket) throw fail((error as Error).message, error);
+    let state;
+    try {
+      state = unixSocketState(path);
+    } catch (probeError) {
+      throw fail((probeError as Error).message, probeError);
+    }
+    if (state === "listening") {
+      throw fail("another program is listening on it (left alone; choose another path or stop that program)");
+    }
+  }
+  removeStaleSocket(path); // nobody listens: a server that died without removing it
+  try {
+    return Deno.listen({ transport: "unix", path });
+  } catch (error) {
+    throw fail((error as Error).message, error);
+  }
 }
 
 function removeStaleSocket(path: string): void {
@@ -138,10 +174,35 @@ function removeStaleSocket(path: string): void {
 
 interface Client {
   conn: Deno.Conn;
-  target: VmTarget;
-  stub: GdbStub;
+  /** Set when the session starts (after the previous client's teardown). */
+  target: VmTarget | undefined;
+  stub: GdbStub | undefined;
   writing: Promise<void>;
+  /** Resolves when the connection has ended (read EOF or error), before the teardown. */
+  left: Promise<void>;
+  hasLeft: () => void;
+  /** Resolves when this client's session (and every earlier one) is over. */
   done: Promise<void>;
+}
+
+/** How long a new client waits for the attached one to be seen leaving before it is refused. */
+const REFUSE_GRACE_MS = 1000;
+
+/** How long to wait before accepting again after an accept error that was not the peer's (e.g. out of fds). */
+const ACCEPT_RETRY_MS = 50;
+
+/** Accept errors that mean only this connection is lost: the peer reset or aborted it before it was accepted. */
+function isPeerGone(error: unknown): boolean {
+  return error instanceof Deno.errors.NotConnected || error instanceof Deno.errors.ConnectionReset ||
+    error instanceof Deno.errors.ConnectionAborted;
+}
+
+function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch {
+    // already closed
+  }
 }
 
 class Server implements GdbServer {
@@ -155,8 +216,14 @@ class Server implements GdbServer {
   #resolveClosed!: (end: GdbServerEnd) => void;
   #client: Client | undefined;
   #closing = false;
+  #startClosing!: () => void;
+  /** Resolves when the server starts closing. */
+  readonly #closingNow = new Promise<void>((resolve) => this.#startClosing = resolve);
+  #killed = false;
   #listeners = new Set<(connected: boolean) => void>();
   #accepting: Promise<void>;
+  /** Resolves when the last client's session is over. */
+  #teardown: Promise<void> = Promise.resolve();
 
   constructor(
     vm: Machine,
@@ -189,6 +256,10 @@ class Server implements GdbServer {
     return this.#client !== undefined;
   }
 
+  get killed(): boolean {
+    return this.#killed;
+  }
+
   onConnection(listener: (connected: boolean) => void): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
@@ -199,12 +270,33 @@ class Server implements GdbServer {
       let conn: Deno.Conn;
       try {
         conn = await this.#listener.accept();
-      } catch {
-        return; // listener closed
+      } catch (error) {
+        if (this.#closing || error instanceof Deno.errors.BadResource) return; // the listener is closed
+        // The peer reset before the accept completed (NotConnected, ConnectionAborted), or the process
+        // ran out of fds for a moment: that connection is lost, the listener is not.
+        this.#options.log?.(`accept failed: ${(error as Error).message}`);
+        if (!isPeerGone(error)) await new Promise((resolve) => setTimeout(resolve, ACCEPT_RETRY_MS));
+        continue;
       }
       if (this.#closing) {
         conn.close();
         return;
+      }
+      const attached = this.#client;
+      if (attached !== undefined) {
+        // The attached client may have hung up just before this one connected, its FIN or RST not read
+        // yet (the event loop is busy with the guest): give it a moment to be seen leaving before refusing.
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        await Promise.race([
+          attached.left,
+          this.#closingNow,
+          new Promise((resolve) => timer = setTimeout(resolve, REFUSE_GRACE_MS)),
+        ]);
+        clearTimeout(timer);
+        if (this.#closing) {
+          closeQuietly(conn);
+          return;
+        }
       }
       if (this.#client !== undefined) {
         void refuse(conn);
@@ -214,24 +306,48 @@ class Server implements GdbServer {
     }
   }
 
+  /**
+   * Takes the client slot for `conn` at once; the session starts when the
+   * previous client's teardown (pausing a guest it ran, removing its
+   * breakpoints) is over, so a client that arrives just after another left
+   * is served, not refused.
+   */
   #serve(conn: Deno.Conn): void {
     if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
+    let hasLeft!: () => void;
+    const left = new Promise<void>((resolve) => hasLeft = resolve);
+    const client: Client = {
+      conn,
+      target: undefined,
+      stub: undefined,
+      writing: Promise.resolve(),
+      left,
+      hasLeft,
+      done: Promise.resolve(),
+    };
+    this.#client = client;
+    client.done = this.#session(client, this.#teardown);
+    this.#teardown = client.done;
+  }
+
+  async #session(client: Client, previous: Promise<void>): Promise<void> {
+    await previous;
+    const conn = client.conn;
+    if (this.#closing) {
+      if (this.#client === client) this.#client = undefined;
+      client.hasLeft();
+      closeQuietly(conn);
+      return;
+    }
     const debug = Debugger.for(this.#vm);
     const target = new VmTarget(this.#vm, debug);
-    const client: Client = { conn, target, stub: undefined!, writing: Promise.resolve(), done: Promise.resolve() };
     const send = (bytes: Uint8Array) => {
       client.writing = client.writing.then(() => writeAll(conn, bytes)).catch(() => {});
     };
     const hangUp = () => {
-      void client.writing.then(() => {
-        try {
-          conn.close();
-        } catch {
-          // already closed
-        }
-      });
+      void client.writing.then(() => closeQuietly(conn));
     };
-    client.stub = new GdbStub(target, {
+    const stub = new GdbStub(target, {
       send,
       allowJs: this.#options.allowJs,
       monitorScope: { machine: this.#vm, debug },
@@ -239,36 +355,33 @@ class Server implements GdbServer {
       ...(this.#options.log === undefined ? {} : { log: this.#options.log }),
       onDetach: hangUp,
       onKill: () => {
+        // Before the hang-up: whoever watches the disconnect must see that this was a kill.
+        this.#killed = true;
         hangUp();
         void this.#shutdown("killed");
       },
     });
-    this.#client = client;
+    client.target = target;
+    client.stub = stub;
     for (const listener of this.#listeners) listener(true);
-    client.done = this.#read(client);
-  }
-
-  async #read(client: Client): Promise<void> {
     const buffer = new Uint8Array(65536);
     try {
       for (;;) {
-        const n = await client.conn.read(buffer);
+        const n = await conn.read(buffer);
         if (n === null) break;
-        client.stub.receive(buffer.slice(0, n));
+        stub.receive(buffer.slice(0, n));
       }
     } catch {
       // reset by peer, or closed by us
     }
+    // The client is gone: the next one may take the slot (its session waits for this teardown).
+    if (this.#client === client) this.#client = undefined;
+    client.hasLeft();
     try {
-      await client.stub.disconnect();
+      await stub.disconnect();
     } finally {
-      client.target.dispose();
-      try {
-        client.conn.close();
-      } catch {
-        // already closed
-      }
-      if (this.#client === client) this.#client = undefined;
+      target.dispose();
+      closeQuietly(conn);
       for (const listener of this.#listeners) listener(false);
     }
   }
@@ -276,6 +389,7 @@ class Server implements GdbServer {
   async #shutdown(end: GdbServerEnd): Promise<void> {
     if (this.#closing) return;
     this.#closing = true;
+    this.#startClosing();
     try {
       this.#listener.close();
     } catch {
@@ -284,13 +398,9 @@ class Server implements GdbServer {
     const client = this.#client;
     if (client !== undefined) {
       await client.writing;
-      try {
-        client.conn.close();
-      } catch {
-        // already closed
-      }
-      await client.done;
+      closeQuietly(client.conn);
     }
+    await this.#teardown;
     await this.#accepting;
     if (this.path !== undefined) removeStaleSocket(this.path);
     this.#resolveClosed(end);
@@ -363,11 +473,16 @@ export async function serveGdbUntilEnd(vm: Machine, server: GdbServer, options: 
     else if (isCrash(stop)) {
       if (server.connected) lastCrash = stop;
       else finish({ reason: "stop", stop });
+    } else {
+      // The guest ran again after the crash (gdb repaired and resumed it): that crash is history.
+      lastCrash = undefined;
     }
   });
   const unwatch = server.onConnection((connected) => {
-    // gdb went (detach, quit) after a crash it was shown: the crash ends the run.
-    if (!connected && lastCrash !== undefined && !vm.running) finish({ reason: "stop", stop: lastCrash });
+    // gdb went (detach, quit) after a crash it was shown: the crash ends the run. A kill ends it as a kill.
+    if (!connected && lastCrash !== undefined && !vm.running && !server.killed) {
+      finish({ reason: "stop", stop: lastCrash });
+    }
     if (connected) lastCrash = undefined;
   });
   void server.closed.then((end) => {

@@ -57,7 +57,7 @@ export interface GdbStubOptions {
   send: (bytes: Uint8Array) => void;
   /** Monitor commands; default the shared {@link monitorCommands}. */
   monitor?: MonitorRegistry;
-  /** Whether `monitor js` may run. Default true. */
+  /** Whether `monitor js` may run host code. Default false. */
   allowJs?: boolean;
   /** What monitor commands see: the machine behind the target and its debugger. Without it, `monitor` is refused. */
   monitorScope?: { machine: Machine; debug: Debugger };
@@ -201,6 +201,8 @@ export class GdbStub {
       case "interrupt":
         this.#log("-> ^C");
         if (this.#target.running) void this.#target.interrupt();
+        // A `c` that came in the same read is still queued: interrupt the run it starts.
+        else this.#enqueue(() => this.#interruptQueuedResume());
         break;
       case "ack":
         break;
@@ -217,6 +219,10 @@ export class GdbStub {
         }
         break;
     }
+  }
+
+  async #interruptQueuedResume(): Promise<void> {
+    if (this.#waiting && this.#target.running) await this.#target.interrupt();
   }
 
   #enqueue(task: () => void | Promise<void>): void {
@@ -511,7 +517,7 @@ export class GdbStub {
       set memorySpace(space: MemorySpace) {
         stub.memorySpace = space;
       },
-      allowJs: this.#options.allowJs ?? true,
+      allowJs: this.#options.allowJs ?? false,
       registry: this.#monitor,
     };
   }

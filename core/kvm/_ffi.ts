@@ -30,6 +30,8 @@ const libc = Deno.dlopen("libc.so.6", {
   timer_settime: { parameters: ["pointer", "i32", "buffer", "pointer"], result: "i32" },
   timer_delete: { parameters: ["pointer"], result: "i32" },
   access: { parameters: ["buffer", "i32"], result: "i32" },
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
 });
 
 /** Raw libc symbols. Only `core/kvm/` imports this file. */

@@ -21,6 +21,11 @@
  * Without fw_cfg (signature not "QEMU"): "no fw_cfg\n" first, the APs are
  * still started and given 1 s, then "bsp <id> saw <ap_count> aps\n", exit
  * V=2 (status 5).
+ *
+ * With `keep_running` set to 1 by the host before the run, nobody stops:
+ * each AP counts in `ap_spins[id]` forever and the BSP, after its line,
+ * counts in `bsp_spins` forever, so a host test can pause every vCPU in the
+ * middle of guest code and see whether each one really stopped.
  */
 #include "pc.h"
 
@@ -40,6 +45,9 @@ extern const unsigned char ap_trampoline_start[];
 extern const unsigned char ap_trampoline_end[];
 
 volatile unsigned int ap_count; /* APs that have printed their line */
+volatile unsigned int keep_running; /* set by the host: spin instead of stopping */
+volatile unsigned int ap_spins[32]; /* per APIC id, while keep_running */
+volatile unsigned int bsp_spins;
 static volatile int print_lock; /* serialises whole lines on COM1 */
 
 void ap_main(void);
@@ -54,6 +62,9 @@ void ap_main(void) {
   putc('\n');
   spin_unlock(&print_lock);
   __atomic_add_fetch(&ap_count, 1, __ATOMIC_SEQ_CST);
+  if (keep_running) {
+    for (;;) ap_spins[id & 31]++;
+  }
 }
 
 /* Sends an IPI with ICR low `icr` and waits (bounded) until it is delivered. */
@@ -109,5 +120,8 @@ int main(void) {
   puts(" saw ");
   put_dec(seen);
   puts(" aps\n");
+  if (keep_running) {
+    for (;;) bsp_spins++;
+  }
   guest_exit(have_fw_cfg ? 0 : 2);
 }

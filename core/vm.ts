@@ -230,6 +230,7 @@ export class Vm {
     this.#canCompleteExits = vmFd.kvm.checkExtension(KVM_CAP.IMMEDIATE_EXIT) > 0;
     this.setPageProtection(new Map());
     if (this.#irqchip) this.serial.connectInterrupt((level) => this.irqLine(4, level));
+    this.serial.watchStops(this);
     this.io.insert(PC_LAYOUT.com1, 8, "com1", this.serial);
     this.io.insert(
       PC_LAYOUT.debugExit,

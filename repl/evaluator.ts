@@ -11,7 +11,7 @@
 
 import { createRequire } from "node:module";
 
-type Esbuild = typeof import("esbuild");
+type Esbuild = typeof import("npm:esbuild@0.28.2");
 let esbuild: Esbuild | undefined;
 
 function transpile(source: string): string {

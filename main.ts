@@ -12,7 +12,9 @@ usage: hvsh                          open the REPL on the demo VM
        hvsh --kernel FILE [OPTIONS]  open the REPL on a kernel (boot options as below)
        hvsh --empty                  open the REPL with no VM
        hvsh boot --kernel FILE ...   run a kernel with COM1 on this terminal (hvsh boot --help)
-       hvsh run SCRIPT.ts [ARGS]     run a provisioning script with the scripting API`;
+       hvsh run SCRIPT.ts [ARGS]     run a provisioning script with the scripting API
+       hvsh init DIR                 make a kernel project tested with deno test (hvsh init --help)
+       hvsh test-suite FILE          run a kvm-unit-tests-style table of kernels (hvsh test-suite --help)`;
 
 async function runScript(args: string[]): Promise<number> {
   const [script] = args;
@@ -31,6 +33,10 @@ async function main(args: string[]): Promise<number> {
       return await bootCommand(rest);
     case "run":
       return await runScript(rest);
+    case "init":
+      return await (await import("./cli/init.ts")).initCommand(rest);
+    case "test-suite":
+      return await (await import("./cli/test_suite.ts")).testSuiteCommand(rest);
     case "help":
     case "--help":
     case "-h":

@@ -84,7 +84,10 @@ kvmTest("hvsh init makes a project outside the checkout where deno check and den
     assert.equal(failing.code, 1, failing.output);
     assert.match(failing.output, /pang is not a command the kernel knows \.\.\. FAILED/);
     assert.match(failing.output, /KernelTestError: Cannot wait for \/pong\/ on the serial port: the VM stopped first/);
-    assert.match(failing.output, /guest output \(last 12 lines\):\n {2}\| mykernel banner v1\n.*\n {2}\| unknown command: pang/);
+    assert.match(
+      failing.output,
+      /guest output \(last 12 lines\):\n {2}\| mykernel banner v1\n.*\n {2}\| unknown command: pang/,
+    );
     assert.match(failing.output, /registers:\nrax /);
     assert.match(failing.output, /code at the stop:\n=> 0x[0-9a-f]+ <halt>/);
 
@@ -174,34 +177,37 @@ Deno.test({
   },
 });
 
-kvmTest("hvsh test-suite FILE --jobs 2 prints a line per case and a summary; exit status 1 when a case fails", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "hvsh-suite-" });
-  try {
-    const table = [
-      { name: "hello", kernel: await guest("hello32.elf") },
-      { name: "exit42", kernel: await guest("exit42.elf"), expect: 85 },
-    ];
-    await Deno.writeTextFile(join(dir, "suite.json"), JSON.stringify(table));
-    const passing = await run(HVSH, ["test-suite", "suite.json", "--jobs", "2", "--log-dir", "logs"], dir);
-    assert.equal(passing.code, 0, passing.output);
-    assert.match(passing.output, /^PASS hello \(\d+\.\d\d s\)$/m);
-    assert.match(passing.output, /^PASS exit42 \(/m);
-    assert.match(passing.output, /^SUMMARY: 2 passed, 0 failed, 0 skipped \(2 cases\)$/m);
-    assert.match(await Deno.readTextFile(join(dir, "logs", "hello.log")), /\nhello\n/);
+kvmTest(
+  "hvsh test-suite FILE --jobs 2 prints a line per case and a summary; exit status 1 when a case fails",
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "hvsh-suite-" });
+    try {
+      const table = [
+        { name: "hello", kernel: await guest("hello32.elf") },
+        { name: "exit42", kernel: await guest("exit42.elf"), expect: 85 },
+      ];
+      await Deno.writeTextFile(join(dir, "suite.json"), JSON.stringify(table));
+      const passing = await run(HVSH, ["test-suite", "suite.json", "--jobs", "2", "--log-dir", "logs"], dir);
+      assert.equal(passing.code, 0, passing.output);
+      assert.match(passing.output, /^PASS hello \(\d+\.\d\d s\)$/m);
+      assert.match(passing.output, /^PASS exit42 \(/m);
+      assert.match(passing.output, /^SUMMARY: 2 passed, 0 failed, 0 skipped \(2 cases\)$/m);
+      assert.match(await Deno.readTextFile(join(dir, "logs", "hello.log")), /\nhello\n/);
 
-    await Deno.writeTextFile(join(dir, "failing.json"), JSON.stringify({ cases: [{ ...table[1], expect: 1 }] }));
-    const failing = await run(HVSH, ["test-suite", "failing.json"], dir);
-    assert.equal(failing.code, 1, failing.output);
-    assert.match(failing.output, /^FAIL exit42 \(exit status 85, expected 1; /m);
+      await Deno.writeTextFile(join(dir, "failing.json"), JSON.stringify({ cases: [{ ...table[1], expect: 1 }] }));
+      const failing = await run(HVSH, ["test-suite", "failing.json"], dir);
+      assert.equal(failing.code, 1, failing.output);
+      assert.match(failing.output, /^FAIL exit42 \(exit status 85, expected 1; /m);
 
-    await Deno.writeTextFile(join(dir, "bad.json"), "{ not json");
-    const bad = await run(HVSH, ["test-suite", "bad.json"], dir);
-    assert.equal(bad.code, 2);
-    assert.match(bad.output, /hvsh test-suite: cannot parse .*bad\.json as JSON/);
-    const usage = await run(HVSH, ["test-suite", "suite.json", "--jobs", "0"], dir);
-    assert.equal(usage.code, 2);
-    assert.match(usage.output, /invalid --jobs "0"/);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+      await Deno.writeTextFile(join(dir, "bad.json"), "{ not json");
+      const bad = await run(HVSH, ["test-suite", "bad.json"], dir);
+      assert.equal(bad.code, 2);
+      assert.match(bad.output, /hvsh test-suite: cannot parse .*bad\.json as JSON/);
+      const usage = await run(HVSH, ["test-suite", "suite.json", "--jobs", "0"], dir);
+      assert.equal(usage.code, 2);
+      assert.match(usage.output, /invalid --jobs "0"/);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);

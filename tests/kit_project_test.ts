@@ -3,7 +3,9 @@
  * temporary folder outside the checkout, then `deno check` and `deno test -A`
  * there with hvsh's pinned Deno; a deliberately failing kernel test shows
  * the guest's output; `HVSH_DEBUG=1` serves gdb for the failing test's VM;
- * the README's example runs as written; `./hvsh test-suite` runs a table.
+ * the README's example runs as written; `./hvsh test-suite` runs a table;
+ * a test importing the kit by path reports itself ignored where /dev/kvm is
+ * not KVM.
  */
 
 import assert from "node:assert/strict";
@@ -211,3 +213,48 @@ kvmTest(
     }
   },
 );
+
+/** True when this process may hide /dev/kvm from a child (a private mount namespace with /dev/null bound over it). */
+async function canHideKvm(): Promise<boolean> {
+  try {
+    const probe = new Deno.Command("unshare", {
+      args: ["-m", "sh", "-c", "mount --bind /dev/null /dev/kvm"],
+      stdout: "null",
+      stderr: "null",
+    });
+    return (await probe.output()).success;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test({
+  name:
+    "kernelTest() is reported as ignored, with the reason, where /dev/kvm is not KVM (a test importing hvsh by path)",
+  ignore: !(await canHideKvm()),
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "hvsh-no-kvm-" });
+    try {
+      await Deno.writeTextFile(
+        join(dir, "by_path_test.ts"),
+        `import { bootKernel, kernelTest, kvmAvailable } from "${join(ROOT, "testing.ts")}";\n` +
+          `kernelTest("needs kvm", async () => {\n  await using run = await bootKernel("k.elf");\n});\n` +
+          `Deno.test("kvmAvailable is false", () => { if (kvmAvailable) throw new Error("KVM seen"); });\n`,
+      );
+      const check = await run(DENO, ["check", "by_path_test.ts"], dir);
+      assert.equal(check.code, 0, check.output);
+      const test = await run("unshare", [
+        "-m",
+        "sh",
+        "-c",
+        `mount --bind /dev/null /dev/kvm && exec "${DENO}" test -A by_path_test.ts`,
+      ], dir);
+      assert.equal(test.code, 0, test.output);
+      assert.match(test.output, /KVM tests ignored: cannot use \/dev\/kvm \(.+\)/);
+      assert.match(test.output, /needs kvm \.\.\. ignored/);
+      assert.match(test.output, /ok \| 1 passed \| 0 failed \| 1 ignored/);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

@@ -12,17 +12,14 @@ usage: hvsh                          open the REPL on the demo VM
        hvsh --kernel FILE [OPTIONS]  open the REPL on a kernel (boot options as below)
        hvsh --empty                  open the REPL with no VM
        hvsh boot --kernel FILE ...   run a kernel with COM1 on this terminal (hvsh boot --help)
-       hvsh run SCRIPT.ts [ARGS]     run a provisioning script with the scripting API
-       hvsh fuzz [--minutes N] [--seed S] [--only a,b]  fuzz hvsh itself (hvsh fuzz --help)`;
+       hvsh run SCRIPT.ts [ARGS]     run a provisioning script, type-checked (hvsh run --help)
+       hvsh fuzz [--minutes N] [--seed S] [--only a,b]  fuzz hvsh itself (hvsh fuzz --help)
+       hvsh init DIR                 make a kernel project tested with deno test (hvsh init --help)
+       hvsh test-suite FILE          run a kvm-unit-tests-style table of kernels (hvsh test-suite --help)`;
 
 async function runScript(args: string[]): Promise<number> {
-  const [script] = args;
-  if (script === undefined) {
-    console.error("hvsh run: missing SCRIPT.ts\n" + USAGE);
-    return 2;
-  }
-  const { runScriptFile } = await import("./cli/run_script.ts");
-  return await runScriptFile(script);
+  const { runCommand } = await import("./cli/run_script.ts");
+  return await runCommand(args);
 }
 
 async function main(args: string[]): Promise<number> {
@@ -36,6 +33,10 @@ async function main(args: string[]): Promise<number> {
       const { fuzzCommand } = await import("./cli/fuzz.ts");
       return await fuzzCommand(rest);
     }
+    case "init":
+      return await (await import("./cli/init.ts")).initCommand(rest);
+    case "test-suite":
+      return await (await import("./cli/test_suite.ts")).testSuiteCommand(rest);
     case "help":
     case "--help":
     case "-h":

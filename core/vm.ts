@@ -80,6 +80,7 @@ export class Vm extends Machine {
       onReset: resetPolicy(this, options.onReset ?? "stop", reload),
     });
     this.serial = built.serial;
+    this.serial.watchStops(this);
     this.platform = built.pc;
     // Attached now, so every front end (the gdb server, the REPL) shares it with the image's symbols.
     void this.debug;

@@ -8,6 +8,7 @@
 
 import type { IoDevice } from "./bus.ts";
 import { StateReader, toBase64 } from "./_state.ts";
+import { type ExpectOptions, SerialReader, type StopSource } from "./serial_reader.ts";
 
 const RBR_THR = 0; // DLL when DLAB
 const IER = 1; // DLM when DLAB
@@ -193,9 +194,8 @@ export class Serial16550 implements IoDevice {
   #output: ByteRing;
   /** `output` decoded, until the next byte arrives. */
   #outputText: string | undefined = "";
-  #waiterCheckScheduled = false;
   #observers = new Set<(bytes: Uint8Array) => void>();
-  #waiters = new Set<() => void>();
+  readonly #reader = new SerialReader(this, () => this.output);
   #interruptLine: ((level: boolean) => void) | undefined;
   #interruptLevel = false;
   #transmitted = 0;
@@ -302,37 +302,48 @@ export class Serial16550 implements IoDevice {
   }
 
   /**
-   * Resolves with the output once it matches `pattern`; rejects after `timeout` ms (default 10 s).
-   * Looks at output already captured first.
+   * Resolves once `pattern` matches the whole captured output ({@link output}:
+   * everything since boot or {@link clearOutput}, read or not), so a second
+   * `waitFor()` of text already there resolves at once; {@link expect} reads
+   * from a cursor instead. Rejects after `timeout` ms (default 10 s), or as
+   * soon as the VM stops or closes first (see {@link SerialReader}).
    */
-  waitFor(pattern: RegExp | string, options: { timeout?: number } = {}): Promise<RegExpMatchArray> {
-    const regex = typeof pattern === "string" ? new RegExp(pattern.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")) : pattern;
-    const timeout = options.timeout ?? 10_000;
-    return new Promise((resolve, reject) => {
-      const check = (): boolean => {
-        const match = this.output.match(regex);
-        if (match === null) return false;
-        cleanup();
-        resolve(match);
-        return true;
-      };
-      const timer = setTimeout(() => {
-        cleanup();
-        reject(
-          new Error(
-            `Timed out after ${timeout} ms waiting for ${regex} on the serial port; output so far: ${
-              JSON.stringify(this.output.slice(-200))
-            }`,
-          ),
-        );
-      }, timeout);
-      const cleanup = () => {
-        clearTimeout(timer);
-        this.#waiters.delete(waiter);
-      };
-      const waiter = () => void check();
-      if (!check()) this.#waiters.add(waiter);
-    });
+  waitFor(pattern: RegExp | string, options: ExpectOptions = {}): Promise<RegExpMatchArray> {
+    return this.#reader.waitFor(pattern, options);
+  }
+
+  /**
+   * Waits for `pattern` in the output after the cursor and moves the cursor
+   * past the match: consumed text is never matched again. Rejects after
+   * `timeout` ms (default 10 s), or as soon as the VM stops or closes first.
+   */
+  expect(pattern: RegExp | string, options: ExpectOptions = {}): Promise<RegExpExecArray> {
+    return this.#reader.expect(pattern, options);
+  }
+
+  /** Waits for every pattern after the cursor, in any order; the cursor moves past the last match. */
+  expectAll(patterns: readonly (RegExp | string)[], options: ExpectOptions = {}): Promise<RegExpExecArray[]> {
+    return this.#reader.expectAll(patterns, options);
+  }
+
+  /** Waits for the next whole line after the cursor and consumes it (without its line end). */
+  readLine(options: ExpectOptions = {}): Promise<string> {
+    return this.#reader.readLine(options);
+  }
+
+  /** Everything the guest transmitted, as the expect reader keeps it (last 4 MiB; unaffected by {@link clearOutput}). */
+  get transcript(): string {
+    return this.#reader.transcript;
+  }
+
+  /** The output after the expect cursor: what the next {@link expect} searches. */
+  get unread(): string {
+    return this.#reader.unread;
+  }
+
+  /** Makes waits reject when `machine` stops or closes (the VM calls this for its COM1). */
+  watchStops(machine: StopSource): void {
+    this.#reader.watchStops(machine);
   }
 
   /** A copy of the device state (plain JSON data). */
@@ -475,14 +486,6 @@ export class Serial16550 implements IoDevice {
     if (this.#observers.size > 0) {
       const bytes = Uint8Array.of(byte);
       for (const observer of this.#observers) observer(bytes);
-    }
-    // Decoding the whole ring per byte would be quadratic: waiters look once per turn of the event loop.
-    if (this.#waiters.size > 0 && !this.#waiterCheckScheduled) {
-      this.#waiterCheckScheduled = true;
-      queueMicrotask(() => {
-        this.#waiterCheckScheduled = false;
-        for (const waiter of [...this.#waiters]) waiter();
-      });
     }
   }
 

@@ -11,26 +11,90 @@
 
 import { createRequire } from "node:module";
 
-type Esbuild = typeof import("esbuild");
+type Esbuild = typeof import("npm:esbuild@0.28.2");
 let esbuild: Esbuild | undefined;
 
-function transpile(source: string): string {
+function transpile(source: string, file?: string): { code: string; map: string } {
   esbuild ??= createRequire(import.meta.url)("esbuild") as Esbuild;
   try {
-    return esbuild.transformSync(source, { loader: "ts", format: "esm", target: "esnext" }).code;
+    const options = { loader: "ts", format: "esm", target: "esnext" } as const;
+    if (file === undefined) return { code: esbuild.transformSync(source, options).code, map: "" };
+    return esbuild.transformSync(source, { ...options, sourcemap: "external", sourcefile: file });
   } catch (error) {
-    const first = (error as { errors?: { text: string; location?: { column: number } }[] }).errors?.[0];
+    const first = (error as { errors?: { text: string; location?: { line: number; column: number } }[] }).errors?.[0];
     if (first !== undefined) {
-      const where = first.location === undefined ? "" : ` (column ${first.location.column + 1})`;
+      const at = first.location;
+      if (file !== undefined && at !== undefined) {
+        throw new ScriptError(`${file}:${at.line}:${at.column + 1}: SyntaxError: ${first.text}`, file, at.line);
+      }
+      const where = at === undefined ? "" : ` (column ${at.column + 1})`;
       throw new SyntaxError(`${first.text}${where}`);
     }
     throw error;
   }
 }
 
-/** A top-level statement of transpiled code, with its source text. */
+/**
+ * An error in a script file evaluated with {@link evaluate}'s `file`: the
+ * message starts with `FILE:LINE:` (the line of the top-level statement that
+ * failed, or of a syntax error); the error thrown is its `cause`.
+ */
+export class ScriptError extends Error {
+  /** The script's path as given. */
+  readonly file: string;
+  /** 1-based line in the script. */
+  readonly line: number;
+
+  constructor(message: string, file: string, line: number, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "ScriptError";
+    this.file = file;
+    this.line = line;
+  }
+}
+
+const BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/**
+ * For each line of generated code, the 0-based source line its first mapping
+ * points at (source map v3 "mappings": VLQ fields generated column, source,
+ * source line, source column; the last three are deltas across the whole map).
+ */
+export function firstSourceLines(mappings: string): (number | undefined)[] {
+  const lines: (number | undefined)[] = [];
+  let sourceLine = 0;
+  for (const line of mappings.split(";")) {
+    let first: number | undefined;
+    for (const segment of line.split(",")) {
+      if (segment === "") continue;
+      const fields: number[] = [];
+      let value = 0;
+      let shift = 0;
+      for (const char of segment) {
+        const digit = BASE64.indexOf(char);
+        value += (digit & 31) << shift;
+        if (digit & 32) {
+          shift += 5;
+          continue;
+        }
+        fields.push(value & 1 ? -(value >>> 1) : value >>> 1);
+        value = 0;
+        shift = 0;
+      }
+      if (fields.length >= 4) {
+        sourceLine += fields[2]!;
+        first ??= sourceLine;
+      }
+    }
+    lines.push(first);
+  }
+  return lines;
+}
+
+/** A top-level statement of transpiled code, with its source text and where it starts in the code. */
 interface Statement {
   text: string;
+  start: number;
 }
 
 const OPEN = new Set(["(", "[", "{"]);
@@ -84,13 +148,13 @@ export function splitStatements(code: string): Statement[] {
     else if (CLOSE.has(c)) depth--;
     else if (c === ";" && depth === 0) {
       const text = code.slice(start, i).trim();
-      if (text !== "") statements.push({ text });
+      if (text !== "") statements.push({ text, start: start + code.slice(start).search(/\S/) });
       start = i + 1;
     }
     i++;
   }
   const rest = code.slice(start).trim();
-  if (rest !== "") statements.push({ text: rest });
+  if (rest !== "") statements.push({ text: rest, start: start + code.slice(start).search(/\S/) });
   return statements;
 }
 
@@ -130,11 +194,17 @@ function declaredNames(text: string): string[] {
  * its top-level declarations land on the global object, and so that the
  * value of a final expression statement is returned.
  */
-export function rewriteForRepl(code: string): { body: string; globals: string[] } {
+export function rewriteForRepl(
+  code: string,
+  lineOf?: (offset: number) => number | undefined,
+): { body: string; globals: string[] } {
   const statements = splitStatements(code);
   const globals: string[] = [];
-  const out: string[] = [];
+  const lines: string[] = [];
   statements.forEach((statement, index) => {
+    const line = lineOf?.(statement.start);
+    // A marker before each statement: `hvsh run` names the line of the one that failed.
+    if (line !== undefined) lines.push(`${LINE_MARKER}(${line});`);
     let text = statement.text;
     const last = index === statements.length - 1;
     const declaration = /^(var|let|const)\s/.exec(text);
@@ -148,27 +218,30 @@ export function rewriteForRepl(code: string): { body: string; globals: string[] 
       const assignments = splitTopLevel(rest).map((part) => (part.includes("=") ? part : `${part} = undefined`));
       text = `(${assignments.join(", ")})`;
       if (!last) text += ";";
-      out.push(last ? `${text}; return undefined;` : text);
+      lines.push(last ? `${text}; return undefined;` : text);
       return;
     }
     if (fn !== null) {
       globals.push(fn[2]!);
-      out.push(`${fn[2]} = ${text};${last ? " return undefined;" : ""}`);
+      lines.push(`${fn[2]} = ${text};${last ? " return undefined;" : ""}`);
       return;
     }
     if (cls !== null) {
       globals.push(cls[1]!);
-      out.push(`${cls[1]} = ${text};${last ? " return undefined;" : ""}`);
+      lines.push(`${cls[1]} = ${text};${last ? " return undefined;" : ""}`);
       return;
     }
     if (last && !STATEMENT_KEYWORDS.test(text)) {
-      out.push(`return (${text});`);
+      lines.push(`return (${text});`);
       return;
     }
-    out.push(text + ";");
+    lines.push(text + ";");
   });
-  return { body: out.join("\n"), globals };
+  return { body: lines.join("\n"), globals };
 }
+
+/** The parameter through which a rewritten script reports the line it is at. */
+const LINE_MARKER = "__hvshAtLine";
 
 function splitTopLevel(text: string): string[] {
   const parts: string[] = [];
@@ -209,9 +282,19 @@ const AsyncFunction = Object.getPrototypeOf(async function () {}).constructor as
  * await evaluate("answer"); // 42
  * ```
  */
-export async function evaluate(source: string): Promise<unknown> {
-  const js = transpile(source);
-  const { body, globals } = rewriteForRepl(js);
+export async function evaluate(source: string, options: { file?: string } = {}): Promise<unknown> {
+  const file = options.file;
+  const { code: js, map } = transpile(source, file);
+  let lineOf: ((offset: number) => number | undefined) | undefined;
+  if (file !== undefined) {
+    const sourceLines = firstSourceLines((JSON.parse(map) as { mappings: string }).mappings);
+    lineOf = (offset) => {
+      const generatedLine = js.slice(0, offset).split("\n").length - 1;
+      const line = sourceLines[generatedLine];
+      return line === undefined ? undefined : line + 1;
+    };
+  }
+  const { body, globals } = rewriteForRepl(js, lineOf);
   for (const name of globals) {
     if (!(name in globalThis)) {
       Object.defineProperty(globalThis, name, {
@@ -222,6 +305,13 @@ export async function evaluate(source: string): Promise<unknown> {
       });
     }
   }
-  const run = new AsyncFunction(body);
-  return await run();
+  if (file === undefined) return await new AsyncFunction(body)();
+  let line = 1;
+  const run = new AsyncFunction(LINE_MARKER, body) as unknown as (at: (n: number) => void) => Promise<unknown>;
+  try {
+    return await run((n) => line = n);
+  } catch (error) {
+    const what = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+    throw new ScriptError(`${file}:${line}: ${what}`, file, line, { cause: error });
+  }
 }

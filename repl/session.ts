@@ -157,10 +157,10 @@ export class Session {
     return formatValue(value, this.style.enabled);
   }
 
-  /** Evaluates TypeScript with the scope installed. */
-  async evaluate(source: string): Promise<unknown> {
+  /** Evaluates TypeScript with the scope installed; with `file`, errors name the file and line (see evaluator.ts). */
+  async evaluate(source: string, options: { file?: string } = {}): Promise<unknown> {
     installScope(this);
-    return await evaluate(source);
+    return await evaluate(source, options);
   }
 }
 

@@ -4,38 +4,17 @@
  * small conveniences for reading symbols and running guests.
  *
  * Tests that need `/dev/kvm` declare
- * `Deno.test({ name, ignore: !kvmAvailable, fn })`, so they are reported as
- * ignored (with one line saying why) on a host without KVM.
+ * `Deno.test({ name, ignore: !kvmAvailable, fn })` (or use the kit's
+ * `kernelTest`), so they are reported as ignored, with one line saying why
+ * (printed by the kit, testing.ts), on a host without KVM.
  *
  * @module
  */
 
 import { buildGuests } from "../scripts/build_guests.ts";
 import type { Vm } from "../core/vm.ts";
-import { Kvm } from "../core/kvm/kvm.ts";
 
-/** Opens /dev/kvm the way hvsh does (and asks for its API version), so a device that is not KVM counts as missing. */
-function probeKvm(): string | undefined {
-  try {
-    Kvm.open().close();
-    return undefined;
-  } catch (error) {
-    return `cannot use /dev/kvm (${(error as Error).message})`;
-  }
-}
-
-/** Why the KVM tests cannot run here, or undefined when they can. */
-export const kvmMissingReason: string | undefined = probeKvm();
-
-/** True when `/dev/kvm` opens and answers KVM's API version. */
-export const kvmAvailable: boolean = kvmMissingReason === undefined;
-
-// Each test module runs in its own isolate; the environment is the process's, so the notice prints once.
-const NOTICE_PRINTED = "HVSH_TESTS_KVM_NOTICE_PRINTED";
-if (!kvmAvailable && Deno.env.get(NOTICE_PRINTED) === undefined) {
-  Deno.env.set(NOTICE_PRINTED, "1");
-  console.log(`KVM tests ignored: ${kvmMissingReason}`);
-}
+export { kvmAvailable, kvmMissingReason } from "../testing.ts";
 
 let guests: Promise<Map<string, string>> | undefined;
 

@@ -7,7 +7,7 @@
  * @module
  */
 
-type Iced = typeof import("iced-x86");
+type Iced = typeof import("npm:iced-x86@1.21.0");
 let iced: Iced | undefined;
 
 /** Deno's Node-compatible `process`, reached only here so start-up never pays for Node compatibility (~15 ms). */

@@ -10,6 +10,13 @@ import { parseArgs } from "node:util";
 import { Vm } from "../core/vm.ts";
 import { describeStop, type StopEvent } from "../core/stop.ts";
 import type { ImageFormat, LoadOptions } from "../core/loader/mod.ts";
+import {
+  addVirtioDevices,
+  parseVirtioFlags,
+  VIRTIO_FLAG_OPTIONS,
+  VIRTIO_USAGE,
+  type VirtioBootOptions,
+} from "./virtio_flags.ts";
 import { isLoopback, listenGdb, parseGdbAddress, serveGdbUntilEnd } from "../core/gdb/server.ts";
 
 /** Exit statuses of `hvsh boot`. */
@@ -32,6 +39,7 @@ export class UsageError extends Error {
 export const BOOT_USAGE = `usage: hvsh boot --kernel FILE [--format auto|flat|elf|multiboot] [--load-addr ADDR]
                  [--append "CMDLINE"] [--initrd FILE] [--mem 64M] [--cpus N] [--timeout SECONDS]
                  [--cpuid-hide FEATURE,...] [--cpuid-vendor VENDOR12] [--gdb [HOST:]PORT|SOCKET-PATH [--wait]]
+${VIRTIO_USAGE}
 
 Runs the kernel with COM1 on this terminal. Exit status: (V << 1) | 1 when the guest
 writes V to port 0xf4; 0 when it halts for good, powers off (ACPI S5) or asks for a
@@ -61,6 +69,8 @@ export interface BootOptions {
   gdb: { host?: string; port?: number; path?: string } | undefined;
   /** `--wait`: hold the guest until gdb continues it. */
   wait: boolean;
+  /** The virtio devices (`--disk`, `--net`, `--console`, `--rng`, `--vsock`, `--virtio`). */
+  virtio?: VirtioBootOptions;
 }
 
 /** Parses a number written in decimal or 0x-hex, naming the option on error. */
@@ -91,6 +101,7 @@ export function parseBootArgs(args: string[]): BootOptions {
         "cpuid-vendor": { type: "string" },
         gdb: { type: "string" },
         wait: { type: "boolean", default: false },
+        ...VIRTIO_FLAG_OPTIONS,
       },
       allowPositionals: true,
       strict: true,
@@ -139,6 +150,7 @@ export function parseBootArgs(args: string[]): BootOptions {
     initrd: values.initrd,
     gdb,
     wait: values.wait,
+    virtio: parseVirtioFlags(values, (message) => new UsageError(message)),
   };
 }
 
@@ -162,6 +174,7 @@ export async function createBootVm(options: BootOptions): Promise<Vm> {
       }
       load.modules = [{ data, cmdline: options.initrd }];
     }
+    if (options.virtio !== undefined) addVirtioDevices(vm, options.virtio);
     await vm.load(options.kernel, load);
   } catch (error) {
     await vm.close();

@@ -9,6 +9,8 @@
 import type { Vm } from "../core/vm.ts";
 import { virtioBlock } from "../devices/virtio/block.ts";
 import { virtioRng } from "../devices/virtio/rng.ts";
+import { virtioConsole } from "../devices/virtio/console.ts";
+import { virtioNet } from "../devices/virtio/net.ts";
 import type { VirtioTransport } from "../devices/virtio/slots.ts";
 
 /** What the virtio flags asked for. */
@@ -74,9 +76,25 @@ export function parseVirtioFlags(
   return { disks, tap, console: values.console === "hvc", rng: values.rng ?? false, vsock, transport };
 }
 
-/** Adds the devices the flags asked for, in a fixed order (disks first, so the first is vda). */
+/**
+ * Adds the devices the flags asked for, in a fixed order (disks first, so
+ * the first is vda). `--console hvc` writes port 0's output to stdout beside
+ * COM1's; stdin stays with COM1.
+ */
 export function addVirtioDevices(vm: Vm, options: VirtioBootOptions): void {
   const transport = { transport: options.transport };
   for (const disk of options.disks) vm.add(virtioBlock({ path: disk.path, readOnly: disk.readOnly }), transport);
+  if (options.tap !== undefined) vm.add(virtioNet({ tap: options.tap }), transport);
+  if (options.console) {
+    const hvc = virtioConsole();
+    vm.add(hvc, transport);
+    hvc.port(0).onData((bytes) => {
+      let written = 0;
+      while (written < bytes.length) written += Deno.stdout.writeSync(bytes.subarray(written));
+    });
+  }
   if (options.rng) vm.add(virtioRng(), transport);
+  if (options.vsock !== undefined) {
+    throw new Error(`Cannot add --vsock ${options.vsock.cid},${options.vsock.path}: virtio-vsock is not built yet`);
+  }
 }

@@ -181,3 +181,50 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "virtio-pci: a modern function on the host bridge, its capabilities, BAR sizing and moving, INTx line",
+  ignore,
+  async fn() {
+    await using vm = await Vm.create({ memory: "64M" });
+    const slot = vm.add(virtioRng(), { transport: "pci" });
+    const pci = vm.platform!.pciHost;
+    const config = (register: number, size = 4) => {
+      pci.write(0, 4, 0x8000_0000 | (slot.pci!.device << 11) | (register & 0xfc));
+      return pci.read(4 + (register & 3), size);
+    };
+    const setConfig = (register: number, value: number) => {
+      pci.write(0, 4, 0x8000_0000 | (slot.pci!.device << 11) | register);
+      pci.write(4, 4, value);
+    };
+    assert.equal(config(0x00), 0x1044_1af4); // virtio vendor, 0x1040 + entropy (4)
+    assert.equal(config(0x3c) & 0xffff, 0x0100 | slot.gsi); // INTA#, the line hvsh gave
+    const caps: number[] = [];
+    for (let at = config(0x34) & 0xff; at !== 0; at = (config(at) >> 8) & 0xff) caps.push((config(at) >> 24) & 0xff);
+    assert.deepEqual(caps, [1, 3, 4, 2]); // common, ISR, device, notify
+    const bar = config(0x10);
+    assert.equal(bar, 0xfea0_0000);
+    // The common configuration answers through the BAR: num_queues at offset 18.
+    assert.equal(vm.mmio.find(BigInt(bar) + 18n)!.device.read(18n, 2), 1n);
+    setConfig(0x10, 0xffff_ffff);
+    assert.equal(config(0x10), 0xffff_c000); // 16 KiB
+    assert.equal(vm.mmio.find(BigInt(bar)), undefined); // no window while sizing
+    setConfig(0x10, 0xfe80_0000);
+    assert.equal(slot.pci!.function.barAddress, 0xfe80_0000);
+    assert.notEqual(vm.mmio.find(0xfe80_0000n), undefined);
+  },
+});
+
+Deno.test({
+  name: "the REPL's .devices listing names each virtio device, its window, line and queues",
+  ignore,
+  async fn() {
+    const { formatDevices } = await import("../repl/devices_view.ts");
+    await using vm = await Vm.create({ memory: "64M" });
+    vm.add(virtioRng());
+    const text = formatDevices(vm);
+    assert.match(text, /rng0 +virtio-rng, mmio 0xfeb00000, IRQ 5, reset/);
+    assert.match(text, /queue 0: size 64\/64, off/);
+    assert.match(text, /0xfeb00000 +0x200 +virtio-mmio rng0/);
+  },
+});

@@ -21,4 +21,6 @@ export * from "./mmio.ts";
 export * from "./pci.ts";
 export * from "./block.ts";
 export * from "./rng.ts";
+export * from "./console.ts";
+export * from "./net.ts";
 export * from "./slots.ts";

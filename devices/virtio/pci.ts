@@ -124,7 +124,7 @@ export class VirtioPci implements PciFunctionModel {
   #place(): void {
     const view = new DataView(this.#config.buffer);
     const enabled = (view.getUint16(0x04, true) & 0x2) !== 0;
-    const base = BigInt(view.getUint32(0x10, true) & ~0xf);
+    const base = BigInt((view.getUint32(0x10, true) & ~0xf) >>> 0);
     const want = enabled && !this.#barSizing && base !== 0n ? base : undefined;
     if (want === this.#placed) return;
     if (this.#placed !== undefined) this.#mmio.remove(this.#name);

@@ -59,3 +59,4 @@ export * from "./core/platform.ts";
 export * from "./devices/bus.ts";
 export * from "./devices/serial.ts";
 export * from "./devices/debug_exit.ts";
+export * from "./devices/virtio/mod.ts";

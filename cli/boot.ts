@@ -10,6 +10,13 @@ import { parseArgs } from "node:util";
 import { Vm } from "../core/vm.ts";
 import { describeStop, type StopEvent } from "../core/stop.ts";
 import type { ImageFormat, LoadOptions } from "../core/loader/mod.ts";
+import {
+  addVirtioDevices,
+  parseVirtioFlags,
+  VIRTIO_FLAG_OPTIONS,
+  VIRTIO_USAGE,
+  type VirtioBootOptions,
+} from "./virtio_flags.ts";
 import { isLoopback, listenGdb, parseGdbAddress, serveGdbUntilEnd } from "../core/gdb/server.ts";
 import { MAX_KERNEL_FILE_BYTES, readImageFile } from "../core/loader/read_image_file.ts";
 import { GuestOutput } from "./_guest_output.ts";
@@ -41,6 +48,7 @@ export const BOOT_USAGE = `usage: hvsh boot --kernel FILE [--format auto|flat|el
                  [--append "CMDLINE"] [--initrd FILE] [--mem 64M] [--cpus N] [--timeout SECONDS]
                  [--cpuid-hide FEATURE,...] [--cpuid-vendor VENDOR12]
                  [--gdb [HOST:]PORT|SOCKET-PATH [--wait] [--gdb-allow-js]]
+${VIRTIO_USAGE}
 
 Runs the kernel with COM1 on this terminal. Exit status: (V << 1) | 1 when the guest
 writes V to port 0xf4; 0 when it halts for good, powers off (ACPI S5) or asks for a
@@ -80,6 +88,8 @@ export interface BootOptions {
   wait: boolean;
   /** `--gdb-allow-js`: let gdb's `monitor js` run host code. */
   gdbAllowJs: boolean;
+  /** The virtio devices (`--disk`, `--net`, `--console`, `--rng`, `--vsock`, `--virtio`). */
+  virtio?: VirtioBootOptions;
 }
 
 /** Parses a number written in decimal or 0x-hex, naming the option on error. */
@@ -111,6 +121,7 @@ export function parseBootArgs(args: string[]): BootOptions {
         gdb: { type: "string" },
         wait: { type: "boolean", default: false },
         "gdb-allow-js": { type: "boolean", default: false },
+        ...VIRTIO_FLAG_OPTIONS,
       },
       allowPositionals: true,
       strict: true,
@@ -161,6 +172,7 @@ export function parseBootArgs(args: string[]): BootOptions {
     gdb,
     wait: values.wait,
     gdbAllowJs: values["gdb-allow-js"],
+    virtio: parseVirtioFlags(values, (message) => new UsageError(message)),
   };
 }
 
@@ -189,6 +201,7 @@ export async function createBootVm(options: BootOptions, signal?: AbortSignal): 
       const data = await readImageFile(options.initrd, { what: "initrd", maxBytes: vm.memory.ramSize, signal });
       load.modules = [{ data, cmdline: options.initrd }];
     }
+    if (options.virtio !== undefined) addVirtioDevices(vm, options.virtio);
     await vm.load(kernel, load);
   } catch (error) {
     await vm.close();

@@ -362,6 +362,19 @@ export class Machine {
     return this.#kvm.checkExtension(KVM_CAP.READONLY_MEM) > 0;
   }
 
+  /**
+   * Binds an eventfd to guest writes at `address` (KVM_IOEVENTFD): such
+   * writes no longer exit to user space. `unbind` removes it.
+   */
+  bindIoeventfd(eventFd: number, address: bigint, length: number, unbind = false): void {
+    this.#vmFd.ioeventfd(eventFd, address, length, { deassign: unbind });
+  }
+
+  /** Binds an eventfd to an interrupt line (KVM_IRQFD): each write to it raises GSI `gsi` as an edge. */
+  bindIrqfd(eventFd: number, gsi: number, unbind = false): void {
+    this.#vmFd.irqfd(eventFd, gsi, unbind);
+  }
+
   /** KVM_CHECK_EXTENSION on this machine's KVM handle. */
   checkExtension(capability: number): number {
     return this.#kvm.checkExtension(capability);

@@ -27,6 +27,7 @@ import { DebugExit, SinkPort } from "../devices/debug_exit.ts";
 import { buildAcpiTables } from "./firmware/acpi.ts";
 import { buildMpTable } from "./firmware/mptable.ts";
 import type { ReservedRange } from "./loader/types.ts";
+import { VirtioSlots } from "../devices/virtio/slots.ts";
 
 /**
  * Where the platform puts everything: ports (with how many each device
@@ -60,6 +61,18 @@ export const PC_LAYOUT = {
   rsdp: { address: 0xf_0000 },
   /** The MP floating pointer and configuration table, in 0xf0000-0xfffff. */
   mpTable: { address: 0xf_0100 },
+  /**
+   * virtio devices: mmio windows where QEMU's microvm puts them (512 bytes
+   * apart), PCI functions from 00:01.0 with BAR 0 below the IOAPIC, and one
+   * interrupt line each from the ISA IRQs nothing else here uses (Linux
+   * booted with acpi=off maps only these to fixed IRQ numbers, which
+   * `virtio_mmio.device=…:IRQ` needs).
+   */
+  virtio: {
+    mmio: { address: 0xfeb0_0000, count: 8 },
+    pci: { firstDevice: 1, barBase: 0xfea0_0000, count: 8 },
+    gsis: [5, 10, 11, 7, 6, 13, 14, 15],
+  },
 } as const;
 
 /** The PC devices beyond COM1, debug-exit and POST, for scripts that want to reach them. */
@@ -82,6 +95,8 @@ export interface BuiltPlatform {
   serial: Serial16550;
   /** The PC devices, unless the platform is `"none"`. */
   pc: PcPlatform | undefined;
+  /** Where virtio devices go (`vm.add()`); adding one rewrites the firmware tables. */
+  virtio: VirtioSlots;
 }
 
 /** Options of {@link buildPlatform}. */
@@ -110,8 +125,14 @@ export function buildPlatform(machine: Machine, buses: BusDispatch, options: Pla
     new DebugExit((value) => machine.requestStop({ reason: "exit", value, code: ((value << 1) | 1) >>> 0 })),
   );
   buses.io.insert(PC_LAYOUT.post.port, PC_LAYOUT.post.size, "post", new SinkPort());
-  if (options.platform === "none") return { serial, pc: undefined };
-  return { serial, pc: installPcDevices(machine, buses, irqLine, options.onReset) };
+  if (options.platform === "none") {
+    return { serial, pc: undefined, virtio: new VirtioSlots(machine, buses, undefined, PC_LAYOUT.virtio, () => {}) };
+  }
+  const pc = installPcDevices(machine, buses, irqLine, options.onReset);
+  const virtio: VirtioSlots = new VirtioSlots(machine, buses, pc.pciHost, PC_LAYOUT.virtio, () => {
+    writeFirmwareTables(machine, pc, virtio.mmioDevices());
+  });
+  return { serial, pc, virtio };
 }
 
 /** The PC devices and firmware tables QEMU's `-kernel` users expect. */
@@ -173,29 +194,44 @@ function installPcDevices(
   platform.acpiPm = new AcpiPm({ onSleep: (type) => sleepPolicy(machine, platform, type) });
   io(PC_LAYOUT.acpiPm, "acpi-pm", platform.acpiPm);
 
-  if (memory.isRam(PC_LAYOUT.acpiTables.address, PC_LAYOUT.acpiTables.size)) {
-    // KVM's in-kernel IOAPIC starts with id 0: the tables say so too.
-    const acpi = buildAcpiTables({
-      cpus,
-      rsdpAddress: PC_LAYOUT.rsdp.address,
-      tablesAddress: PC_LAYOUT.acpiTables.address,
-      ioapicId: 0,
-      irq0Override,
-      pmBase: PC_LAYOUT.acpiPm.port,
-    });
-    platform.facs = acpi.addresses.facs;
-    memory.write(PC_LAYOUT.acpiTables.address, acpi.tables);
-    memory.write(PC_LAYOUT.rsdp.address, acpi.rsdp);
-    const mpTable = buildMpTable({ cpus, address: PC_LAYOUT.mpTable.address, ioapicId: 0, irq0Override });
-    memory.write(PC_LAYOUT.mpTable.address, mpTable);
-    platform.reserved.push(
-      { label: "the ACPI tables", start: PC_LAYOUT.acpiTables.address, size: acpi.tables.length },
-      { label: "the ACPI RSDP", start: PC_LAYOUT.rsdp.address, size: acpi.rsdp.length },
-      { label: "the MP table", start: PC_LAYOUT.mpTable.address, size: mpTable.length },
-    );
-  }
+  writeFirmwareTables(machine, platform, []);
   if (machine.hasIrqchip && memory.isRam(0, 0x10_0000)) installBiosState(machine);
   return platform;
+}
+
+/** Writes the ACPI and MP tables (again, when virtio devices are added: the DSDT lists the virtio-mmio ones). */
+function writeFirmwareTables(
+  machine: Machine,
+  platform: PcPlatform,
+  virtioMmio: { base: number; size: number; gsi: number }[],
+): void {
+  const memory = machine.memory;
+  const cpus = machine.cpus.length;
+  const irq0Override = false;
+  if (!memory.isRam(PC_LAYOUT.acpiTables.address, PC_LAYOUT.acpiTables.size)) return;
+  // KVM's in-kernel IOAPIC starts with id 0: the tables say so too.
+  const acpi = buildAcpiTables({
+    cpus,
+    rsdpAddress: PC_LAYOUT.rsdp.address,
+    tablesAddress: PC_LAYOUT.acpiTables.address,
+    ioapicId: 0,
+    irq0Override,
+    pmBase: PC_LAYOUT.acpiPm.port,
+    virtioMmio,
+  });
+  platform.facs = acpi.addresses.facs;
+  memory.write(PC_LAYOUT.acpiTables.address, acpi.tables);
+  memory.write(PC_LAYOUT.rsdp.address, acpi.rsdp);
+  const mpTable = buildMpTable({ cpus, address: PC_LAYOUT.mpTable.address, ioapicId: 0, irq0Override });
+  memory.write(PC_LAYOUT.mpTable.address, mpTable);
+  // Loaders keep images off these (rewritten with the tables when a device is added).
+  platform.reserved.splice(
+    0,
+    platform.reserved.length,
+    { label: "the ACPI tables", start: PC_LAYOUT.acpiTables.address, size: acpi.tables.length },
+    { label: "the ACPI RSDP", start: PC_LAYOUT.rsdp.address, size: acpi.rsdp.length },
+    { label: "the MP table", start: PC_LAYOUT.mpTable.address, size: mpTable.length },
+  );
 }
 
 /**

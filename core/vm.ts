@@ -19,6 +19,8 @@ import type { ImageSymbol } from "./loader/types.ts";
 import { buildPlatform, type PcPlatform, resetPolicy } from "./platform.ts";
 import { Debugger } from "./debug/debugger.ts";
 import { attachGdb, type VmGdb } from "./gdb/server.ts";
+import type { VirtioAddOptions, VirtioSlot, VirtioSlots } from "../devices/virtio/slots.ts";
+import type { VirtioDevice } from "../devices/virtio/device.ts";
 
 export type { ExitInterceptor, KernelDevice, RunOptions } from "./machine.ts";
 export type { PendingStop } from "./stop.ts";
@@ -61,6 +63,7 @@ export class Vm extends Machine {
   image: LoadedImage | undefined;
 
   readonly #buses: BusDispatch;
+  readonly #virtio: VirtioSlots;
   #lastLoad: { bytes: Uint8Array; options: LoadOptions } | undefined;
   #gdb: VmGdb | undefined;
   /** The symbols of every image loaded, for the debugger whenever it attaches. */
@@ -82,6 +85,8 @@ export class Vm extends Machine {
     this.serial = built.serial;
     this.serial.watchStops(this);
     this.platform = built.pc;
+    this.#virtio = built.virtio;
+    this.onClose(() => this.#virtio.close());
     // Attached now, so every front end (the gdb server, the REPL) shares it with the image's symbols.
     void this.debug;
   }
@@ -172,6 +177,30 @@ export class Vm extends Machine {
   /** Watches MMIO accesses in `[lo, hi]` (inclusive); the hook may answer reads. Returns a remover. */
   onMmio(range: [number | bigint, number | bigint], hook: MmioHook): () => void {
     return this.#buses.onMmio(range, hook);
+  }
+
+  /**
+   * Adds a virtio device (`virtioBlock(…)`, `virtioNet(…)`, `virtioConsole(…)`,
+   * `virtioRng()`, `virtioVsock(…)`) on virtio-mmio (default) or PCI, with its
+   * window, interrupt line and firmware entries placed by the platform.
+   * Add devices before loading the kernel. The VM closes them when it closes.
+   */
+  add(device: VirtioDevice, options: VirtioAddOptions = {}): VirtioSlot {
+    this.assertIdle("add a device");
+    return this.#virtio.add(device, options);
+  }
+
+  /** The virtio devices added, in order. */
+  get virtioDevices(): readonly VirtioSlot[] {
+    return this.#virtio.list;
+  }
+
+  /**
+   * Kernel command-line parameters that announce the virtio-mmio devices
+   * (`virtio_mmio.device=512@0xfeb00000:5`), for a Linux loader to append.
+   */
+  virtioKernelParameters(): string[] {
+    return this.#virtio.kernelParameters();
   }
 
   /** The debugger: breakpoints, watchpoints, stepping, disassembly, symbols, page walks (one per VM, shared). */

@@ -60,6 +60,17 @@ export interface PciHostState {
   functions: Record<string, number[]>;
 }
 
+/**
+ * A PCI function modelled outside the host (a virtio-pci device): it
+ * answers its own config space, BAR sizing included. Its state is its own.
+ */
+export interface PciFunctionModel {
+  /** Reads `size` bytes (1, 2, 4) of config space at `register`. */
+  configRead(register: number, size: number): number;
+  /** Writes `size` bytes of config space at `register`. */
+  configWrite(register: number, size: number, value: number): void;
+}
+
 interface PciFunction {
   readonly config: Uint8Array;
   /** Bit set = writable by the guest. */
@@ -112,6 +123,7 @@ function i440fx(): PciFunction {
  */
 export class PciHost implements IoDevice {
   readonly #functions = new Map<number, PciFunction>();
+  readonly #models = new Map<number, PciFunctionModel>();
   readonly #onReset: (() => void) | undefined;
   #address = 0;
   #resetControl = 0;
@@ -163,12 +175,25 @@ export class PciHost implements IoDevice {
     for (const [bdf, config] of configs) this.#functions.get(bdf)!.config.set(config);
   }
 
+  /**
+   * Puts a function modelled elsewhere at `bdf` (bus << 8 | device << 3 |
+   * function). Throws a RangeError when the address is taken.
+   */
+  attach(bdf: number, model: PciFunctionModel): void {
+    if (this.#functions.has(bdf) || this.#models.has(bdf)) {
+      throw new RangeError(`Cannot attach a PCI function at ${bdfName(bdf)}: the address is taken`);
+    }
+    this.#models.set(bdf, model);
+  }
+
   /** Offsets 0-3: the address register; 1 (byte): reset control; 4-7: the data window. */
   read(offset: number, size: number): number {
     if (offset < DATA) {
       if (offset === RESET_CONTROL && size === 1) return this.#resetControl;
       return ((this.#address >>> (offset * 8)) & allOnes(size)) >>> 0;
     }
+    const model = this.#model();
+    if (model !== undefined) return model.configRead((this.#address & 0xfc) + offset - DATA, size);
     const target = this.#target(offset - DATA);
     if (target === undefined) return allOnes(size);
     let value = 0;
@@ -187,6 +212,11 @@ export class PciHost implements IoDevice {
       }
       return; // other partial writes to the address register are ignored, as on QEMU
     }
+    const model = this.#model();
+    if (model !== undefined) {
+      model.configWrite((this.#address & 0xfc) + offset - DATA, size, value);
+      return;
+    }
     const target = this.#target(offset - DATA);
     if (target === undefined) return;
     const { config, writeMask } = target.fn;
@@ -196,6 +226,12 @@ export class PciHost implements IoDevice {
       const byte = (value >>> (i * 8)) & 0xff;
       config[index] = (config[index]! & ~mask) | (byte & mask);
     }
+  }
+
+  #model(): PciFunctionModel | undefined {
+    const address = this.#address;
+    if ((address & PCI_CONFIG_ADDRESS.enable) === 0 || this.#models.size === 0) return undefined;
+    return this.#models.get((address >>> 8) & 0xffff);
   }
 
   /** The present function and register the address register selects, or undefined. */

@@ -13,6 +13,7 @@ import { formatTranslation } from "../core/debug/paging.ts";
 import { REGISTER_NAMES, type RegisterName } from "../core/kvm/structs.ts";
 import type { BreakCondition, WatchAccess } from "../core/debug/debugger.ts";
 import { parseSize } from "../core/memory.ts";
+import { formatDevices } from "./devices_view.ts";
 
 /** A dot command. */
 export interface Command {
@@ -393,6 +394,13 @@ registerCommand({
     session.output.print(`deleted ${id}`);
   },
   script: (args) => `vm.debug.delete(${Number(args.trim())});`,
+});
+
+registerCommand({
+  name: "devices",
+  usage: ".devices",
+  help: "list the devices on the buses and the virtio devices with their queues",
+  run: (_args, session) => session.output.print(formatDevices(session.vm)),
 });
 
 registerCommand({

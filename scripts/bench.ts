@@ -22,7 +22,7 @@
  *
  * Usage: `deno task bench [--n 20000] [--rounds 15] [--steps 20000]
  * [--hits 48] [--debug-rounds 9] [--cold-runs 5] [--gdb-steps 800]
- * [--gdb-rounds 5] [--only exits,debug,gdb,cold]`
+ * [--gdb-rounds 5] [--block-rounds 5] [--only exits,debug,gdb,cold,block]`
  *
  * @module
  */
@@ -35,6 +35,7 @@ import { Vm } from "../core/vm.ts";
 import type { StopEvent } from "../core/stop.ts";
 import { readElfSymbols } from "../core/loader/elf.ts";
 import { buildGuests } from "./build_guests.ts";
+import { benchBlock, formatBlockTable } from "./bench_block.ts";
 
 /** Repository root (the launcher, tests/ and bench/ are found from here). */
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
@@ -860,9 +861,10 @@ async function main(args: string[]): Promise<void> {
       "gdb-steps": { type: "string" },
       "gdb-rounds": { type: "string" },
       only: { type: "string" },
+      "block-rounds": { type: "string" },
     },
   });
-  const sections = ["exits", "debug", "gdb", "cold"];
+  const sections = ["exits", "debug", "gdb", "cold", "block"];
   const only = values.only === undefined ? sections : values.only.split(",");
   const unknown = only.filter((name) => !sections.includes(name));
   if (unknown.length > 0) throw new RangeError(`--only ${values.only}: expected some of ${sections.join(",")}`);
@@ -908,6 +910,15 @@ async function main(args: string[]): Promise<void> {
   if (only.includes("cold")) {
     const cold = await benchCold(guests, coldRuns);
     console.log(formatColdTable(cold.rows, cold.notes, coldRuns));
+  }
+  if (only.includes("block")) {
+    const virtio = guests.get("virtio.elf");
+    if (virtio === undefined) throw new Error("buildGuests() lacks virtio.elf");
+    // 5 rounds: each is 4 processes per size, ≈10 s in all here.
+    const blockRounds = positiveInt(values["block-rounds"], 5, "block-rounds");
+    const tools = { launcher: LAUNCHER, guest: virtio, median, run: runCommand, onPath };
+    console.log();
+    console.log(formatBlockTable(await benchBlock(tools, blockRounds), blockRounds));
   }
   console.log(`\n(bench took ${((performance.now() - started) / 1000).toFixed(1)} s)`);
 }

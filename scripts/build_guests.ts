@@ -152,6 +152,12 @@ const GUESTS: GuestSpec[] = [
     linkAddress: MIB,
   },
   {
+    name: "virtio",
+    kind: "elf32",
+    sources: ["mb_hello_entry.S", "virtio.c"],
+    linkAddress: MIB,
+  },
+  {
     name: "reset",
     kind: "elf32",
     sources: ["lib/start32.S", "reset.c"],

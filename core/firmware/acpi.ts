@@ -12,6 +12,7 @@
  * @module
  */
 
+import { type DsdtVirtioMmio, virtioMmioAml } from "./dsdt.ts";
 import { ByteWriter, checksum } from "./_bytes.ts";
 
 /** The local APIC's physical address (every CPU sees its own there). */
@@ -65,6 +66,8 @@ export interface AcpiOptions {
   pmBase?: number;
   /** Reset register: an I/O port and the byte to write there (default 0xcf9 and 0x06, the PIIX reset control). */
   reset?: { port: number; value: number };
+  /** virtio-mmio windows to declare in the DSDT (`LNRO0005` devices). */
+  virtioMmio?: readonly DsdtVirtioMmio[];
 }
 
 /** Where each table landed. */
@@ -254,7 +257,7 @@ export function buildAcpiTables(options: AcpiOptions): AcpiTables {
   const facsAddress = base + writer.length;
   writer.bytes(facs()).align(16);
   const dsdtAddress = base + writer.length;
-  writer.bytes(sdt("DSDT", 2, new Uint8Array(0))).align(16);
+  writer.bytes(sdt("DSDT", 2, virtioMmioAml(options.virtioMmio ?? []))).align(16);
   const fadtAddress = base + writer.length;
   writer.bytes(fadt(options, facsAddress, dsdtAddress)).align(16);
   const madtAddress = base + writer.length;

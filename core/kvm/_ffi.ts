@@ -32,6 +32,18 @@ const libc = Deno.dlopen("libc.so.6", {
   access: { parameters: ["buffer", "i32"], result: "i32" },
   socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
   connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  // Host files, eventfds and TAP devices for the virtio back ends (core/kvm/host_io.ts).
+  pread: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
+  pwrite: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
+  read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  fsync: { parameters: ["i32"], result: "i32" },
+  fallocate: { parameters: ["i32", "i32", "i64", "i64"], result: "i32" },
+  eventfd: { parameters: ["u32", "i32"], result: "i32" },
+  getrandom: { parameters: ["buffer", "usize", "u32"], result: "isize" },
+  // Blocking with a timeout, on Deno's pool thread: the event loop stays free while a TAP waits for frames.
+  poll_blocking: { name: "poll", parameters: ["buffer", "u64", "i32"], result: "i32", nonblocking: true },
+  poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
 });
 
 /** Raw libc symbols. Only `core/kvm/` imports this file. */
@@ -87,7 +99,9 @@ export function viewNative(pointer: Deno.PointerObject, size: number): ArrayBuff
   return Deno.UnsafePointerView.getArrayBuffer(pointer, size);
 }
 
+export const O_RDONLY = 0;
 export const O_RDWR = 2;
+export const O_NONBLOCK = 0o4000;
 export const O_CLOEXEC = 0o2000000;
 export const PROT_READ = 1;
 export const PROT_WRITE = 2;

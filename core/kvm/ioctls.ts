@@ -25,6 +25,10 @@ export const KVM = {
   GET_PIT2: 0x8070ae9f,
   SET_PIT2: 0x4070aea0,
   CREATE_PIT2: 0x4040ae77,
+  /** `_IOW(KVMIO, 0x76, struct kvm_irqfd)`, a 32-byte struct. */
+  IRQFD: 0x4020ae76,
+  /** `_IOW(KVMIO, 0x79, struct kvm_ioeventfd)`, a 64-byte struct. */
+  IOEVENTFD: 0x4040ae79,
   RUN: 0xae80,
   GET_REGS: 0x8090ae81,
   SET_REGS: 0x4090ae82,
@@ -64,7 +68,9 @@ export const KVM_CAP = {
   EXT_CPUID: 7,
   NR_VCPUS: 9,
   NR_MEMSLOTS: 10,
+  IRQFD: 32,
   PIT2: 33,
+  IOEVENTFD: 36,
   SET_IDENTITY_MAP_ADDR: 37,
   SET_GUEST_DEBUG: 23,
   DEBUGREGS: 50,

@@ -307,6 +307,45 @@ export class VmFd {
     ioctlBuffer(this.#open(), KVM.IRQ_LINE, buffer);
   }
 
+  /**
+   * KVM_IOEVENTFD: guest writes of `length` bytes (1, 2, 4, 8; 0 = any) to
+   * `address` (MMIO, or a port with `pio`) signal the eventfd `eventFd`
+   * inside KVM, without an exit to user space. `datamatch` narrows it to
+   * writes of that value. `deassign` removes a binding made with the same
+   * arguments. Layout: `struct kvm_ioeventfd` { u64 datamatch; u64 addr;
+   * u32 len; s32 fd; u32 flags; u8 pad[36] } (64 bytes).
+   */
+  ioeventfd(
+    eventFd: number,
+    address: bigint,
+    length: number,
+    options: { pio?: boolean; datamatch?: bigint; deassign?: boolean } = {},
+  ): void {
+    const buffer = new Uint8Array(64);
+    const view = new DataView(buffer.buffer);
+    view.setBigUint64(0, options.datamatch ?? 0n, true);
+    view.setBigUint64(8, address, true);
+    view.setUint32(16, length, true);
+    view.setInt32(20, eventFd, true);
+    const flags = (options.datamatch === undefined ? 0 : 1) | (options.pio ? 2 : 0) | (options.deassign ? 4 : 0);
+    view.setUint32(24, flags, true);
+    ioctlBuffer(this.#open(), KVM.IOEVENTFD, buffer, `fd ${eventFd} at 0x${address.toString(16)}, ${length} bytes`);
+  }
+
+  /**
+   * KVM_IRQFD: a write to the eventfd `eventFd` raises GSI `gsi` inside KVM
+   * (an edge; no resample fd). `deassign` removes the binding. Layout:
+   * `struct kvm_irqfd` { u32 fd; u32 gsi; u32 flags; u32 resamplefd; u8 pad[16] } (32 bytes).
+   */
+  irqfd(eventFd: number, gsi: number, deassign = false): void {
+    const buffer = new Uint8Array(32);
+    const view = new DataView(buffer.buffer);
+    view.setUint32(0, eventFd, true);
+    view.setUint32(4, gsi, true);
+    view.setUint32(8, deassign ? 1 : 0, true);
+    ioctlBuffer(this.#open(), KVM.IRQFD, buffer, `fd ${eventFd} on GSI ${gsi}`);
+  }
+
   /** KVM_CREATE_VCPU, mapping its kvm_run area. */
   createVcpu(id: number): VcpuFd {
     const fd = ioctlValue(this.#open(), KVM.CREATE_VCPU, id);

@@ -1,5 +1,6 @@
 /**
- * The hvsh command line: `hvsh` (the REPL), `hvsh boot`, `hvsh run SCRIPT`.
+ * The hvsh command line: `hvsh` (the REPL), `hvsh boot`, `hvsh run SCRIPT`
+ * (`hvsh test` and `hvsh bench` are handled by the launcher script).
  *
  * @module
  */
@@ -12,10 +13,25 @@ usage: hvsh                          open the REPL on the demo VM
        hvsh --kernel FILE [OPTIONS]  open the REPL on a kernel (boot options as below)
        hvsh --empty                  open the REPL with no VM
        hvsh boot --kernel FILE ...   run a kernel with COM1 on this terminal (hvsh boot --help)
-       hvsh run SCRIPT.ts [ARGS]     run a provisioning script with the scripting API`;
+       hvsh run SCRIPT.ts [ARGS]     run a provisioning script with the scripting API
+       hvsh test [FILES] [OPTIONS]   run the test suites (deno test)
+       hvsh bench [OPTIONS]          measure hvsh against C and QEMU baselines (hvsh bench --help)
+       hvsh help                     this text`;
+
+const COMMANDS = ["boot", "run", "test", "bench", "help"];
+
+const RUN_USAGE = `usage: hvsh run SCRIPT.ts [ARGS]
+
+Runs a TypeScript file. A script with import statements runs as a module (import the API
+from mod.ts); any other script, such as one the REPL's .save wrote, runs through the REPL's
+evaluator with Vm, vm, cpu, mem and debug in scope. Exit status 1 when it throws.`;
 
 async function runScript(args: string[]): Promise<number> {
   const [script] = args;
+  if (script === "--help" || script === "-h") {
+    console.log(RUN_USAGE);
+    return 0;
+  }
   if (script === undefined) {
     console.error("hvsh run: missing SCRIPT.ts\n" + USAGE);
     return 2;
@@ -37,9 +53,25 @@ async function main(args: string[]): Promise<number> {
       console.log(USAGE);
       return 0;
     default: {
+      // A word that is neither a command, an option nor a file is a typo of a command, not a kernel to read.
+      if (command !== undefined && !command.startsWith("-") && !(await isFile(command))) {
+        console.error(
+          `hvsh: unknown command ${JSON.stringify(command)} (commands: ${COMMANDS.join(", ")}; ` +
+            `a kernel is given with --kernel FILE)\n${USAGE}`,
+        );
+        return 2;
+      }
       const { replCommand } = await import("./repl/main.ts");
       return await replCommand(args);
     }
+  }
+}
+
+async function isFile(path: string): Promise<boolean> {
+  try {
+    return (await Deno.stat(path)).isFile;
+  } catch {
+    return false;
   }
 }
 

@@ -11,6 +11,7 @@ import { Vm } from "../core/vm.ts";
 import { describeStop, type StopEvent } from "../core/stop.ts";
 import type { ImageFormat, LoadOptions } from "../core/loader/mod.ts";
 import { isLoopback, listenGdb, parseGdbAddress, serveGdbUntilEnd } from "../core/gdb/server.ts";
+import { attachOptionValues } from "./_args.ts";
 
 /** Exit statuses of `hvsh boot`. */
 export const BOOT_STATUS = {
@@ -72,12 +73,29 @@ export function parseNumber(option: string, text: string): number {
   return value;
 }
 
+/** Options of `hvsh boot` that take a value: the value may start with `-` (`--append -vmx_test`). */
+const BOOT_VALUE_OPTIONS = [
+  "kernel",
+  "k",
+  "format",
+  "load-addr",
+  "append",
+  "initrd",
+  "mem",
+  "m",
+  "cpus",
+  "timeout",
+  "cpuid-hide",
+  "cpuid-vendor",
+  "gdb",
+];
+
 /** Parses boot options from argv (without the `boot` word). */
 export function parseBootArgs(args: string[]): BootOptions {
   let parsed;
   try {
     parsed = parseArgs({
-      args,
+      args: attachOptionValues(args, BOOT_VALUE_OPTIONS),
       options: {
         kernel: { type: "string", short: "k" },
         format: { type: "string", default: "auto" },
@@ -242,8 +260,10 @@ function pipeSerialToStdout(vm: Vm): () => void {
 async function runUnderGdb(vm: Vm, options: BootOptions): Promise<StopEvent | number> {
   const gdb = options.gdb!;
   let server;
+  // gdb's `monitor` runs the REPL's dot commands, as in the REPL's .gdb.
+  const { monitorForVm } = await import("../repl/monitor.ts");
   try {
-    server = listenGdb(vm, gdb);
+    server = listenGdb(vm, { ...gdb, monitor: monitorForVm(vm) });
   } catch (error) {
     console.error(`hvsh boot: ${(error as Error).message}`);
     return BOOT_STATUS.usage;

@@ -44,7 +44,7 @@ export interface VmOptions {
   cpuid?: CpuidOptions | ((index: number) => CpuidOptions);
   /** What an access to an unclaimed port or MMIO address does: `"ignore"` (default) or `"stop"`. */
   unhandled?: "ignore" | "stop";
-  /** A name for listings. */
+  /** A name for listings (default `vm1`, `vm2`, ... in the order VMs are made in this process). */
   name?: string;
   /**
    * The in-kernel interrupt controllers (PIC, IOAPIC, LAPICs) and PIT. Default
@@ -163,6 +163,8 @@ const IRQCHIP_IDS = { "pic-master": 0, "pic-slave": 1, "ioapic": 2 } as const;
 const TICK_MS = 10;
 
 let sharedKvm: Kvm | undefined;
+/** VMs made in this process: default names vm1, vm2, ... as the REPL's `.vm list` shows them. */
+let vmsMade = 0;
 let openVms = 0;
 
 /**
@@ -225,7 +227,7 @@ export class Vm {
     this.memory = memory;
     this.#vcpuFds = vcpuFds;
     this.cpus = vcpuFds.map((fd) => new Vcpu(fd, memory));
-    this.name = options.name ?? "vm";
+    this.name = options.name ?? `vm${++vmsMade}`;
     this.#unhandled = options.unhandled ?? "ignore";
     this.#canCompleteExits = vmFd.kvm.checkExtension(KVM_CAP.IMMEDIATE_EXIT) > 0;
     this.setPageProtection(new Map());
@@ -482,7 +484,7 @@ export class Vm {
     const memory = this.memory;
     // A command line for a kernel that is not multiboot reaches it through fw_cfg only (QEMU's -append does the same).
     const format = loadOptions.format === undefined || loadOptions.format === "auto"
-      ? detectFormat(bytes, loadOptions.path)
+      ? detectFormat(bytes, loadOptions.path, loadOptions)
       : loadOptions.format;
     const cmdline = loadOptions.cmdline ?? "";
     if (format !== "multiboot") delete loadOptions.cmdline;

@@ -330,7 +330,7 @@ ttyTest("Ctrl-C while the guest runs (.cont on spin.elf) pauses it and shows the
       return at >= 0 && /\nstack:\n(.*\n){4}/.test(screen.slice(at)) ? screen.slice(at) : undefined;
     });
     assert.match(context, /^rax [0-9a-f]{16} /m);
-    assert.match(context, new RegExp(`^code:\\n=> ${hex(spinHere)} <spin_here>: eb fe +jmp `, "m"));
+    assert.match(context, new RegExp(`^code:\\n=> ${hex(spinHere)} <spin_here>: +eb fe +jmp `, "m"));
     await pane.waitForPromptLine();
     await pane.enter(".regs rip");
     await pane.waitForText(new RegExp(`^rip = ${hex(spinHere)}$`, "m"));

@@ -27,9 +27,10 @@ import type { Vcpu } from "../vcpu.ts";
 import type { DebugStop, StopEvent } from "../stop.ts";
 import { KVM_EXIT, KVM_GUESTDBG } from "../kvm/ioctls.ts";
 import { SymbolTable } from "./symbols.ts";
-import { type DecodedInstruction, decodeInstructions } from "./disasm.ts";
+import { type DecodedInstruction, decodeInstructions, formatListing } from "./disasm.ts";
 import { translate, type Translation } from "./paging.ts";
 import { readElfSymbols } from "../loader/elf.ts";
+import { evaluateAddress } from "./expr.ts";
 
 /** A breakpoint condition: a closure, or (from the REPL) an expression compiled by the caller. */
 export type BreakCondition = (cpu: Vcpu, vm: Vm) => boolean;
@@ -156,7 +157,9 @@ export class Debugger {
 
   /**
    * Resolves a location: a number or bigint address, a symbol (`"bump"`),
-   * `symbol+offset` (`"bump+4"`, `"bump+0x4"`), or a hex/decimal string (`"0x100014"`, `"*0x100014"`).
+   * `symbol+offset` (`"bump+4"`, `"bump+0x4"`), a hex/decimal string (`"0x100014"`, `"*0x100014"`: a
+   * leading `*` is gdb's "the address", as in `break *0x100014`), or any address expression of
+   * {@link evaluateAddress} (`"$rsp+8"`, `"*($rsp+8)"`).
    */
   resolve(location: bigint | number | string): bigint {
     if (typeof location === "bigint") return location;
@@ -166,16 +169,7 @@ export class Debugger {
     }
     const text = location.trim().replace(/^\*/, "");
     if (/^(0x[0-9a-f]+|\d+)$/i.test(text)) return BigInt(text);
-    const match = /^([A-Za-z_.$][\w.$@]*)\s*(?:\+\s*(0x[0-9a-f]+|\d+))?$/i.exec(text);
-    if (match !== null) {
-      const base = this.symbols.lookup(match[1]!);
-      if (base !== undefined) return base + (match[2] === undefined ? 0n : BigInt(match[2]));
-      const close = this.symbols.complete(match[1]!.slice(0, 3)).slice(0, 5);
-      throw new RangeError(
-        `Unknown symbol ${JSON.stringify(match[1])}${close.length > 0 ? ` (did you mean ${close.join(", ")}?)` : ""}`,
-      );
-    }
-    throw new SyntaxError(`Cannot parse location ${JSON.stringify(location)}: expected an address or a symbol`);
+    return evaluateAddress(text, this.#vm); // symbols, $registers, + - *, dereferences (expr.ts)
   }
 
   /** The address of a symbol; throws a RangeError naming an unknown one. */
@@ -708,16 +702,14 @@ export class Debugger {
     return decodeInstructions(bytes!, address, bits, count, (a) => this.symbols.describe(a));
   }
 
-  /** Disassembly text: one line per instruction, `address <symbol+off>: bytes  text`, rip marked with `=>`. */
+  /** Disassembly text (aligned columns): one line per instruction, `address <symbol+off>: bytes  text`, rip marked `=>`. */
   disassemble(location?: bigint | number | string, count = 10, bitness?: 16 | 32 | 64): string {
     const cpu = this.#vm.cpu(0);
     const rip = this.#ripLinear(cpu);
-    return this.instructions(location, count, bitness).map((insn) => {
-      const symbol = this.symbols.describe(insn.address);
-      const label = symbol === undefined ? "" : ` <${symbol}>`;
-      const bytes = [...insn.bytes].map((b) => b.toString(16).padStart(2, "0")).join(" ");
-      return `${insn.address === rip ? "=> " : "   "}${hex(insn.address)}${label}: ${bytes.padEnd(24)} ${insn.text}`;
-    }).join("\n");
+    return formatListing(this.instructions(location, count, bitness), {
+      current: rip,
+      symbolize: (address) => this.symbols.describe(address),
+    });
   }
 
   #ripLinear(cpu: Vcpu): bigint {
@@ -743,7 +735,9 @@ export class Debugger {
       const { returnAddress } = this.#currentReturn(cpu);
       const found = this.symbols.find(regs.rip);
       const inPrologue = found !== undefined && found.offset <= 1n;
-      if (inPrologue) {
+      // At an entry with no caller (rsp is whatever the loader left), the word there is no return address.
+      const plausible = this.symbols.size === 0 || this.symbols.find(returnAddress) !== undefined;
+      if (inPrologue && plausible) {
         // rbp still belongs to the caller: the first return address came from rsp.
         frames.push({ index: 1, pc: returnAddress, frame: rbp, symbol: this.symbols.describe(returnAddress) });
       }

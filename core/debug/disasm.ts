@@ -95,6 +95,12 @@ export function decodeInstructions(
         let text = invalid ? "(bad)" : formatter.format(instruction);
         const name = target === undefined ? undefined : symbolize?.(target);
         if (name !== undefined) text += ` <${name}>`;
+        const data = invalid || symbolize === undefined ? undefined : absoluteMemoryOperand(x86, instruction);
+        const dataName = data === undefined ? undefined : symbolize!(data);
+        if (dataName !== undefined) {
+          // `mov rax, [0x1001d8]` -> `mov rax, [0x1001d8 <ticks>]`
+          text = text.replace(`[0x${data!.toString(16)}]`, `[0x${data!.toString(16)} <${dataName}>]`);
+        }
         const entry: DecodedInstruction = {
           address: instruction.ip,
           bytes: bytes.slice(offset, offset + length),
@@ -119,4 +125,50 @@ export function decodeInstructions(
     formatter.free();
   }
   return out;
+}
+
+/** The address of a memory operand that names one outright (absolute or rip-relative), else undefined. */
+function absoluteMemoryOperand(x86: Iced, instruction: import("iced-x86").Instruction): bigint | undefined {
+  let memory = false;
+  for (let i = 0; i < instruction.opCount && !memory; i++) memory = instruction.opKind(i) === x86.OpKind.Memory;
+  if (!memory || instruction.memoryIndex !== x86.Register.None) return undefined;
+  const base = instruction.memoryBase;
+  if (base !== x86.Register.None && base !== x86.Register.RIP && base !== x86.Register.EIP) return undefined;
+  return instruction.memoryDisplacementU64;
+}
+
+/** What {@link formatListing} needs besides the instructions. */
+export interface ListingOptions {
+  /** The address marked `=>` (the vCPU's rip). */
+  current?: bigint;
+  /** `symbol+offset` of an address, or undefined. */
+  symbolize?: (address: bigint) => string | undefined;
+}
+
+/**
+ * A disassembly listing with aligned columns: `=>` at the current
+ * instruction, the address and its symbol, the bytes, the text.
+ *
+ * @example
+ * ```ts
+ * import { decodeInstructions, formatListing } from "./disasm.ts";
+ * const code = decodeInstructions(new Uint8Array([0x55, 0x48, 0x89, 0xe5]), 0x1000n, 64, 2);
+ * formatListing(code, { current: 0x1000n });
+ * // "=> 0x1000: 55        push rbp\n   0x1001: 48 89 e5  mov rbp, rsp"
+ * ```
+ */
+export function formatListing(instructions: readonly DecodedInstruction[], options: ListingOptions = {}): string {
+  const rows = instructions.map((insn) => {
+    const symbol = options.symbolize?.(insn.address);
+    return {
+      marker: insn.address === options.current ? "=> " : "   ",
+      where: `0x${insn.address.toString(16)}${symbol === undefined ? "" : ` <${symbol}>`}:`,
+      bytes: [...insn.bytes].map((b) => b.toString(16).padStart(2, "0")).join(" "),
+      text: insn.text,
+    };
+  });
+  const whereWidth = Math.max(0, ...rows.map((r) => r.where.length));
+  const bytesWidth = Math.max(0, ...rows.map((r) => r.bytes.length));
+  return rows.map((r) => `${r.marker}${r.where.padEnd(whereWidth)} ${r.bytes.padEnd(bytesWidth)}  ${r.text}`)
+    .join("\n");
 }

@@ -28,6 +28,31 @@ function transpile(source: string): string {
   }
 }
 
+/**
+ * Whether `source` stops in the middle of something (an open brace, bracket
+ * or parenthesis, a template literal, a comment), so the REPL should read
+ * another line before evaluating, as Node's and Deno's REPLs do.
+ *
+ * @example
+ * ```ts
+ * import { needsMoreInput } from "./evaluator.ts";
+ * needsMoreInput("function f(a) {"); // true
+ * needsMoreInput("function f(a) { return a }"); // false
+ * needsMoreInput("1 + )"); // false: an error more input cannot fix
+ * ```
+ */
+export function needsMoreInput(source: string): boolean {
+  try {
+    transpile(source);
+    return false;
+  } catch (error) {
+    if (!(error instanceof SyntaxError)) return false;
+    if (/end of file|Unterminated (template|comment)/i.test(error.message)) return true;
+    // esbuild calls an open template literal an unterminated string: an odd count of backticks tells them apart.
+    return /Unterminated string/.test(error.message) && (source.replace(/\\`/g, "").match(/`/g)?.length ?? 0) % 2 === 1;
+  }
+}
+
 /** A top-level statement of transpiled code, with its source text. */
 interface Statement {
   text: string;

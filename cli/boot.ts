@@ -12,6 +12,7 @@ import { describeStop, type StopEvent } from "../core/stop.ts";
 import type { ImageFormat, LoadOptions } from "../core/loader/mod.ts";
 import { isLoopback, listenGdb, parseGdbAddress, serveGdbUntilEnd } from "../core/gdb/server.ts";
 import { attachOptionValues } from "./_args.ts";
+import { openBootTerminal } from "./_terminal.ts";
 
 /** Exit statuses of `hvsh boot`. */
 export const BOOT_STATUS = {
@@ -206,7 +207,7 @@ export function statusForStop(stop: StopEvent): number {
 }
 
 /** Copies stdin to the guest's serial port until EOF (works for a TTY, a pipe or a file). */
-async function pumpStdin(vm: Vm, signal: AbortSignal): Promise<void> {
+async function pumpStdin(vm: Vm, signal: AbortSignal, filter?: (bytes: Uint8Array) => Uint8Array): Promise<void> {
   const reader = Deno.stdin.readable.getReader();
   signal.addEventListener("abort", () => reader.cancel().catch(() => {}), { once: true });
   try {
@@ -216,7 +217,7 @@ async function pumpStdin(vm: Vm, signal: AbortSignal): Promise<void> {
       while (vm.serial.pendingInput + value.length > 1 << 20 && !signal.aborted) {
         await new Promise((resolve) => setTimeout(resolve, 10));
       }
-      if (!signal.aborted) vm.serial.send(value);
+      if (!signal.aborted) vm.serial.send(filter === undefined ? value : filter(value));
     }
   } catch {
     // stdin closed under us: nothing more to send
@@ -308,7 +309,8 @@ export async function bootCommand(args: string[]): Promise<number> {
   const timeoutMs = parseBootArgs(args).timeoutMs;
   const stopInput = new AbortController();
   const stopOutput = pipeSerialToStdout(vm);
-  const input = pumpStdin(vm, stopInput.signal);
+  const terminal = openBootTerminal(vm); // raw keys and Ctrl-A escapes on a terminal (cli/_terminal.ts)
+  const input = pumpStdin(vm, stopInput.signal, terminal?.filter);
   try {
     const options = parseBootArgs(args);
     let stop: Awaited<ReturnType<typeof runUnderGdb>>;
@@ -330,6 +332,7 @@ export async function bootCommand(args: string[]): Promise<number> {
     }
     return status;
   } finally {
+    terminal?.restore();
     stopInput.abort();
     void input; // a pending stdin read may never end (a TTY); main exits the process
     await vm.close();

@@ -156,7 +156,9 @@ function declaredNames(text: string): string[] {
  * value of a final expression statement is returned.
  */
 export function rewriteForRepl(code: string): { body: string; globals: string[] } {
-  const statements = splitStatements(code);
+  // Code pasted from a module: `export` means nothing at a prompt, the declarations still count
+  // (esbuild turns `export function f` into `function f` and an `export { f };` list at the end).
+  const statements = splitStatements(code.replace(/^export\s*\{[^}]*\};?[ \t]*$/gm, ""));
   const globals: string[] = [];
   const out: string[] = [];
   statements.forEach((statement, index) => {

@@ -493,7 +493,7 @@ ttyTest(
       await pane.enter(".cont");
       await pane.waitFor("the guest running", (s) => s.trimEnd().endsWith(".cont"));
       await pane.keys("C-c");
-      await pane.waitForText(/^\[paused at rip /m);
+      await pane.waitFor("a second pause", (s) => s.split("[paused at rip ").length === 3);
       await pane.waitForPromptLine();
       await pane.enter("vm.serial.output");
       await pane.waitForText(/^"ab"$/m);

@@ -31,6 +31,7 @@ import { type DecodedInstruction, decodeInstructions, formatListing } from "./di
 import { translate, type Translation } from "./paging.ts";
 import { readElfSymbols } from "../loader/elf.ts";
 import { evaluateAddress } from "./expr.ts";
+import { type Hook, type HookCallbacks, hookFunction } from "./hooks.ts";
 
 /** A breakpoint condition: a closure, or (from the REPL) an expression compiled by the caller. */
 export type BreakCondition = (cpu: Vcpu, vm: Vm) => boolean;
@@ -431,6 +432,19 @@ export class Debugger {
   /** Watchpoints in id order. */
   get watchpoints(): Watchpoint[] {
     return [...this.#watchpoints.values()];
+  }
+
+  /**
+   * Hooks a function without ever stopping the guest (Frida's Interceptor.attach):
+   * `onEnter` runs at its entry, `onLeave` when it returns. See hooks.ts.
+   *
+   * @example
+   * ```ts ignore
+   * const hook = vm.debug.hook("bump", { onEnter: (ctx) => console.log("bump", ctx.arg(0)) });
+   * ```
+   */
+  hook(location: bigint | number | string, callbacks: HookCallbacks): Hook {
+    return hookFunction(this, this.#vm, location, callbacks);
   }
 
   // ---------------------------------------------------------------- watchpoints

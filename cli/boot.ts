@@ -13,6 +13,7 @@ import type { ImageFormat, LoadOptions } from "../core/loader/mod.ts";
 import { isLoopback, listenGdb, parseGdbAddress, serveGdbUntilEnd } from "../core/gdb/server.ts";
 import { attachOptionValues } from "./_args.ts";
 import { openBootTerminal } from "./_terminal.ts";
+import { inFlightEvents } from "../core/debug/exceptions.ts";
 
 /** Exit statuses of `hvsh boot`. */
 export const BOOT_STATUS = {
@@ -329,6 +330,8 @@ export async function bootCommand(args: string[]): Promise<number> {
     const status = statusForStop(stop);
     if (status === BOOT_STATUS.crashed || status === BOOT_STATUS.timeout || stop.reason === "shutdown") {
       console.error(`hvsh: ${describeStop(stop)}`);
+      // What KVM still shows of the fault: the event in flight, CR2, an IDT that cannot deliver.
+      if (status === BOOT_STATUS.crashed) { for (const line of inFlightEvents(vm)) console.error(`hvsh:   ${line}`); }
     }
     return status;
   } finally {

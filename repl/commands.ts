@@ -12,6 +12,8 @@ import { examineAt, formatRegisters, formatSpecialRegisters, hex, hexdump, merge
 import { formatTranslation } from "../core/debug/paging.ts";
 import { DISPLAY_REGISTER_ORDER, REGISTER_NAMES } from "../core/kvm/structs.ts";
 import { telescope } from "../core/debug/telescope.ts";
+import { ExceptionHistory, inFlightEvents } from "../core/debug/exceptions.ts";
+import type { Vm } from "../core/vm.ts";
 import { evaluateAddress } from "../core/debug/expr.ts";
 import { ALL_REGISTER_NAMES, isWritableRegister, readRegister, writeRegister } from "../core/debug/registers.ts";
 import type { BreakCondition, WatchAccess } from "../core/debug/debugger.ts";
@@ -457,6 +459,48 @@ registerCommand({
     ));
   },
   complete: symbolCompletions,
+});
+
+const exceptionHistories = new WeakMap<Vm, ExceptionHistory>();
+
+registerCommand({
+  name: "exceptions",
+  usage: ".exceptions [on [all]|off|N]",
+  help: "what KVM shows in flight, and the last N exceptions (on: hook the IDT's handlers; all: interrupts too)",
+  run(args, session) {
+    const vm = session.vm;
+    const [verb, scope] = words(args);
+    if (verb === "on") {
+      if (scope !== undefined && scope !== "all") throw new CommandError(`Invalid scope ${quote(scope)}: expected all`);
+      exceptionHistories.get(vm)?.disarm();
+      const history = new ExceptionHistory(vm, { vectors: scope === "all" ? "all" : "exceptions" });
+      exceptionHistories.set(vm, history);
+      const hooked = history.arm();
+      session.output.print(
+        `recording ${
+          scope === "all" ? "exceptions and interrupts" : "exceptions (vectors 0-31)"
+        }: ${hooked} IDT handler${
+          hooked === 1 ? "" : "s"
+        } hooked (re-read at every stop; KVM itself reports only events in flight at an exit)${
+          hooked === 0
+            ? "\nno IDT handlers yet: run the guest past its lidt (e.g. .until a function after it), then this arms"
+            : ""
+        }`,
+      );
+      return;
+    }
+    if (verb === "off") {
+      exceptionHistories.get(vm)?.disarm();
+      session.output.print("exception recording off");
+      return;
+    }
+    const shown = verb === undefined ? 20 : count(verb, 20);
+    const lines = [`in flight: ${inFlightEvents(vm).join("; ")}`];
+    const history = exceptionHistories.get(vm);
+    lines.push(history === undefined ? "no history: .exceptions on records one" : history.format(shown));
+    session.output.print(lines.join("\n"));
+  },
+  complete: (partial) => ["on", "off"].filter((v) => v.startsWith(partial)),
 });
 
 registerCommand(breakCommand("break"));

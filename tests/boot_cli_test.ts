@@ -76,14 +76,23 @@ kvmTest("hvsh boot exits 0 when the guest halts for good", async () => {
   assert.equal(run.stdout, "halting\n");
 });
 
-kvmTest("hvsh boot exits 4 on a triple fault with a one-line diagnosis naming rip and mode", async () => {
-  const run = await boot(["--kernel", await guest("triple_fault.elf")]);
-  assert.equal(run.code, 4);
-  assert.match(
-    run.stderr,
-    /^hvsh: guest crashed: triple fault \(KVM_EXIT_SHUTDOWN\) at rip 0x[0-9a-f]+ <fault_here> \(long mode, vCPU 0\)\n$/,
-  );
-});
+kvmTest(
+  "hvsh boot exits 4 on a triple fault with a diagnosis naming rip, mode and the IDT that cannot deliver",
+  async () => {
+    const run = await boot(["--kernel", await guest("triple_fault.elf")]);
+    assert.equal(run.code, 4);
+    assert.match(
+      run.stderr,
+      /^hvsh: guest crashed: triple fault \(KVM_EXIT_SHUTDOWN\) at rip 0x[0-9a-f]+ <fault_here> \(long mode, vCPU 0\)\n/,
+    );
+    // The guest loaded an IDT with limit 0 before its ud2: KVM_GET_VCPU_EVENTS and the IDT say why it died.
+    assert.match(
+      run.stderr,
+      /^hvsh: {3}IDT base 0x0 limit 0x0: no vector can be delivered \(an exception becomes #GP, then #DF, then a triple fault\)$/m,
+    );
+    assert.ok(run.stderr.split("\n").slice(1, -1).every((line) => line.startsWith("hvsh:   ")), run.stderr);
+  },
+);
 
 kvmTest("hvsh boot exits 124 on --timeout for a guest that spins without exits", async () => {
   const run = await boot(["--kernel", await guest("spin.elf"), "--timeout", "0.3"]);

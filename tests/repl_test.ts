@@ -964,3 +964,35 @@ kvmTest("cpu.enterRealMode() with no options enters at 0000:7c00", async () => {
   const out = await dbg(["cpu.enterRealMode()", "cpu.mode", "cpu.regs.rip", "cpu.sregs.cs.selector"]);
   assert.deepEqual(out, ["", '"real"', "0x7c00n", "0"]);
 });
+
+kvmTest(
+  ".exceptions on all hooks the guest's IDT handlers and lists the timer interrupts it took, with rips",
+  async () => {
+    const pitFile = await guest("pit_irq.elf");
+    const symbols = new Map(readElfSymbols(await Deno.readFile(pitFile)).map((s) => [s.name, s.address]));
+    const out = (await steps(["--kernel", pitFile], [
+      ".context off",
+      ".exceptions on",
+      ".break on_pit",
+      ".cont",
+      ".delete 1",
+      ".exceptions on all",
+      ".cont",
+      ".exceptions 4",
+    ])).out;
+    assert.match(out[1]!, /^recording exceptions \(vectors 0-31\): 0 IDT handlers hooked .*\nno IDT handlers yet/);
+    assert.match(out[5]!, /^recording exceptions and interrupts: 3 IDT handlers hooked/);
+    assert.match(out[6]!, /^pit ticks 5\n\[guest exited with value 0/);
+    const lines = out[7]!.split("\n");
+    assert.match(lines[0]!, /^in flight: no exception, interrupt or NMI in flight/);
+    // The first tick stopped at on_pit before recording began; the other four were recorded.
+    const ticks = lines.slice(1);
+    assert.equal(ticks.length, 4, out[7]);
+    for (const line of ticks) {
+      assert.match(
+        line,
+        new RegExp(`^ +\\d: vector 0x20 at 0x[0-9a-f]+ <main\\+\\d+> -> ${hex(symbols.get("pit_stub")!)} <pit_stub>$`),
+      );
+    }
+  },
+);

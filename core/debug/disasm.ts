@@ -40,6 +40,8 @@ export interface DecodedInstruction {
   invalid: boolean;
   /** Has an explicit memory operand or is a string instruction. */
   accessesMemory: boolean;
+  /** The address a memory operand names outright (absolute or rip-relative), if any. */
+  memoryAddress?: bigint;
 }
 
 /**
@@ -95,12 +97,7 @@ export function decodeInstructions(
         let text = invalid ? "(bad)" : formatter.format(instruction);
         const name = target === undefined ? undefined : symbolize?.(target);
         if (name !== undefined) text += ` <${name}>`;
-        const data = invalid || symbolize === undefined ? undefined : absoluteMemoryOperand(x86, instruction);
-        const dataName = data === undefined ? undefined : symbolize!(data);
-        if (dataName !== undefined) {
-          // `mov rax, [0x1001d8]` -> `mov rax, [0x1001d8 <ticks>]`
-          text = text.replace(`[0x${data!.toString(16)}]`, `[0x${data!.toString(16)} <${dataName}>]`);
-        }
+        const data = invalid ? undefined : absoluteMemoryOperand(x86, instruction);
         const entry: DecodedInstruction = {
           address: instruction.ip,
           bytes: bytes.slice(offset, offset + length),
@@ -115,6 +112,7 @@ export function decodeInstructions(
             Array.from({ length: instruction.opCount }, (_, i) => instruction.opKind(i)).includes(x86.OpKind.Memory),
         };
         if (target !== undefined) entry.target = target;
+        if (data !== undefined) entry.memoryAddress = data;
         out.push(entry);
       } finally {
         instruction.free();
@@ -137,6 +135,15 @@ function absoluteMemoryOperand(x86: Iced, instruction: import("iced-x86").Instru
   return instruction.memoryDisplacementU64;
 }
 
+/** `mov rax, [0x1001d8]` -> `mov rax, [0x1001d8 <ticks>]` when the operand's address has a symbol. */
+function withDataSymbol(insn: DecodedInstruction, symbolize?: (address: bigint) => string | undefined): string {
+  const address = insn.memoryAddress;
+  const name = address === undefined ? undefined : symbolize?.(address);
+  if (name === undefined) return insn.text;
+  const literal = `[0x${address!.toString(16)}]`;
+  return insn.text.replace(literal, `[0x${address!.toString(16)} <${name}>]`);
+}
+
 /** What {@link formatListing} needs besides the instructions. */
 export interface ListingOptions {
   /** The address marked `=>` (the vCPU's rip). */
@@ -147,7 +154,8 @@ export interface ListingOptions {
 
 /**
  * A disassembly listing with aligned columns: `=>` at the current
- * instruction, the address and its symbol, the bytes, the text.
+ * instruction, the address and its symbol, the bytes, the text (with the
+ * symbol of a memory operand's address: `mov rax, [0x1001d8 <ticks>]`).
  *
  * @example
  * ```ts
@@ -164,7 +172,7 @@ export function formatListing(instructions: readonly DecodedInstruction[], optio
       marker: insn.address === options.current ? "=> " : "   ",
       where: `0x${insn.address.toString(16)}${symbol === undefined ? "" : ` <${symbol}>`}:`,
       bytes: [...insn.bytes].map((b) => b.toString(16).padStart(2, "0")).join(" "),
-      text: insn.text,
+      text: withDataSymbol(insn, options.symbolize),
     };
   });
   const whereWidth = Math.max(0, ...rows.map((r) => r.where.length));

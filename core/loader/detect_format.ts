@@ -17,7 +17,13 @@ const LINUX_HEADER_MAGIC = "HdrS";
 function describeUnknown(bytes: Uint8Array): string {
   if (bytes.length === 0) return "an empty file";
   const head = bytes.subarray(0, Math.min(bytes.length, 512));
-  const printable = head.every((b) => b === 0x09 || b === 0x0a || b === 0x0d || (b >= 0x20 && b < 0x7f) || b >= 0x80);
+  let printable: boolean;
+  try {
+    const text = new TextDecoder("utf-8", { fatal: true }).decode(head);
+    printable = ![...text].some((c) => (c < " " && c !== "\t" && c !== "\n" && c !== "\r") || c === "\u007f");
+  } catch {
+    printable = false; // not UTF-8: binary
+  }
   const first = [...bytes.subarray(0, 8)].map((b) => b.toString(16).padStart(2, "0")).join(" ");
   return `${bytes.length} bytes${printable ? " of text" : ""}, starting ${first}`;
 }
@@ -38,6 +44,11 @@ export function isLinuxBzImage(bytes: Uint8Array): boolean {
 export interface DetectOptions {
   /** An address to load a flat image at: given, a file with no signature is taken as flat. */
   loadAddress?: number | undefined;
+  /**
+   * The bytes come from code, not from a file (`vm.load(bytes)`): without a
+   * signature they are taken as flat code, as the caller wrote them.
+   */
+  fromCode?: boolean;
 }
 
 /**
@@ -57,7 +68,7 @@ export interface DetectOptions {
  *
  * @param bytes The image.
  * @param path The image path, for error messages.
- * @param options `loadAddress` when the caller gave one.
+ * @param options `loadAddress` when the caller gave one; `fromCode` for bytes a program handed over.
  *
  * @example
  * ```ts
@@ -82,7 +93,7 @@ export function detectFormat(bytes: Uint8Array, path?: string, options: DetectOp
         `(a multiboot or ELF kernel boots; --format flat runs it as a boot sector anyway)`,
     );
   }
-  if (hasBootSignature(bytes) || options.loadAddress !== undefined) return "flat";
+  if (hasBootSignature(bytes) || options.loadAddress !== undefined || options.fromCode) return "flat";
   throw new SyntaxError(
     `${errorPrefix("load", "image", path)}no ELF, multiboot or boot-sector signature ` +
       `(${describeUnknown(bytes)}); to run raw bytes as real-mode code, give --format flat ` +

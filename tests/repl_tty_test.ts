@@ -191,15 +191,19 @@ async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
   try {
     return await fn(dir);
   } finally {
-    // hvsh may still write its history while the pane closes: retry a removal that meets a new file.
-    for (let tries = 0;; tries++) {
-      try {
-        await Deno.remove(dir, { recursive: true });
-        break;
-      } catch (error) {
-        if (tries >= 40 || !/not empty/i.test((error as Error).message)) throw error;
-        await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-      }
+    await removeDir(dir);
+  }
+}
+
+/** Removes a folder, retrying while hvsh may still write its history into it as the pane closes. */
+async function removeDir(dir: string): Promise<void> {
+  for (let tries = 0;; tries++) {
+    try {
+      await Deno.remove(dir, { recursive: true });
+      return;
+    } catch (error) {
+      if (tries >= 40 || !/not empty/i.test((error as Error).message)) throw error;
+      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
     }
   }
 }

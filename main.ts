@@ -1,5 +1,6 @@
 /**
- * The hvsh command line: `hvsh` (the REPL), `hvsh boot`, `hvsh run SCRIPT`.
+ * The hvsh command line: `hvsh` (the REPL), `hvsh boot`, `hvsh run SCRIPT`
+ * (`hvsh test` and `hvsh bench` are handled by the launcher script).
  *
  * @module
  */
@@ -13,9 +14,14 @@ usage: hvsh                          open the REPL on the demo VM
        hvsh --empty                  open the REPL with no VM
        hvsh boot --kernel FILE ...   run a kernel with COM1 on this terminal (hvsh boot --help)
        hvsh run SCRIPT.ts [ARGS]     run a provisioning script, type-checked (hvsh run --help)
-       hvsh fuzz [--minutes N] [--seed S] [--only a,b]  fuzz hvsh itself (hvsh fuzz --help)
        hvsh init DIR                 make a kernel project tested with deno test (hvsh init --help)
-       hvsh test-suite FILE          run a kvm-unit-tests-style table of kernels (hvsh test-suite --help)`;
+       hvsh test-suite FILE          run a kvm-unit-tests-style table of kernels (hvsh test-suite --help)
+       hvsh test [FILES] [OPTIONS]   run the test suites (deno test)
+       hvsh bench [OPTIONS]          measure hvsh against C and QEMU baselines (hvsh bench --help)
+       hvsh fuzz [--minutes N] [--seed S] [--only a,b]  fuzz hvsh itself (hvsh fuzz --help)
+       hvsh help                     this text`;
+
+const COMMANDS = ["boot", "run", "init", "test-suite", "test", "bench", "fuzz", "help"];
 
 async function runScript(args: string[]): Promise<number> {
   const { runCommand } = await import("./cli/run_script.ts");
@@ -43,9 +49,25 @@ async function main(args: string[]): Promise<number> {
       console.log(USAGE);
       return 0;
     default: {
+      // A word that is neither a command, an option nor a file is a typo of a command, not a kernel to read.
+      if (command !== undefined && !command.startsWith("-") && !(await isFile(command))) {
+        console.error(
+          `hvsh: unknown command ${JSON.stringify(command)} (commands: ${COMMANDS.join(", ")}; ` +
+            `a kernel is given with --kernel FILE)\n${USAGE}`,
+        );
+        return 2;
+      }
       const { replCommand } = await import("./repl/main.ts");
       return await replCommand(args);
     }
+  }
+}
+
+async function isFile(path: string): Promise<boolean> {
+  try {
+    return (await Deno.stat(path)).isFile;
+  } catch {
+    return false;
   }
 }
 

@@ -20,6 +20,9 @@ import {
 import { isLoopback, listenGdb, parseGdbAddress, serveGdbUntilEnd } from "../core/gdb/server.ts";
 import { MAX_KERNEL_FILE_BYTES, readImageFile } from "../core/loader/read_image_file.ts";
 import { GuestOutput } from "./_guest_output.ts";
+import { attachOptionValues } from "./_args.ts";
+import { openBootTerminal } from "./_terminal.ts";
+import { inFlightEvents } from "../core/debug/exceptions.ts";
 
 /** Exit statuses of `hvsh boot`. */
 export const BOOT_STATUS = {
@@ -101,12 +104,29 @@ export function parseNumber(option: string, text: string): number {
   return value;
 }
 
+/** Options of `hvsh boot` that take a value: the value may start with `-` (`--append -vmx_test`). */
+const BOOT_VALUE_OPTIONS = [
+  "kernel",
+  "k",
+  "format",
+  "load-addr",
+  "append",
+  "initrd",
+  "mem",
+  "m",
+  "cpus",
+  "timeout",
+  "cpuid-hide",
+  "cpuid-vendor",
+  "gdb",
+];
+
 /** Parses boot options from argv (without the `boot` word). */
 export function parseBootArgs(args: string[]): BootOptions {
   let parsed;
   try {
     parsed = parseArgs({
-      args,
+      args: attachOptionValues(args, BOOT_VALUE_OPTIONS),
       options: {
         kernel: { type: "string", short: "k" },
         format: { type: "string", default: "auto" },
@@ -228,7 +248,7 @@ export function statusForStop(stop: StopEvent): number {
 }
 
 /** Copies stdin to the guest's serial port until EOF (works for a TTY, a pipe or a file). */
-async function pumpStdin(vm: Vm, signal: AbortSignal): Promise<void> {
+async function pumpStdin(vm: Vm, signal: AbortSignal, filter?: (bytes: Uint8Array) => Uint8Array): Promise<void> {
   const reader = Deno.stdin.readable.getReader();
   signal.addEventListener("abort", () => reader.cancel().catch(() => {}), { once: true });
   try {
@@ -238,7 +258,7 @@ async function pumpStdin(vm: Vm, signal: AbortSignal): Promise<void> {
       while (vm.serial.pendingInput + value.length > 1 << 20 && !signal.aborted) {
         await new Promise((resolve) => setTimeout(resolve, 10));
       }
-      if (!signal.aborted) vm.serial.send(value);
+      if (!signal.aborted) vm.serial.send(filter === undefined ? value : filter(value));
     }
   } catch {
     // stdin closed under us: nothing more to send
@@ -251,8 +271,10 @@ async function pumpStdin(vm: Vm, signal: AbortSignal): Promise<void> {
 async function runUnderGdb(vm: Vm, options: BootOptions): Promise<StopEvent | number> {
   const gdb = options.gdb!;
   let server;
+  // gdb's `monitor` runs the REPL's dot commands, as in the REPL's .gdb.
+  const { monitorForVm } = await import("../repl/monitor.ts");
   try {
-    server = listenGdb(vm, { ...gdb, allowJs: options.gdbAllowJs });
+    server = listenGdb(vm, { ...gdb, allowJs: options.gdbAllowJs, monitor: monitorForVm(vm) });
   } catch (error) {
     console.error(`hvsh boot: ${(error as Error).message}`);
     return BOOT_STATUS.usage;
@@ -350,7 +372,8 @@ export async function bootCommand(args: string[]): Promise<number> {
   });
   const unsubscribe = vm.serial.onData((bytes) => output.push(bytes));
   const stopInput = new AbortController();
-  const input = pumpStdin(vm, stopInput.signal);
+  const terminal = openBootTerminal(vm); // raw keys and Ctrl-A escapes on a terminal (cli/_terminal.ts)
+  const input = pumpStdin(vm, stopInput.signal, terminal?.filter);
   try {
     let stop: Awaited<ReturnType<typeof runUnderGdb>>;
     try {
@@ -404,9 +427,12 @@ export async function bootCommand(args: string[]): Promise<number> {
         ? ` (stdout is not being read: ${output.pendingBytes} bytes of guest output not written)`
         : "";
       console.error(`hvsh: ${describeStop(stop)}${pendingNote}`);
+      // What KVM still shows of the fault: the event in flight, CR2, an IDT that cannot deliver.
+      if (status === BOOT_STATUS.crashed) { for (const line of inFlightEvents(vm)) console.error(`hvsh:   ${line}`); }
     }
     return status;
   } finally {
+    terminal?.restore();
     stopInput.abort();
     void input; // a pending stdin read may never end (a TTY); main exits the process
     for (const remove of signalListeners) remove();

@@ -60,7 +60,7 @@ export interface MachineOptions {
   cpuid?: CpuidOptions | ((index: number) => CpuidOptions);
   /** What an access to an unclaimed port or MMIO address does: `"ignore"` (default) or `"stop"`. */
   unhandled?: UnhandledPolicy;
-  /** A name for listings. */
+  /** A name for listings (default `vm1`, `vm2`, ... in the order VMs are made in this process). */
   name?: string;
   /**
    * The in-kernel interrupt controllers (PIC, IOAPIC, LAPICs) and PIT. Default
@@ -146,6 +146,8 @@ export interface MachineParts {
  * on it; the debugger and gdb server take any machine.
  */
 export class Machine {
+  /** Machines made in this process: default names vm1, vm2, ... as the REPL's `.vm list` shows them. */
+  static #made = 0;
   /** Guest physical RAM. */
   readonly memory: GuestMemory;
   /** The vCPUs. */
@@ -227,7 +229,7 @@ export class Machine {
     this.#vcpuFds = parts.vcpuFds;
     this.memory = parts.memory;
     this.cpus = parts.vcpuFds.map((fd) => new Vcpu(fd, parts.memory));
-    this.name = options.name ?? "vm";
+    this.name = options.name ?? `vm${++Machine.#made}`;
     this.#irqchip = options.irqchip ?? true;
     this.#unhandled = options.unhandled ?? "ignore";
     this.#handlers = handlers;

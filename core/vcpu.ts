@@ -270,8 +270,9 @@ export class Vcpu {
   /**
    * Puts the vCPU in real mode at `cs:ip` with the other segments equal to
    * `dataSegment` (default `cs`, as a boot sector expects when cs is 0).
+   * Without options it enters at 0000:7c00, where a boot sector runs.
    */
-  enterRealMode(options: { cs?: number; ip: number; sp?: number; dataSegment?: number }): void {
+  enterRealMode(options: { cs?: number; ip?: number; sp?: number; dataSegment?: number } = {}): void {
     const cs = options.cs ?? 0;
     const data = options.dataSegment ?? cs;
     const segment = (selector: number, code: boolean): Segment => ({
@@ -290,7 +291,7 @@ export class Vcpu {
       cr4: 0n,
       efer: 0n,
     });
-    this.setRegs(this.#cleanRegs({ rip: options.ip, rsp: options.sp ?? 0 }));
+    this.setRegs(this.#cleanRegs({ rip: options.ip ?? 0x7c00, rsp: options.sp ?? 0 }));
   }
 
   /**

@@ -108,8 +108,9 @@ export class Vm extends Machine {
 
   /**
    * Loads a kernel image (a path or its bytes) into RAM and puts vCPU 0 at
-   * its entry in the mode it needs. The format is detected unless given.
-   * A bad image throws and loads nothing.
+   * its entry in the mode it needs. The format is detected unless given: a
+   * file without an ELF, multiboot or boot-sector signature is refused, bytes
+   * handed over by code run as a flat image. A bad image throws and loads nothing.
    */
   async load(source: string | Uint8Array, options: LoadOptions = {}): Promise<LoadedImage> {
     this.assertIdle("load an image");
@@ -129,7 +130,7 @@ export class Vm extends Machine {
     const memory = this.memory;
     // A command line for a kernel that is not multiboot reaches it through fw_cfg only (QEMU's -append does the same).
     const format = loadOptions.format === undefined || loadOptions.format === "auto"
-      ? detectFormat(bytes, loadOptions.path)
+      ? detectFormat(bytes, loadOptions.path, { ...loadOptions, fromCode: loadOptions.path === undefined })
       : loadOptions.format;
     const cmdline = loadOptions.cmdline ?? "";
     if (format !== "multiboot") delete loadOptions.cmdline;

@@ -8,9 +8,14 @@
 
 import type { Session } from "./session.ts";
 import type { StopEvent } from "../core/stop.ts";
-import { examine, formatRegisters, formatSpecialRegisters, hex, hexdump } from "./format.ts";
+import { examineAt, formatRegisters, formatSpecialRegisters, hex, hexdump, mergeExamineSpec } from "./format.ts";
 import { formatTranslation } from "../core/debug/paging.ts";
-import { REGISTER_NAMES, type RegisterName } from "../core/kvm/structs.ts";
+import { DISPLAY_REGISTER_ORDER, REGISTER_NAMES } from "../core/kvm/structs.ts";
+import { telescope } from "../core/debug/telescope.ts";
+import { ExceptionHistory, inFlightEvents } from "../core/debug/exceptions.ts";
+import type { Vm } from "../core/vm.ts";
+import { evaluateAddress } from "../core/debug/expr.ts";
+import { ALL_REGISTER_NAMES, isWritableRegister, readRegister, writeRegister } from "../core/debug/registers.ts";
 import type { BreakCondition, WatchAccess } from "../core/debug/debugger.ts";
 import { parseSize } from "../core/memory.ts";
 import { formatDevices } from "./devices_view.ts";
@@ -52,20 +57,74 @@ function words(args: string): string[] {
   return args.trim() === "" ? [] : args.trim().split(/\s+/);
 }
 
+/** Whether an expression ends in an operator, so the word after it belongs to it (`tick + 8`). */
+function endsInOperator(text: string): boolean {
+  return /[-+*/(&|<>]\s*$/.test(text);
+}
+
+/** `EXPR [N]`: a trailing number after whitespace is the count or length, unless the expression needs it. */
+function splitLengthArgument(args: string): { location: string; rest?: string } {
+  const match = /^(.*\S)\s+([^\s+\-*/&|()<>]\S*)$/i.exec(args.trim());
+  if (match === null || endsInOperator(match[1]!)) return { location: args.trim() };
+  return { location: match[1]!, rest: match[2]! };
+}
+
+/** `.watch EXPR [LEN] [r|w|rw]`: a last word of letters after something complete is the access. */
+function parseWatchArgs(args: string): { where: string; length?: string; mode?: string } {
+  let text = args.trim();
+  let mode: string | undefined;
+  const modeMatch = /^(.*\S)\s+([a-z]+)$/i.exec(text);
+  if (modeMatch !== null && !endsInOperator(modeMatch[1]!)) {
+    mode = modeMatch[2];
+    text = modeMatch[1]!;
+  }
+  const { location, rest } = splitLengthArgument(text);
+  const out: { where: string; length?: string; mode?: string } = { where: location };
+  if (rest !== undefined) out.length = rest;
+  if (mode !== undefined) out.mode = mode;
+  return out;
+}
+
 function symbolCompletions(partial: string, session: Session): string[] {
   const vm = session.maybeVm;
   return vm === undefined ? [] : vm.debug.symbols.complete(partial).slice(0, 200);
 }
 
-function toLocation(session: Session, text: string): bigint {
-  if (text === "" || text === undefined) throw new CommandError("Missing an address or symbol");
-  const trimmed = text.trim();
-  if (/^\$[a-z0-9]+$/i.test(trimmed)) {
-    const name = trimmed.slice(1) as RegisterName;
-    if (!(REGISTER_NAMES as readonly string[]).includes(name)) throw new CommandError(`Unknown register ${trimmed}`);
-    return session.vm.cpu(0).regs[name];
+/** An address expression (core/debug/expr.ts): `*` in front reads memory, as in `.x *$rsp`. */
+function toLocation(session: Session, text: string | undefined): bigint {
+  if (text === undefined || text.trim() === "") throw new CommandError("Missing an address or symbol");
+  return evaluateAddress(text.trim(), session.vm.debug, session.vm.cpu(0));
+}
+
+/** A code or data location for .break/.watch/.until: a leading `*` is gdb's "the address" (`break *0x1000`). */
+function toBreakLocation(session: Session, text: string | undefined): bigint {
+  if (text === undefined || text.trim() === "") throw new CommandError("Missing an address or symbol");
+  return session.vm.debug.resolve(text.trim());
+}
+
+/** Files and folders completing `partial` (a path typed so far), folders with a trailing `/`. */
+export function pathCompletions(partial: string): string[] {
+  const slash = partial.lastIndexOf("/");
+  const folder = slash < 0 ? "." : partial.slice(0, slash + 1);
+  const prefix = partial.slice(slash + 1);
+  const out: string[] = [];
+  try {
+    for (const entry of Deno.readDirSync(folder === "" ? "/" : folder)) {
+      if (!entry.name.startsWith(prefix) || (prefix === "" && entry.name.startsWith("."))) continue;
+      let isDirectory = entry.isDirectory;
+      if (entry.isSymlink) {
+        try {
+          isDirectory = Deno.statSync(`${folder}${entry.name}`).isDirectory;
+        } catch {
+          // a dangling link completes as a file
+        }
+      }
+      out.push(`${slash < 0 ? "" : folder}${entry.name}${isDirectory ? "/" : ""}`);
+    }
+  } catch {
+    // an unreadable folder completes to nothing
   }
-  return session.vm.debug.resolve(trimmed);
+  return out.sort();
 }
 
 function quote(text: string): string {
@@ -83,7 +142,7 @@ function compileCondition(expression: string): BreakCondition {
 }
 
 function parseBreakArgs(args: string): { location: string; condition?: string } {
-  const match = /^(\S+)(?:\s+if\s+(.+))?$/.exec(args.trim());
+  const match = /^(.+?)(?:\s+if\s+(.+))?$/.exec(args.trim());
   if (match === null) throw new CommandError("Missing an address or symbol");
   return match[2] === undefined ? { location: match[1]! } : { location: match[1]!, condition: match[2] };
 }
@@ -100,7 +159,7 @@ function breakCommand(kind: "break" | "hbreak"): Command {
       const options = condition === undefined
         ? {}
         : { condition: compileCondition(condition), conditionText: condition };
-      const bp = session.vm.debug[kind](toLocation(session, location), options);
+      const bp = session.vm.debug[kind](toBreakLocation(session, location), options);
       session.output.print(
         `${kind === "break" ? "Breakpoint" : "Hardware breakpoint"} ${bp.id} at ${hex(bp.address)}${
           bp.symbol === undefined ? "" : ` <${bp.symbol}>`
@@ -225,6 +284,7 @@ registerCommand({
       `loaded ${file}: ${image.format}, ${image.mode} mode, entry ${hex(image.entry)}, ${image.symbols.length} symbols`,
     );
   },
+  complete: pathCompletions,
   script(args) {
     const [file, addr] = words(args);
     return addr === undefined
@@ -233,11 +293,17 @@ registerCommand({
   },
 });
 
-function parseRegisterAssignment(args: string): { name: RegisterName; value: bigint } | undefined {
-  const match = /^(\w+)\s*=\s*(\S+)$/.exec(args.trim());
+function parseRegisterAssignment(args: string): { name: string; value: bigint } | undefined {
+  const match = /^\$?(\w+)\s*=\s*(\S+)$/.exec(args.trim());
   if (match === null) return undefined;
-  const name = match[1]! as RegisterName;
-  if (!(REGISTER_NAMES as readonly string[]).includes(name)) throw new CommandError(`Unknown register ${match[1]}`);
+  const name = match[1]!.toLowerCase();
+  if (!isWritableRegister(name)) {
+    throw new CommandError(
+      ALL_REGISTER_NAMES.includes(name)
+        ? `Cannot set ${name} with .regs: only general registers and their parts (eax, al, r8d...) can be set; use cpu.setSregs()`
+        : `Unknown register ${match[1]}`,
+    );
+  }
   let value: bigint;
   try {
     value = BigInt(match[2]!.replace(/n$/, ""));
@@ -249,8 +315,8 @@ function parseRegisterAssignment(args: string): { name: RegisterName; value: big
 
 registerCommand({
   name: "regs",
-  usage: ".regs [NAME[=VALUE]]",
-  help: "show registers, one register, or set one",
+  usage: ".regs [NAME...|NAME=VALUE]",
+  help: "show registers, some (rax, eax, al, cr3, efer, cs, fs_base...), or set one (rax=1, al=0x41)",
   run(args, session) {
     const cpu = session.vm.cpu(0);
     const text = args.trim();
@@ -260,19 +326,29 @@ registerCommand({
     }
     const assignment = parseRegisterAssignment(text);
     if (assignment !== undefined) {
-      cpu.setRegs({ [assignment.name]: assignment.value });
-      session.output.print(`${assignment.name} = ${hex(cpu.regs[assignment.name])}`);
+      cpu.setRegs(writeRegister(assignment.name, assignment.value, cpu.regs));
+      const value = readRegister(assignment.name, cpu.regs, () => cpu.sregsView)!;
+      session.output.print(`${assignment.name} = ${hex(value)}`);
       return;
     }
-    if (!(REGISTER_NAMES as readonly string[]).includes(text)) throw new CommandError(`Unknown register ${text}`);
-    session.output.print(`${text} = ${hex(cpu.regs[text as RegisterName])}`);
+    const lines = text.split(/\s+/).map((word) => {
+      const name = word.replace(/^\$/, "").toLowerCase();
+      const value = readRegister(name, cpu.regs, () => cpu.sregsView);
+      if (value === undefined) throw new CommandError(`Unknown register ${word}`);
+      return `${name} = ${hex(value)}`;
+    });
+    session.output.print(lines.join("\n"));
   },
-  complete: (partial) => REGISTER_NAMES.filter((n) => n.startsWith(partial)),
+  complete: (partial) =>
+    [...REGISTER_NAMES, ...ALL_REGISTER_NAMES.filter((n) => !(REGISTER_NAMES as readonly string[]).includes(n))]
+      .filter((n) => n.startsWith(partial)),
   script(args) {
     const assignment = parseRegisterAssignment(args);
-    return assignment === undefined
-      ? undefined
-      : `cpu.setRegs({ ${assignment.name}: 0x${assignment.value.toString(16)}n });`;
+    if (assignment === undefined) return undefined;
+    const value = `0x${assignment.value.toString(16)}n`;
+    return (REGISTER_NAMES as readonly string[]).includes(assignment.name)
+      ? `cpu.setRegs({ ${assignment.name}: ${value} });`
+      : `cpu.setRegs(writeRegister(${quote(assignment.name)}, ${value}, cpu.regs));`;
   },
 });
 
@@ -287,18 +363,29 @@ registerCommand({
 
 registerCommand({
   name: "x",
-  usage: ".x/NFU ADDR",
-  help: "examine memory like gdb's x (e.g. .x/4xg $rsp, .x/5i bump, .x/s 0x1000)",
+  usage: ".x/NFU [ADDR]",
+  help: "examine memory like gdb's x (e.g. .x/4xg $rsp, .x/5i bump, .x/s 0x1000); no ADDR: after the last one",
   run(args, session) {
     const match = /^(\/\S*)?\s*(.*)$/.exec(args.trim())!;
     const debug = session.vm.debug;
-    session.output.print(examine(
-      match[1] ?? "",
-      toLocation(session, match[2] ?? ""),
+    const where = match[2] ?? "";
+    const last = session.lastExamine;
+    let address: bigint;
+    if (where !== "") address = toLocation(session, where);
+    else if (last !== undefined) address = last.next;
+    else throw new CommandError("Missing an address (no earlier .x to continue from)");
+    // gdb: a format's letters (count, format, size) stick for the next `x` that gives none.
+    const spec = mergeExamineSpec(match[1] ?? "", last?.spec);
+    const result = examineAt(
+      spec,
+      address,
       (a, n) => debug.readVirtual(a, n),
+      (a, n) => debug.instructions(a, n),
       (a, n) => debug.disassemble(a, n),
       (a) => debug.symbolize(a),
-    ));
+    );
+    session.lastExamine = { next: result.next, spec };
+    session.output.print(result.text);
   },
   complete: symbolCompletions,
 });
@@ -308,9 +395,9 @@ registerCommand({
   usage: ".hexdump ADDR [LEN]",
   help: "hexdump virtual memory (default 64 bytes)",
   run(args, session) {
-    const [where, length] = words(args);
-    const address = toLocation(session, where ?? "");
-    const n = length === undefined ? 64 : count(length, 64);
+    const { location, rest } = splitLengthArgument(args);
+    const address = toLocation(session, location);
+    const n = rest === undefined ? 64 : count(rest, 64);
     session.output.print(hexdump(address, session.vm.debug.readVirtual(address, n)));
   },
   complete: symbolCompletions,
@@ -342,12 +429,79 @@ registerCommand({
   usage: ".dis [ADDR] [N]",
   help: "disassemble N instructions (default: 10 at rip)",
   run(args, session) {
-    const [where, n] = words(args);
+    const { location: where, rest: n } = splitLengthArgument(args);
     const debug = session.vm.debug;
-    const location = where === undefined ? undefined : toLocation(session, where);
+    const location = where === "" ? undefined : toLocation(session, where);
     session.output.print(debug.disassemble(location, n === undefined ? 10 : count(n, 10)));
   },
   complete: symbolCompletions,
+});
+
+registerCommand({
+  name: "tele",
+  usage: ".tele [ADDR] [N]",
+  help: "telescope: N pointer-sized slots (default 8 at $rsp), each followed through the pointers it holds",
+  run(args, session) {
+    const { location, rest } = splitLengthArgument(args);
+    const vm = session.vm;
+    const cpu = vm.cpu(0);
+    const regs = cpu.regs;
+    const address = location === "" ? regs.rsp : toLocation(session, location);
+    const registers = new Map(DISPLAY_REGISTER_ORDER.filter((n) => n !== "rip").map((n) => [n, regs[n]] as const));
+    session.output.print(telescope(
+      {
+        read: (a, n) => vm.debug.readVirtual(a, n),
+        symbolize: (a) => vm.debug.symbolize(a),
+        pointerSize: cpu.bitness / 8,
+        registers,
+      },
+      address,
+      rest === undefined ? 8 : count(rest, 8),
+    ));
+  },
+  complete: symbolCompletions,
+});
+
+const exceptionHistories = new WeakMap<Vm, ExceptionHistory>();
+
+registerCommand({
+  name: "exceptions",
+  usage: ".exceptions [on [all]|off|N]",
+  help: "what KVM shows in flight, and the last N exceptions (on: hook the IDT's handlers; all: interrupts too)",
+  run(args, session) {
+    const vm = session.vm;
+    const [verb, scope] = words(args);
+    if (verb === "on") {
+      if (scope !== undefined && scope !== "all") throw new CommandError(`Invalid scope ${quote(scope)}: expected all`);
+      exceptionHistories.get(vm)?.disarm();
+      const history = new ExceptionHistory(vm, { vectors: scope === "all" ? "all" : "exceptions" });
+      exceptionHistories.set(vm, history);
+      const hooked = history.arm();
+      session.output.print(
+        `recording ${
+          scope === "all" ? "exceptions and interrupts" : "exceptions (vectors 0-31)"
+        }: ${hooked} IDT handler${
+          hooked === 1 ? "" : "s"
+        } hooked (re-read at every stop; KVM itself reports only events in flight at an exit)${
+          hooked === 0
+            ? "\nno IDT handlers yet: run the guest past its lidt (e.g. .until a function after it), then this arms"
+            : ""
+        }`,
+      );
+      return;
+    }
+    if (verb === "off") {
+      exceptionHistories.get(vm)?.disarm();
+      session.output.print("exception recording off");
+      return;
+    }
+    const shown = verb === undefined ? 20 : count(verb, 20);
+    const lines = [`in flight: ${inFlightEvents(vm).join("; ")}`];
+    const history = exceptionHistories.get(vm);
+    lines.push(history === undefined ? "no history: .exceptions on records one" : history.format(shown));
+    session.output.print(lines.join("\n"));
+  },
+  complete: (partial) => ["on", "off"].filter((v) => v.startsWith(partial)),
 });
 
 registerCommand(breakCommand("break"));
@@ -358,14 +512,14 @@ registerCommand({
   usage: ".watch ADDR|SYMBOL [LEN] [r|w|rw]",
   help: "watchpoint of any size and count (default 8 bytes, w)",
   run(args, session) {
-    const [where, length, mode] = words(args);
+    const { where, length, mode } = parseWatchArgs(args);
     const access: WatchAccess = ({ r: "read", w: "write", rw: "access" } as Record<string, WatchAccess>)[mode ?? "w"] ??
       (() => {
         throw new CommandError(`Invalid access ${quote(mode!)}: expected r, w or rw`);
       })();
     const wp = session.vm.debug.watch(
-      toLocation(session, where ?? ""),
-      length === undefined ? 8 : Number(length),
+      toBreakLocation(session, where),
+      length === undefined ? 8 : count(length, 8),
       access,
     );
     session.output.print(
@@ -376,7 +530,7 @@ registerCommand({
   },
   complete: symbolCompletions,
   script(args) {
-    const [where, length, mode] = words(args);
+    const { where, length, mode } = parseWatchArgs(args);
     const access = ({ r: "read", w: "write", rw: "access" } as Record<string, string>)[mode ?? "w"] ?? "write";
     const at = /^(0x[0-9a-f]+|\d+)$/i.test(where ?? "") ? `${where}n` : quote(where ?? "");
     return `vm.debug.watch(${at}, ${length ?? 8}, ${quote(access)});`;
@@ -476,7 +630,7 @@ registerCommand(
     "until",
     ".until ADDR|SYMBOL",
     "run until a location is reached",
-    (s, a) => s.vm.debug.until(toLocation(s, a)),
+    (s, a) => s.vm.debug.until(toBreakLocation(s, a)),
     (a) => `await vm.debug.until(${quote(a.trim())});`,
   ),
 );
@@ -505,17 +659,22 @@ registerCommand({
 
 registerCommand({
   name: "sym",
-  usage: ".sym NAME|ADDR",
-  help: "symbol to address, or address to symbol+offset",
+  usage: ".sym NAME|EXPR",
+  help: "symbol to address, or address (an expression: $rip, *$rsp) to symbol+offset",
   run(args, session) {
     const text = args.trim();
     const debug = session.vm.debug;
     if (text === "") throw new CommandError("Missing NAME or ADDR");
-    if (/^(0x[0-9a-f]+|\d+)$/i.test(text)) {
-      session.output.print(`${text} = ${debug.symbolize(BigInt(text)) ?? "(no symbol)"}`);
-    } else {
-      session.output.print(`${text} = ${hex(debug.resolve(text))}`);
+    if (/^[A-Za-z_.][\w.@]*$/.test(text)) {
+      session.output.print(`${text} = ${hex(toLocation(session, text))}`);
+      return;
     }
+    const address = toLocation(session, text);
+    const symbol = debug.symbolize(address) ?? "(no symbol)";
+    // A number prints as before (`0x100018 = bump+4`); an expression shows its value too.
+    session.output.print(
+      /^(0x[0-9a-f]+|\d+)$/i.test(text) ? `${text} = ${symbol}` : `${text} = ${hex(address)} <${symbol}>`,
+    );
   },
   complete: symbolCompletions,
 });
@@ -575,17 +734,9 @@ registerCommand({
     if (!/^\d+$/.test(rest[0] ?? "0") || port > 65535) {
       throw new CommandError(`Invalid port ${quote(rest[0]!)}: expected 0-65535 (0 picks a free one)`);
     }
-    const { defaultMonitorRegistry } = await import("../core/gdb/mod.ts");
-    // gdb's `monitor CMD` runs the stub's own commands first, then any REPL dot command, with its output captured.
-    const monitor = defaultMonitorRegistry();
-    for (const command of registry.values()) {
-      if (monitor.get(command.name) !== undefined || ["console", "exit", "gdb", "vm"].includes(command.name)) continue;
-      monitor.register({
-        name: command.name,
-        help: `${command.usage.slice(1)}: ${command.help}`,
-        run: (monitorArgs) => session.capture(() => runDotCommand(`${command.name} ${monitorArgs}`, session)),
-      });
-    }
+    const { monitorWithDotCommands } = await import("./monitor.ts");
+    // gdb's `monitor CMD` runs the dot commands (same syntax), with their output captured.
+    const monitor = monitorWithDotCommands(session);
     // Through vm.gdb, so scripts find it as vm.gdb.server (its port when 0 was asked for).
     const server = session.vm.gdb.listen({ port, monitor, allowJs });
     session.output.print(`gdb: target remote ${server.address} (monitor help lists the commands)`);
@@ -606,6 +757,7 @@ registerCommand({
     await Deno.writeTextFile(file, [...header, ...session.transcript, ""].join("\n"));
     session.output.print(`saved ${session.transcript.length} lines to ${file}`);
   },
+  complete: pathCompletions,
 });
 
 registerCommand({
@@ -622,6 +774,7 @@ registerCommand({
     session.transcript.push(`// .load-script ${file}`, source, ";");
     if (value !== undefined) session.output.print(session.format(value));
   },
+  complete: pathCompletions,
 });
 
 registerCommand({

@@ -91,6 +91,31 @@ export function firstSourceLines(mappings: string): (number | undefined)[] {
   return lines;
 }
 
+/**
+ * Whether `source` stops in the middle of something (an open brace, bracket
+ * or parenthesis, a template literal, a comment), so the REPL should read
+ * another line before evaluating, as Node's and Deno's REPLs do.
+ *
+ * @example
+ * ```ts
+ * import { needsMoreInput } from "./evaluator.ts";
+ * needsMoreInput("function f(a) {"); // true
+ * needsMoreInput("function f(a) { return a }"); // false
+ * needsMoreInput("1 + )"); // false: an error more input cannot fix
+ * ```
+ */
+export function needsMoreInput(source: string): boolean {
+  try {
+    transpile(source);
+    return false;
+  } catch (error) {
+    if (!(error instanceof SyntaxError)) return false;
+    if (/end of file|Unterminated (template|comment)/i.test(error.message)) return true;
+    // esbuild calls an open template literal an unterminated string: an odd count of backticks tells them apart.
+    return /Unterminated string/.test(error.message) && (source.replace(/\\`/g, "").match(/`/g)?.length ?? 0) % 2 === 1;
+  }
+}
+
 /** A top-level statement of transpiled code, with its source text and where it starts in the code. */
 interface Statement {
   text: string;
@@ -198,7 +223,10 @@ export function rewriteForRepl(
   code: string,
   lineOf?: (offset: number) => number | undefined,
 ): { body: string; globals: string[] } {
-  const statements = splitStatements(code);
+  // Code pasted from a module: `export` means nothing at a prompt, the declarations still count
+  // (esbuild turns `export function f` into `function f` and an `export { f };` list at the end, after every
+  // statement, so removing it moves no statement's offset).
+  const statements = splitStatements(code.replace(/^export\s*\{[^}]*\};?[ \t]*$/gm, ""));
   const globals: string[] = [];
   const lines: string[] = [];
   statements.forEach((statement, index) => {

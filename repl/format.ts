@@ -262,6 +262,42 @@ export function hexdump(address: bigint, bytes: Uint8Array): string {
   return lines.join("\n");
 }
 
+/** The parts of a gdb `/NFU` format; letters may come in any order after the count (`/4gx` = `/4xg`). */
+export interface ExamineSpec {
+  count?: number;
+  format?: string;
+  size?: string;
+}
+
+/** Parses `/NFU` (`/4xg`, `/4gx`, `/i`, `/s`, or empty); throws a SyntaxError naming the text. */
+export function parseExamineSpec(spec: string): ExamineSpec {
+  const match = /^\/?(\d*)([a-z]*)$/.exec(spec);
+  const fail = () => {
+    throw new SyntaxError(`Cannot parse examine format ${JSON.stringify(spec)}: expected /NFU, e.g. /4xg, /10i, /s`);
+  };
+  if (match === null) fail();
+  const out: ExamineSpec = {};
+  if (match![1] !== "") out.count = Number(match![1]);
+  for (const letter of match![2]!) {
+    if ("xduotcais".includes(letter) && out.format === undefined) out.format = letter;
+    else if ("bhwg".includes(letter) && out.size === undefined) out.size = letter;
+    else fail();
+  }
+  return out;
+}
+
+/**
+ * gdb's rule for `x` without some letters: format and size stay as the last
+ * `x` left them, the count is 1. Returns the spec as `/NFU`.
+ */
+export function mergeExamineSpec(given: string, last: string | undefined): string {
+  const now = parseExamineSpec(given);
+  const before = last === undefined ? {} : parseExamineSpec(last);
+  const format = now.format ?? before.format ?? "x";
+  const size = now.size ?? (now.format === undefined || format === before.format ? before.size : undefined) ?? "";
+  return `/${now.count ?? 1}${format}${size}`;
+}
+
 /** gdb's `x/NFU`: N units of size U (b, h, w, g) in format F (x, d, u, o, t, c, a, i, s). */
 export function examine(
   spec: string,
@@ -270,13 +306,30 @@ export function examine(
   disassemble: (address: bigint, count: number) => string,
   symbolize: (address: bigint) => string | undefined,
 ): string {
-  const match = /^\/?(\d*)([xduotcais]?)([bhwg]?)$/.exec(spec);
-  if (match === null) {
-    throw new SyntaxError(`Cannot parse examine format ${JSON.stringify(spec)}: expected /NFU, e.g. /4xg, /10i, /s`);
-  }
+  return examineAt(spec, address, read, undefined, disassemble, symbolize).text;
+}
+
+/** {@link examine}, also returning the address after the last unit shown (where a following `x` goes on). */
+export function examineAt(
+  spec: string,
+  address: bigint,
+  read: (address: bigint, length: number) => Uint8Array,
+  instructions: ((address: bigint, count: number) => { address: bigint; length: number }[]) | undefined,
+  disassemble: (address: bigint, count: number) => string,
+  symbolize: (address: bigint) => string | undefined,
+): { text: string; next: bigint } {
+  const parsed = parseExamineSpec(spec);
+  const match = ["", String(parsed.count ?? ""), parsed.format ?? "", parsed.size ?? ""];
   const count = match[1] === "" ? 1 : Number(match[1]);
   const format = match[2] === "" ? "x" : match[2]!;
-  if (format === "i") return disassemble(address, count);
+  if (format === "i") {
+    const decoded = instructions?.(address, count) ?? [];
+    const last = decoded.at(-1);
+    return {
+      text: disassemble(address, count),
+      next: last === undefined ? address : last.address + BigInt(last.length),
+    };
+  }
   if (format === "s") {
     const lines: string[] = [];
     let at = address;
@@ -287,7 +340,7 @@ export function examine(
       lines.push(`${hex(at)}: ${JSON.stringify(text)}`);
       at += BigInt((end < 0 ? 256 : end) + 1);
     }
-    return lines.join("\n");
+    return { text: lines.join("\n"), next: at };
   }
   const unit = { b: 1, h: 2, w: 4, g: 8, "": format === "a" ? 8 : format === "c" ? 1 : 4 }[match[3]!]!;
   const bytes = read(address, unit * count);
@@ -322,5 +375,5 @@ export function examine(
     const label = symbolize(at);
     lines.push(`${hex(at)}${label === undefined ? "" : ` <${label}>`}:\t${cells.join("\t")}`);
   }
-  return lines.join("\n");
+  return { text: lines.join("\n"), next: address + BigInt(unit * count) };
 }

@@ -12,10 +12,15 @@ import { homedir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { installScope, Session } from "./session.ts";
+import { needsMoreInput } from "./evaluator.ts";
 import { CommandError, completeDotCommand, ExitRequest, runDotCommand, setConsoleAttacher } from "./commands.ts";
 import { createBootVm, parseBootArgs, UsageError } from "../cli/boot.ts";
+import { attachConsole } from "./_console.ts";
+import { installReverseSearch } from "./_reverse_search.ts";
 
 const HISTORY_LIMIT = 1000;
+/** The prompt while a statement continues on the next line (Node's REPL shows `... ` too). */
+const CONTINUATION_PROMPT = "... ";
 const historyFile = () => Deno.env.get("HVSH_HISTORY") ?? join(homedir(), ".hvsh_history");
 
 function loadHistory(): string[] {
@@ -164,6 +169,9 @@ export async function replCommand(args: string[]): Promise<number> {
   }
 
   installScope(session); // so completion sees vm, cpu, mem before the first line runs
+  const prompt = interactive ? (colors ? "\x1b[36mhvsh>\x1b[0m " : "hvsh> ") : "";
+  /** Lines of a statement still open (multi-line input). */
+  const continued: string[] = [];
   const history = interactive ? loadHistory() : [];
   rl = readline.createInterface({
     input: process.stdin,
@@ -171,18 +179,34 @@ export async function replCommand(args: string[]): Promise<number> {
     terminal: interactive,
     historySize: HISTORY_LIMIT,
     history: [...history].reverse(),
-    prompt: interactive ? (colors ? "\x1b[36mhvsh>\x1b[0m " : "hvsh> ") : "",
+    prompt,
     completer: (line: string): [string[], string] => {
       if (line.trimStart().startsWith(".")) return completeDotCommand(line.trimStart(), session);
       return completeJs(line);
     },
   } as readline.ReadLineOptions);
 
+  if (interactive) installReverseSearch(rl, process.stdout);
+
+  // A SIGINT reaches hvsh only when the terminal is not raw (readline turns Ctrl-C into its own event):
+  // it pauses the guest instead of ending hvsh and every VM with it.
+  const onSignal = () => void session.maybeVm?.pause();
+  if (interactive) Deno.addSignalListener("SIGINT", onSignal);
+
   let lastInterrupt = 0;
   rl.on("SIGINT", () => {
     const vm = session.maybeVm;
     if (vm?.running) {
       void vm.pause();
+      return;
+    }
+    if (continued.length > 0) {
+      // Ctrl-C drops an unfinished multi-line statement, as in Node's REPL.
+      continued.length = 0;
+      rl!.setPrompt(prompt);
+      rl!.write("", { ctrl: true, name: "u" });
+      process.stdout.write("\n");
+      rl!.prompt();
       return;
     }
     const now = Date.now();
@@ -198,32 +222,7 @@ export async function replCommand(args: string[]): Promise<number> {
 
   setConsoleAttacher(async (s) => {
     if (!interactive) throw new CommandError("The console needs an interactive terminal");
-    const vm = s.vm;
-    print("[console attached: guest serial on this terminal; Ctrl-] returns]");
-    rl!.pause();
-    Deno.stdin.setRaw(true);
-    const reader = Deno.stdin.readable.getReader();
-    let detached = false;
-    const pump = (async () => {
-      while (!detached) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        const at = value.indexOf(0x1d);
-        if (at >= 0) {
-          if (at > 0) vm.serial.send(value.subarray(0, at));
-          detached = true;
-          void vm.pause();
-          break;
-        }
-        vm.serial.send(value);
-      }
-    })();
-    await vm.run();
-    detached = true;
-    reader.releaseLock();
-    Deno.stdin.setRaw(false);
-    rl!.resume();
-    await pump.catch(() => {});
+    await attachConsole(s.vm, print);
   });
 
   const entered: string[] = [...history];
@@ -231,16 +230,31 @@ export async function replCommand(args: string[]): Promise<number> {
   try {
     if (interactive) rl.prompt();
     for await (const line of rl) {
-      if (interactive && line.trim() !== "") entered.push(line);
+      if (interactive && line.trim() !== "") {
+        entered.push(line);
+        saveHistory(entered); // at once: a crash or a kill must not lose the session's history
+      }
+      // An unfinished statement (an open brace, a template) waits for more lines, as in Node's REPL.
+      const source = continued.length === 0 ? line : [...continued, line].join("\n");
+      if (!source.trimStart().startsWith(".") && needsMoreInput(source)) {
+        continued.push(line);
+        rl.setPrompt(interactive ? CONTINUATION_PROMPT : "");
+        if (interactive) rl.prompt();
+        continue;
+      }
+      continued.length = 0;
+      rl.setPrompt(prompt);
       busy = true;
       try {
-        await executeLine(line, session);
+        await executeLine(source, session);
       } finally {
         busy = false;
         promptHidden = false;
       }
       if (interactive) rl.prompt();
     }
+    // Input ended inside a statement: evaluate it, so the error says what was missing.
+    if (continued.length > 0) await executeLine(continued.join("\n"), session);
   } catch (error) {
     if (!(error instanceof ExitRequest)) {
       console.error(`hvsh: ${(error as Error).message}`);
@@ -248,7 +262,10 @@ export async function replCommand(args: string[]): Promise<number> {
     }
   } finally {
     rl.close();
-    if (interactive) saveHistory(entered);
+    if (interactive) {
+      saveHistory(entered);
+      Deno.removeSignalListener("SIGINT", onSignal);
+    }
     await session.closeAll();
   }
   return status;

@@ -11,6 +11,7 @@ import { describeStop, type StopEvent } from "../core/stop.ts";
 import type { Registers } from "../core/kvm/structs.ts";
 import type { LoadOptions } from "../core/loader/types.ts";
 import { evaluate } from "./evaluator.ts";
+import { writeRegister } from "../core/debug/registers.ts";
 import { type ContextOptions, formatContext, formatValue, hex, makeStyle, type Style } from "./format.ts";
 
 /** How a VM of the session was made, so `.save` can write a script that makes it again. */
@@ -39,8 +40,10 @@ export class Session {
   /** Lines of TypeScript that replay what this session did, for `.save`. */
   readonly transcript: string[] = [];
   output: SessionOutput;
+  /** Where a `.x` without an address goes on, and the format it keeps (gdb's habit). */
+  lastExamine: { next: bigint; spec: string } | undefined;
   #previousRegs: Registers | undefined;
-  #nextVm = 1;
+  #nextVm = 2;
   #detachConsole: (() => void) | undefined;
 
   constructor(output: SessionOutput, colors: boolean) {
@@ -63,7 +66,9 @@ export class Session {
   /** Adds a VM to the session and makes it current; returns its name. */
   adopt(vm: Vm, recipe: VmRecipe = { options: {} }): string {
     for (const [name, entry] of this.vms) if (entry.vm === vm) return this.use(name);
-    const name = `vm${this.#nextVm++}`;
+    // The VM's own name (vm1, vm2, ...), so `.vm list` and `vm.name` agree; a clash gets a suffix.
+    let name = vm.name;
+    while (this.vms.has(name)) name = `${vm.name}-${this.#nextVm++}`;
     this.vms.set(name, { vm, recipe });
     vm.onStop((stop) => this.#onStop(vm, stop));
     this.use(name);
@@ -81,6 +86,7 @@ export class Session {
     const off = vm.serial.onData((bytes) => this.output.console(bytes));
     this.#detachConsole = off;
     this.#previousRegs = undefined;
+    this.lastExamine = undefined;
     return name;
   }
 
@@ -166,7 +172,7 @@ export class Session {
 
 let scopeSession: Session | undefined;
 
-/** Puts `vm`, `cpu`, `mem`, `debug`, `Vm`, `hex`, `describeStop` in the global scope of typed code. */
+/** Puts `vm`, `cpu`, `mem`, `debug`, `Vm`, `hex`, `describeStop`, `writeRegister` in the global scope of typed code. */
 export function installScope(session: Session): void {
   if (scopeSession === session) return;
   scopeSession = session;
@@ -180,5 +186,5 @@ export function installScope(session: Session): void {
   define("mem", () => session.maybeVm?.memory);
   define("debug", () => session.maybeVm?.debug);
   define("session", () => session);
-  Object.assign(globalThis, { Vm, hex, describeStop });
+  Object.assign(globalThis, { Vm, hex, describeStop, writeRegister });
 }

@@ -848,7 +848,29 @@ function positiveInt(value: string | undefined, fallback: number, name: string):
   return parsed;
 }
 
-async function main(args: string[]): Promise<void> {
+const BENCH_USAGE = `usage: hvsh bench [--n 20000] [--rounds 15] [--steps 20000] [--hits 48] [--debug-rounds 9]
+                  [--cold-runs 5] [--gdb-steps 800] [--gdb-rounds 5] [--only exits,debug,gdb,cold]
+
+Measures hvsh against C baselines (and QEMU where installed): exit round trips, single-step
+and breakpoint rates, gdb stepi and memory dumps, cold start. Prints ratios; never fails.`;
+
+async function main(args: string[]): Promise<number> {
+  if (args.includes("--help") || args.includes("-h")) {
+    console.log(BENCH_USAGE);
+    return 0;
+  }
+  let parsed;
+  try {
+    parsed = parseOptions(args);
+  } catch (error) {
+    console.error(`hvsh bench: ${(error as Error).message}\n${BENCH_USAGE}`);
+    return 2;
+  }
+  await runBench(parsed);
+  return 0;
+}
+
+function parseOptions(args: string[]) {
   const { values } = parseArgs({
     args,
     options: {
@@ -868,6 +890,10 @@ async function main(args: string[]): Promise<void> {
   const only = values.only === undefined ? sections : values.only.split(",");
   const unknown = only.filter((name) => !sections.includes(name));
   if (unknown.length > 0) throw new RangeError(`--only ${values.only}: expected some of ${sections.join(",")}`);
+  return { values, only };
+}
+
+async function runBench({ values, only }: ReturnType<typeof parseOptions>): Promise<void> {
   // ≈20000 exits is ≈0.15 s per run here: long enough to swamp the kick timer's granularity, short enough for ~60 s.
   const n = positiveInt(values.n, 20_000, "n");
   // 15 rounds: medians steady to ~1% on this noisy 2-core host, and the whole bench stays near 15 s.
@@ -924,5 +950,5 @@ async function main(args: string[]): Promise<void> {
 }
 
 if (import.meta.main) {
-  await main(Deno.args);
+  Deno.exit(await main(Deno.args));
 }

@@ -76,14 +76,23 @@ kvmTest("hvsh boot exits 0 when the guest halts for good", async () => {
   assert.equal(run.stdout, "halting\n");
 });
 
-kvmTest("hvsh boot exits 4 on a triple fault with a one-line diagnosis naming rip and mode", async () => {
-  const run = await boot(["--kernel", await guest("triple_fault.elf")]);
-  assert.equal(run.code, 4);
-  assert.match(
-    run.stderr,
-    /^hvsh: guest crashed: triple fault \(KVM_EXIT_SHUTDOWN\) at rip 0x[0-9a-f]+ <fault_here> \(long mode, vCPU 0\)\n$/,
-  );
-});
+kvmTest(
+  "hvsh boot exits 4 on a triple fault with a diagnosis naming rip, mode and the IDT that cannot deliver",
+  async () => {
+    const run = await boot(["--kernel", await guest("triple_fault.elf")]);
+    assert.equal(run.code, 4);
+    assert.match(
+      run.stderr,
+      /^hvsh: guest crashed: triple fault \(KVM_EXIT_SHUTDOWN\) at rip 0x[0-9a-f]+ <fault_here> \(long mode, vCPU 0\)\n/,
+    );
+    // The guest loaded an IDT with limit 0 before its ud2: KVM_GET_VCPU_EVENTS and the IDT say why it died.
+    assert.match(
+      run.stderr,
+      /^hvsh: {3}IDT base 0x0 limit 0x0: no vector can be delivered \(an exception becomes #GP, then #DF, then a triple fault\)$/m,
+    );
+    assert.ok(run.stderr.split("\n").slice(1, -1).every((line) => line.startsWith("hvsh:   ")), run.stderr);
+  },
+);
 
 kvmTest("hvsh boot exits 124 on --timeout for a guest that spins without exits", async () => {
   const run = await boot(["--kernel", await guest("spin.elf"), "--timeout", "0.3"]);
@@ -119,3 +128,88 @@ kvmTest("hvsh boot exits 2 with a message naming what was wrong for usage and im
   assert.equal(mem.code, 2);
   assert.match(mem.stderr, /Invalid memory size: "12Q"/);
 });
+
+// ------------------------------------------------------------ issue 12: CLI polish and unknown formats
+
+/** `./hvsh ARGS` with nothing on stdin. */
+async function hvsh(args: string[]): Promise<Run> {
+  const out = await new Deno.Command(HVSH, {
+    args,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(30_000),
+  }).output();
+  return { code: out.code, stdout: new TextDecoder().decode(out.stdout), stderr: new TextDecoder().decode(out.stderr) };
+}
+
+Deno.test("hvsh --help lists test and bench; run --help and bench --help print usage; a typo is an unknown command", async () => {
+  const help = await hvsh(["--help"]);
+  assert.equal(help.code, 0);
+  assert.match(help.stdout, /^ +hvsh test \[FILES\]/m);
+  assert.match(help.stdout, /^ +hvsh bench \[OPTIONS\]/m);
+  const run = await hvsh(["run", "--help"]);
+  assert.equal(run.code, 0);
+  assert.match(run.stdout, /^usage: hvsh run SCRIPT\.ts/);
+  assert.equal(run.stderr, "");
+  const bench = await hvsh(["bench", "--help"]);
+  assert.equal(bench.code, 0, bench.stderr);
+  assert.match(bench.stdout, /^usage: hvsh bench /);
+  assert.equal(bench.stderr, "", "no stack trace");
+  assert.ok(!(bench.stdout + bench.stderr).includes("\x1b"), "no colour escapes into a pipe");
+  assert.doesNotMatch(bench.stdout + bench.stderr, /TypeError/);
+  const typo = await hvsh(["frobnicate"]);
+  assert.equal(typo.code, 2);
+  assert.match(typo.stderr, /^hvsh: unknown command "frobnicate" \(commands: boot, run, test, bench, help; /);
+  assert.doesNotMatch(typo.stderr, /Cannot read kernel image/);
+});
+
+kvmTest("hvsh boot --append takes a value starting with - (kvm-unit-tests' -vmx_test)", async () => {
+  const kernel = await guest("mb_hello.elf");
+  const run = await boot(["--kernel", kernel, "--append", "-vmx_test"]);
+  assert.equal(run.code, 1, run.stderr);
+  assert.match(run.stdout, new RegExp(`^cmdline=${kernel.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")} -vmx_test$`, "m"));
+});
+
+kvmTest("hvsh boot --mem 1T is refused before any guest memory is set up", async () => {
+  const run = await boot(["--kernel", await guest("hello64.elf"), "--mem", "1T"]);
+  assert.equal(run.code, 2);
+  assert.match(run.stderr, /^hvsh boot: Cannot give the guest 1024 GiB of RAM: this host has \d+ GiB of memory/m);
+  assert.equal(run.stdout, "");
+});
+
+kvmTest(
+  "hvsh boot refuses files without a bootable signature (text, random bytes, a bzImage) with status 2",
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "hvsh-format-" });
+    try {
+      const text = join(dir, "notes.txt");
+      await Deno.writeTextFile(text, "These are notes, not a kernel.\n");
+      const noise = join(dir, "noise.bin");
+      await Deno.writeFile(noise, new Uint8Array(8192).map((_, i) => (i * 151 + 7) & 0xff));
+      const bzImage = join(dir, "bzImage");
+      const bz = new Uint8Array(0x4000);
+      bz.set([0x55, 0xaa], 510);
+      bz.set(new TextEncoder().encode("HdrS"), 0x202);
+      await Deno.writeFile(bzImage, bz);
+
+      const textRun = await boot(["--kernel", text, "--timeout", "5"]);
+      assert.equal(textRun.code, 2, textRun.stderr);
+      assert.match(
+        textRun.stderr,
+        /^hvsh boot: Cannot load image ".*notes\.txt": no ELF, multiboot or boot-sector signature \(31 bytes of text, starting 54 68 65 73/m,
+      );
+      const noiseRun = await boot(["--kernel", noise, "--timeout", "5"]);
+      assert.equal(noiseRun.code, 2, noiseRun.stderr);
+      assert.match(noiseRun.stderr, /no ELF, multiboot or boot-sector signature \(8192 bytes, starting 07 9e/);
+      const bzRun = await boot(["--kernel", bzImage, "--timeout", "5"]);
+      assert.equal(bzRun.code, 2, bzRun.stderr);
+      assert.match(bzRun.stderr, /: a Linux bzImage: Linux boot is not supported yet/);
+      // Asked for, any bytes run as a flat image: the text's first bytes are code that ends in a crash or the timeout.
+      const flatRun = await boot(["--kernel", text, "--format", "flat", "--timeout", "1"]);
+      assert.ok([4, 124].includes(flatRun.code), `status ${flatRun.code}: ${flatRun.stderr}`);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);

@@ -551,3 +551,57 @@ gdbTest(
     }
   },
 );
+
+gdbTest(
+  "hvsh boot --gdb: monitor runs the dot commands with their syntax (dis, x/FMT, pt $rip, regs eax, sym)",
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "hvsh-gdb-" });
+    const socket = `${dir}/gdb.sock`;
+    const file = await guest("dbg64.elf");
+    const hvsh = new Deno.Command(DENO, {
+      args: ["run", "-q", "--allow-all", MAIN, "boot", "--kernel", file, "--gdb", socket, "--wait"],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const killer = setTimeout(() => hvsh.kill("SIGKILL"), 30_000);
+    try {
+      for (let i = 0; i < 300 && !(await Deno.lstat(socket).then((st) => st.isSocket, () => false)); i++) {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      const bump = readElfSymbols(await Deno.readFile(file)).find((s) => s.name === "bump")!.address;
+      const out = await gdb({ address: socket } as GdbServer, file, [
+        "break bump",
+        "continue",
+        "monitor dis bump 2",
+        "monitor x/2gx $rsp",
+        "monitor x/1i $rip",
+        "monitor pt $rip",
+        "monitor regs eax rip",
+        "monitor sym $rip",
+        "monitor tele $rsp 2",
+        "monitor help",
+        "monitor step",
+        "kill",
+      ]);
+      const hex = (value: bigint) => `0x${value.toString(16)}`;
+      assert.match(out.all, new RegExp(`^=> ${hex(bump)} <bump>: +55 +push rbp$`, "m"), "monitor dis bump 2");
+      assert.match(out.all, new RegExp(`^ {3}${hex(bump + 1n)} <bump\\+1>: +48 89 e5 +mov rbp, rsp$`, "m"));
+      assert.match(
+        out.all,
+        /^0x[0-9a-f]+ <stack_bottom\+\d+>:\t0x[0-9a-f]{16}\t0x[0-9a-f]{16}$/m,
+        "monitor x/2gx $rsp",
+      );
+      assert.match(out.all, new RegExp(`^${hex(bump)}: 4-level paging$`, "m"), "monitor pt $rip");
+      assert.match(out.all, /^eax = 0x[0-9a-f]+\nrip = 0x[0-9a-f]+$/m, "monitor regs eax rip");
+      assert.match(out.all, new RegExp(`^\\$rip = ${hex(bump)} <bump>$`, "m"), "monitor sym $rip");
+      assert.match(out.all, /^00:0000│ rsp 0x[0-9a-f]+ —▸ 0x[0-9a-f]+ <level\d\+\d+>/m, "monitor tele $rsp 2");
+      assert.match(out.all, /^ {2}dis \[ADDR\] \[N\]: disassemble/m, "monitor help lists the dot commands");
+      assert.match(out.all, /unknown monitor command "step"/, "run control stays with gdb");
+      await hvsh.output();
+    } finally {
+      clearTimeout(killer);
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);

@@ -157,7 +157,7 @@ kvmTest(
 
 kvmTest("ACPI S3: the guest sleeps, the RTC alarm wakes it, and it resumes at the FACS waking vector", async () => {
   await using vm = await Vm.create();
-  await vm.load(await guest("sleep.bin"));
+  await vm.load(await guest("sleep.bin"), { format: "flat" }); // no boot signature: flat on request
   assert.ok(vm.platform?.facs !== undefined);
   vm.cpu(0).setRegs({ rbx: vm.platform.facs });
   const stop = await vm.run({ timeout: TIMEOUT });

@@ -141,9 +141,9 @@ Deno.test(".help lists every dot command with its usage; .help CMD shows one; un
       ".help [COMMAND]",
       ".vm new [MEMORY]|list|use NAME|close [NAME]",
       ".load FILE [ADDR]",
-      ".regs [NAME[=VALUE]]",
+      ".regs [NAME...|NAME=VALUE]",
       ".sregs",
-      ".x/NFU ADDR",
+      ".x/NFU [ADDR]",
       ".hexdump ADDR [LEN]",
       ".dis [ADDR] [N]",
       ".break ADDR|SYMBOL [if EXPR]",
@@ -158,7 +158,7 @@ Deno.test(".help lists every dot command with its usage; .help CMD shows one; un
       ".until ADDR|SYMBOL",
       ".pause",
       ".bt",
-      ".sym NAME|ADDR",
+      ".sym NAME|EXPR",
       ".pt ADDR",
       ".context [on|off|N]",
       ".console",
@@ -223,7 +223,7 @@ Deno.test("TypeScript: declarations persist across lines, top-level await, types
 Deno.test("errors print one message and the session goes on (no VM)", async () => {
   const out = (await steps(["--empty"], [
     "const kept = 1",
-    "1 +",
+    "1 + )",
     "throw new Error('boom')",
     "throw 'plain'",
     "nosuch.prop",
@@ -235,7 +235,7 @@ Deno.test("errors print one message and the session goes on (no VM)", async () =
     "kept + 1",
   ])).out;
   assert.equal(out[0], "");
-  assert.match(out[1]!, /^SyntaxError: Unexpected end of file \(column \d+\)$/);
+  assert.match(out[1]!, /^SyntaxError: Unexpected "\)" \(column \d+\)$/);
   assert.equal(out[2], "Error: boom");
   assert.equal(out[3], "Uncaught plain");
   assert.equal(out[4], "ReferenceError: nosuch is not defined");
@@ -366,13 +366,13 @@ kvmTest(".x/NFU, .dis, .hexdump and .sym read the guest by symbol and address", 
   assert.equal(out[0], `${hex(bump)} <bump>:\t0x55\t0x48\t0x89\t0xe5`);
   const two = out[1]!.split("\n");
   assert.equal(two.length, 2);
-  assert.match(two[0]!, new RegExp(`^ {3}${hex(bump)} <bump>: 55 +push rbp$`));
-  assert.match(two[1]!, new RegExp(`^ {3}${hex(bump + 1n)} <bump\\+1>: 48 89 e5 +mov rbp, rsp$`));
+  assert.match(two[0]!, new RegExp(`^ {3}${hex(bump)} <bump>: +55 +push rbp$`));
+  assert.match(two[1]!, new RegExp(`^ {3}${hex(bump + 1n)} <bump\\+1>: +48 89 e5 +mov rbp, rsp$`));
   assert.equal(out[2], `${hex(answer)} <answer>:\t0x000000000000002a`);
   assert.equal(out[3], `${hex(answer)} <answer>:\t42`);
   const dis = out[4]!.split("\n");
   assert.equal(dis.length, 3);
-  assert.match(dis[0]!, /<bump>: 55 +push rbp$/);
+  assert.match(dis[0]!, /<bump>: +55 +push rbp$/);
   assert.match(dis[2]!, /<bump\+4>: /);
   const atRip = out[5]!.split("\n");
   assert.equal(atRip.length, 10, ".dis shows 10 instructions by default");
@@ -510,7 +510,7 @@ kvmTest(".step N, .next over a call, .finish out of a function, .until; each pri
   ]);
   assertContext(out[1]!, /^\[breakpoint 1 at rip/, "level2");
   assertContext(out[2]!, /^\[step at rip 0x[0-9a-f]+ <level2\+4> /, "level2+4");
-  assert.match(out[2]!, /^=> 0x[0-9a-f]+ <level2\+4>: e8 .*call .*<level3>$/m);
+  assert.match(out[2]!, /^=> 0x[0-9a-f]+ <level2\+4>: +e8 .*call .*<level3>$/m);
   assertContext(out[3]!, /^\[step at rip 0x[0-9a-f]+ <level2\+9> /, "level2+9");
   assert.equal(out[4], "0x5n", ".next ran level3's five bump(1) calls");
   assertContext(out[5]!, /^\[step at rip 0x[0-9a-f]+ <level1\+9> /, "level1+9");
@@ -565,14 +565,14 @@ kvmTest("bad arguments, thrown errors and syntax errors print one message; the V
     ".sym",
     ".load /nonexistent.elf",
     ".nosuch",
-    "1 +",
+    "1 + )",
     "throw new RangeError('thrown')",
     "cpu.regs.rip",
   ];
   const out = await dbg(lines);
   const expected: (string | RegExp)[] = [
-    "Unknown register foo\nusage: .regs [NAME[=VALUE]]",
-    'Invalid value "abc" for rax: expected a number like 0x10 or 16\nusage: .regs [NAME[=VALUE]]',
+    "Unknown register foo\nusage: .regs [NAME...|NAME=VALUE]",
+    'Invalid value "abc" for rax: expected a number like 0x10 or 16\nusage: .regs [NAME...|NAME=VALUE]',
     'Invalid count "x": expected a positive integer\nusage: .step [N]',
     'Invalid count "0": expected a positive integer\nusage: .step [N]',
     'Invalid count "0": expected a positive integer\nusage: .dis [ADDR] [N]',
@@ -583,10 +583,10 @@ kvmTest("bad arguments, thrown errors and syntax errors print one message; the V
     /^SyntaxError: /,
     'Invalid access "q": expected r, w or rw\nusage: .watch ADDR|SYMBOL [LEN] [r|w|rw]',
     'Unknown .info topic "watchpoints-please": expected breakpoints\nusage: .info breakpoints',
-    "Missing NAME or ADDR\nusage: .sym NAME|ADDR",
+    "Missing NAME or ADDR\nusage: .sym NAME|EXPR",
     /^Error: Cannot read kernel image \/nonexistent\.elf: /,
     /^Unknown command \.nosuch; \.help lists them$/,
-    /^SyntaxError: Unexpected end of file/,
+    /^SyntaxError: Unexpected "\)"/,
     "RangeError: thrown",
     `${hex(entry)}n`,
   ];
@@ -884,3 +884,126 @@ kvmTest(".find searches guest memory for a string or hex bytes", async () => {
   assert.equal(out[1], prologues.map(hex).join("\n"));
   assert.equal(out[2], "not found");
 });
+
+// ------------------------------------------------- gdb habits (issue 12, item 5)
+
+kvmTest("gdb habits: /NFU letters in any order, $register expressions, register parts, .x going on", async () => {
+  const start = await dbgSymbol("_start");
+  const out = await dbg([
+    ".x/2gx $rsp+8",
+    ".x/2xg $rsp+8",
+    ".sym $rip",
+    ".sym $rip+2",
+    ".regs eax al cr3 efer",
+    ".regs al=0x41",
+    ".regs rax",
+    ".x/2i _start",
+    ".x/2i",
+    ".x",
+    ".hexdump $rip 2",
+    ".dis $rip + 2 1",
+    ".break $rip+1",
+    ".bt",
+    "vm.name",
+  ]);
+  assert.equal(out[0], out[1], ".x/2gx is .x/2xg");
+  assert.match(out[0]!, /^0x8:\t0x[0-9a-f]{16}\t0x[0-9a-f]{16}$/, "$rsp+8 with rsp 0 at the entry");
+  assert.equal(out[2], `$rip = ${hex(start)} <_start>`);
+  assert.equal(out[3], `$rip+2 = ${hex(start + 2n)} <_start+2>`);
+  assert.match(out[4]!, /^eax = 0x0\nal = 0x0\ncr3 = 0x[0-9a-f]+\nefer = 0x5\d\d$/);
+  assert.equal(out[5], "al = 0x41");
+  assert.equal(out[6], "rax = 0x41");
+  const first = out[7]!.split("\n");
+  assert.equal(first.length, 2);
+  assert.match(first[0]!, /<_start>: +fa +cli$/);
+  assert.match(first[1]!, /<_start\+1>: +fc +cld$/);
+  const next = out[8]!.split("\n");
+  assert.match(
+    next[0]!,
+    /<_start\+2>: +48 8d 25 .* lea rsp, \[0x[0-9a-f]+ <stack_top>\]$/,
+    "after the last, with symbols on memory operands",
+  );
+  assert.match(next[1]!, /<_start\+9>: +31 ed +xor ebp, ebp$/);
+  assert.match(out[9]!, /<_start\+11>: +e8 .*call 0x[0-9a-f]+ <main>$/, ".x alone: one more in the last format");
+  assert.equal(out[10], `${start.toString(16).padStart(16, "0")}  fa fc${" ".repeat(42)}  ..`);
+  assert.match(out[11]!, /<_start\+2>: +48 8d 25/);
+  assert.equal(out[12], `Breakpoint 1 at ${hex(start + 1n)} <_start+1>`);
+  assert.equal(out[13], `#0  ${hex(start)} in _start`, "no junk frame from the word at rsp 0");
+  assert.equal(out[14], '"vm1"');
+});
+
+kvmTest("addresses take expressions in .break, .watch and .tele; data operands show their symbols", async () => {
+  const counter = await dbgSymbol("counter");
+  const bump = await dbgSymbol("bump");
+  const out = await dbg([
+    ".context off",
+    ".break bump+4",
+    ".cont",
+    ".dis bump 4",
+    ".watch *(long*)&counter 8 w",
+    ".tele $rsp 3",
+    ".vm new 16M",
+    "vm.name",
+    ".vm list",
+  ]);
+  assert.equal(out[1], `Breakpoint 1 at ${hex(bump + 4n)} <bump+4>`);
+  const dis = out[3]!.split("\n");
+  assert.match(
+    dis[2]!,
+    new RegExp(`^=> ${hex(bump + 4n)} <bump\\+4>: +48 8b 05 .* +mov rax, \\[${hex(counter)} <counter>\\]$`),
+  );
+  // Columns line up: every line's bytes start in the same column.
+  const column = dis.map((line) =>
+    line.search(/: +[0-9a-f]{2} /) + line.slice(line.search(/: +[0-9a-f]{2} /)).search(/[0-9a-f]{2} /)
+  );
+  assert.equal(new Set(column).size, 1, `bytes columns differ:\n${out[3]}`);
+  assert.equal(out[4], `Watchpoint 2: write of 8 bytes at ${hex(counter)} <counter>`);
+  const tele = out[5]!.split("\n");
+  assert.equal(tele.length, 3);
+  assert.match(
+    tele[0]!,
+    /^00:0000│ rbp,rsp 0x[0-9a-f]+ —▸ 0x[0-9a-f]+ <stack_bottom\+\d+> —▸ /,
+    "rbp = rsp after push rbp; mov rbp, rsp",
+  );
+  assert.match(tele[1]!, /^01:0008│ {9}0x[0-9a-f]+ —▸ 0x[0-9a-f]+ <level3\+\d+>/, "the return address into level3");
+  assert.equal(out[6], "vm2: new VM with 16M RAM (current)");
+  assert.equal(out[7], '"vm2"', "vm.name matches .vm list");
+  assert.match(out[8]!, /^ {2}vm1 .*\n\* vm2 /);
+});
+
+kvmTest("cpu.enterRealMode() with no options enters at 0000:7c00", async () => {
+  const out = await dbg(["cpu.enterRealMode()", "cpu.mode", "cpu.regs.rip", "cpu.sregs.cs.selector"]);
+  assert.deepEqual(out, ["", '"real"', "0x7c00n", "0"]);
+});
+
+kvmTest(
+  ".exceptions on all hooks the guest's IDT handlers and lists the timer interrupts it took, with rips",
+  async () => {
+    const pitFile = await guest("pit_irq.elf");
+    const symbols = new Map(readElfSymbols(await Deno.readFile(pitFile)).map((s) => [s.name, s.address]));
+    const out = (await steps(["--kernel", pitFile], [
+      ".context off",
+      ".exceptions on",
+      ".break on_pit",
+      ".cont",
+      ".delete 1",
+      ".exceptions on all",
+      ".cont",
+      ".exceptions 4",
+    ])).out;
+    assert.match(out[1]!, /^recording exceptions \(vectors 0-31\): 0 IDT handlers hooked .*\nno IDT handlers yet/);
+    assert.match(out[5]!, /^recording exceptions and interrupts: 3 IDT handlers hooked/);
+    assert.match(out[6]!, /^pit ticks 5\n\[guest exited with value 0/);
+    const lines = out[7]!.split("\n");
+    assert.match(lines[0]!, /^in flight: no exception, interrupt or NMI in flight/);
+    // The first tick stopped at on_pit before recording began; the other four were recorded.
+    const ticks = lines.slice(1);
+    assert.equal(ticks.length, 4, out[7]);
+    for (const line of ticks) {
+      assert.match(
+        line,
+        new RegExp(`^ +\\d: vector 0x20 at 0x[0-9a-f]+ <main\\+\\d+> -> ${hex(symbols.get("pit_stub")!)} <pit_stub>$`),
+      );
+    }
+  },
+);

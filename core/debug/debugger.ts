@@ -39,67 +39,18 @@ import {
   decodeAccesses,
   type DecodedInstruction,
   decodeInstructions,
+  formatListing,
   type InstructionAccesses,
   type MemoryAccess,
 } from "./disasm.ts";
 import { translate, type Translation } from "./paging.ts";
 import { readElfSymbols } from "../loader/elf.ts";
 import { hex } from "../hex.ts";
+import { evaluateAddress } from "./expr.ts";
+import { type Hook, type HookCallbacks, hookFunction } from "./hooks.ts";
+import type { BreakCondition, Breakpoint, BreakpointOptions, WatchAccess, Watchpoint } from "./types.ts";
 
-/**
- * A breakpoint condition: a closure, or (from the REPL) an expression
- * compiled by the caller. `vm` is the machine the debugger is attached to
- * (`M`: a `Vm` when it came from `vm.debug`).
- */
-export type BreakCondition<M extends Machine = Machine> = (cpu: Vcpu, vm: M) => boolean;
-
-/** Options of {@link Debugger.break}. */
-export interface BreakpointOptions<M extends Machine = Machine> {
-  /** Stop only when this returns true (evaluated in-process at each hit). */
-  condition?: BreakCondition<M>;
-  /** Source text of the condition, for listings. */
-  conditionText?: string;
-  /** Delete after the first stop. */
-  once?: boolean;
-}
-
-/** A breakpoint as listed by {@link Debugger.breakpoints}. */
-export interface Breakpoint<M extends Machine = Machine> {
-  readonly id: number;
-  readonly kind: "software" | "hardware";
-  /** The (virtual) address. */
-  readonly address: bigint;
-  /** The physical address planted (software). */
-  readonly physical: number | undefined;
-  /** `symbol+offset` of the address. */
-  readonly symbol: string | undefined;
-  enabled: boolean;
-  /** Stops so far (hits whose condition held). */
-  hits: number;
-  readonly once: boolean;
-  readonly condition: BreakCondition<M> | undefined;
-  readonly conditionText: string | undefined;
-  /** Internal breakpoints (next/finish/until) are not listed. */
-  readonly internal: boolean;
-}
-
-/** Access kinds of a watchpoint. */
-export type WatchAccess = "read" | "write" | "access";
-
-/** A watchpoint as listed by {@link Debugger.watchpoints}. */
-export interface Watchpoint<M extends Machine = Machine> {
-  readonly id: number;
-  /** The (virtual) address watched. */
-  readonly address: bigint;
-  /** Its physical address. */
-  readonly physical: number;
-  readonly length: number;
-  readonly access: WatchAccess;
-  readonly symbol: string | undefined;
-  enabled: boolean;
-  hits: number;
-  readonly condition: BreakCondition<M> | undefined;
-}
+export type { BreakCondition, Breakpoint, BreakpointOptions, WatchAccess, Watchpoint } from "./types.ts";
 
 /** A frame of {@link Debugger.backtrace}. */
 export interface Frame {
@@ -231,7 +182,9 @@ export class Debugger<M extends Machine = Machine> {
 
   /**
    * Resolves a location: a number or bigint address, a symbol (`"bump"`),
-   * `symbol+offset` (`"bump+4"`, `"bump+0x4"`), or a hex/decimal string (`"0x100014"`, `"*0x100014"`).
+   * `symbol+offset` (`"bump+4"`, `"bump+0x4"`), a hex/decimal string (`"0x100014"`, `"*0x100014"`: a
+   * leading `*` is gdb's "the address", as in `break *0x100014`), or any address expression of
+   * {@link evaluateAddress} (`"$rsp+8"`, `"*($rsp+8)"`).
    */
   resolve(location: bigint | number | string): bigint {
     if (typeof location === "bigint") return location;
@@ -241,16 +194,7 @@ export class Debugger<M extends Machine = Machine> {
     }
     const text = location.trim().replace(/^\*/, "");
     if (/^(0x[0-9a-f]+|\d+)$/i.test(text)) return BigInt(text);
-    const match = /^([A-Za-z_.$][\w.$@]*)\s*(?:\+\s*(0x[0-9a-f]+|\d+))?$/i.exec(text);
-    if (match !== null) {
-      const base = this.symbols.lookup(match[1]!);
-      if (base !== undefined) return base + (match[2] === undefined ? 0n : BigInt(match[2]));
-      const close = this.symbols.complete(match[1]!.slice(0, 3)).slice(0, 5);
-      throw new RangeError(
-        `Unknown symbol ${JSON.stringify(match[1])}${close.length > 0 ? ` (did you mean ${close.join(", ")}?)` : ""}`,
-      );
-    }
-    throw new SyntaxError(`Cannot parse location ${JSON.stringify(location)}: expected an address or a symbol`);
+    return evaluateAddress(text, this, this.#vm.cpu(0)); // symbols, $registers, + - *, dereferences (expr.ts)
   }
 
   /** The address of a symbol; throws a RangeError naming an unknown one. */
@@ -512,6 +456,19 @@ export class Debugger<M extends Machine = Machine> {
   /** Watchpoints in id order. */
   get watchpoints(): Watchpoint<M>[] {
     return [...this.#watchpoints.values()];
+  }
+
+  /**
+   * Hooks a function without ever stopping the guest (Frida's Interceptor.attach):
+   * `onEnter` runs at its entry, `onLeave` when it returns. See hooks.ts.
+   *
+   * @example
+   * ```ts ignore
+   * const hook = vm.debug.hook("bump", { onEnter: (ctx) => console.log("bump", ctx.arg(0)) });
+   * ```
+   */
+  hook(location: bigint | number | string, callbacks: HookCallbacks): Hook {
+    return hookFunction(this, this.#vm, location, callbacks);
   }
 
   // ---------------------------------------------------------------- watchpoints
@@ -942,16 +899,14 @@ export class Debugger<M extends Machine = Machine> {
     return decodeInstructions(bytes!, address, bits, count, (a) => this.symbols.describe(a));
   }
 
-  /** Disassembly text: one line per instruction, `address <symbol+off>: bytes  text`, rip marked with `=>`. */
+  /** Disassembly text (aligned columns): one line per instruction, `address <symbol+off>: bytes  text`, rip marked `=>`. */
   disassemble(location?: bigint | number | string, count = 10, bitness?: 16 | 32 | 64): string {
     const cpu = this.#vm.cpu(0);
     const rip = this.#ripLinear(cpu);
-    return this.instructions(location, count, bitness).map((insn) => {
-      const symbol = this.symbols.describe(insn.address);
-      const label = symbol === undefined ? "" : ` <${symbol}>`;
-      const bytes = [...insn.bytes].map((b) => b.toString(16).padStart(2, "0")).join(" ");
-      return `${insn.address === rip ? "=> " : "   "}${hex(insn.address)}${label}: ${bytes.padEnd(24)} ${insn.text}`;
-    }).join("\n");
+    return formatListing(this.instructions(location, count, bitness), {
+      current: rip,
+      symbolize: (address) => this.symbols.describe(address),
+    });
   }
 
   #ripLinear(cpu: Vcpu): bigint {
@@ -977,7 +932,9 @@ export class Debugger<M extends Machine = Machine> {
       const { returnAddress } = this.#currentReturn(cpu);
       const found = this.symbols.find(regs.rip);
       const inPrologue = found !== undefined && found.offset <= 1n;
-      if (inPrologue) {
+      // At an entry with no caller (rsp is whatever the loader left), the word there is no return address.
+      const plausible = this.symbols.size === 0 || this.symbols.find(returnAddress) !== undefined;
+      if (inPrologue && plausible) {
         // rbp still belongs to the caller: the first return address came from rsp.
         frames.push({ index: 1, pc: returnAddress, frame: rbp, symbol: this.symbols.describe(returnAddress) });
       }

@@ -40,6 +40,8 @@ export interface DecodedInstruction {
   invalid: boolean;
   /** Has an explicit memory operand or is a string instruction. */
   accessesMemory: boolean;
+  /** The address a memory operand names outright (absolute or rip-relative), if any. */
+  memoryAddress?: bigint;
 }
 
 /**
@@ -95,6 +97,7 @@ export function decodeInstructions(
         let text = invalid ? "(bad)" : formatter.format(instruction);
         const name = target === undefined ? undefined : symbolize?.(target);
         if (name !== undefined) text += ` <${name}>`;
+        const data = invalid ? undefined : absoluteMemoryOperand(x86, instruction);
         const entry: DecodedInstruction = {
           address: instruction.ip,
           bytes: bytes.slice(offset, offset + length),
@@ -109,6 +112,7 @@ export function decodeInstructions(
             Array.from({ length: instruction.opCount }, (_, i) => instruction.opKind(i)).includes(x86.OpKind.Memory),
         };
         if (target !== undefined) entry.target = target;
+        if (data !== undefined) entry.memoryAddress = data;
         out.push(entry);
       } finally {
         instruction.free();
@@ -224,4 +228,60 @@ export function decodeAccesses(
     factory.free();
     formatter.free();
   }
+}
+
+/** The address of a memory operand that names one outright (absolute or rip-relative), else undefined. */
+function absoluteMemoryOperand(x86: Iced, instruction: import("npm:iced-x86@1.21.0").Instruction): bigint | undefined {
+  let memory = false;
+  for (let i = 0; i < instruction.opCount && !memory; i++) memory = instruction.opKind(i) === x86.OpKind.Memory;
+  if (!memory || instruction.memoryIndex !== x86.Register.None) return undefined;
+  const base = instruction.memoryBase;
+  if (base !== x86.Register.None && base !== x86.Register.RIP && base !== x86.Register.EIP) return undefined;
+  return instruction.memoryDisplacementU64;
+}
+
+/** `mov rax, [0x1001d8]` -> `mov rax, [0x1001d8 <ticks>]` when the operand's address has a symbol. */
+function withDataSymbol(insn: DecodedInstruction, symbolize?: (address: bigint) => string | undefined): string {
+  const address = insn.memoryAddress;
+  const name = address === undefined ? undefined : symbolize?.(address);
+  if (name === undefined) return insn.text;
+  const literal = `[0x${address!.toString(16)}]`;
+  return insn.text.replace(literal, `[0x${address!.toString(16)} <${name}>]`);
+}
+
+/** What {@link formatListing} needs besides the instructions. */
+export interface ListingOptions {
+  /** The address marked `=>` (the vCPU's rip). */
+  current?: bigint;
+  /** `symbol+offset` of an address, or undefined. */
+  symbolize?: (address: bigint) => string | undefined;
+}
+
+/**
+ * A disassembly listing with aligned columns: `=>` at the current
+ * instruction, the address and its symbol, the bytes, the text (with the
+ * symbol of a memory operand's address: `mov rax, [0x1001d8 <ticks>]`).
+ *
+ * @example
+ * ```ts
+ * import { decodeInstructions, formatListing } from "./disasm.ts";
+ * const code = decodeInstructions(new Uint8Array([0x55, 0x48, 0x89, 0xe5]), 0x1000n, 64, 2);
+ * formatListing(code, { current: 0x1000n });
+ * // "=> 0x1000: 55        push rbp\n   0x1001: 48 89 e5  mov rbp, rsp"
+ * ```
+ */
+export function formatListing(instructions: readonly DecodedInstruction[], options: ListingOptions = {}): string {
+  const rows = instructions.map((insn) => {
+    const symbol = options.symbolize?.(insn.address);
+    return {
+      marker: insn.address === options.current ? "=> " : "   ",
+      where: `0x${insn.address.toString(16)}${symbol === undefined ? "" : ` <${symbol}>`}:`,
+      bytes: [...insn.bytes].map((b) => b.toString(16).padStart(2, "0")).join(" "),
+      text: withDataSymbol(insn, options.symbolize),
+    };
+  });
+  const whereWidth = Math.max(0, ...rows.map((r) => r.where.length));
+  const bytesWidth = Math.max(0, ...rows.map((r) => r.bytes.length));
+  return rows.map((r) => `${r.marker}${r.where.padEnd(whereWidth)} ${r.bytes.padEnd(bytesWidth)}  ${r.text}`)
+    .join("\n");
 }

@@ -98,9 +98,14 @@ export class MonitorRegistry {
   /** Runs a command line (`"pt 0x100000"`); unknown commands and failures come back as text that says so. */
   async run(line: string, context: MonitorContext): Promise<string> {
     const trimmed = line.trim();
-    const [name = ""] = trimmed.split(/\s+/);
+    let [name = ""] = trimmed.split(/\s+/);
     if (name === "") return this.help();
-    const command = this.#commands.get(name);
+    let command = this.#commands.get(name);
+    // gdb's `x/4xg ADDR`: a format glued to the name goes to the command with its arguments.
+    if (command === undefined && name.includes("/")) {
+      name = name.slice(0, name.indexOf("/"));
+      command = this.#commands.get(name);
+    }
     if (command === undefined) {
       return `hvsh: unknown monitor command ${JSON.stringify(name)} (commands: ${this.names().join(", ")})\n`;
     }

@@ -26,6 +26,7 @@ import {
 } from "./_ffi.ts";
 import { ioctlName, KVM } from "./ioctls.ts";
 import { INTERRUPTED, KvmRunArea, type VcpuExit } from "./exit.ts";
+import { decodeVcpuEvents, KVM_VCPU_EVENTS_SIZE, type VcpuEvents } from "./vcpu_events.ts";
 import {
   type CpuidEntry,
   type DebugRegisters,
@@ -541,6 +542,13 @@ export class VcpuFd {
   /** KVM_SET_GUEST_DEBUG: control flags and debugreg[0..7]. */
   setGuestDebug(control: number, debugreg: readonly bigint[] = []): void {
     ioctlBuffer(this.#open(), KVM.SET_GUEST_DEBUG, encodeGuestDebug(control, debugreg));
+  }
+
+  /** KVM_GET_VCPU_EVENTS: the exception, interrupt and NMI in flight (see vcpu_events.ts). */
+  getVcpuEvents(): VcpuEvents {
+    const buffer = new Uint8Array(KVM_VCPU_EVENTS_SIZE);
+    ioctlBuffer(this.#open(), KVM.GET_VCPU_EVENTS, buffer);
+    return decodeVcpuEvents(buffer);
   }
 
   /** KVM_GET_DEBUGREGS. */

@@ -95,7 +95,7 @@ const PREFIX_WHAT: Record<ImageFormat, string> = {
  *     ram.fill(value, addr, addr + len),
  * };
  *
- * const image = loadImage(new Uint8Array([0xf4]), target); // hlt
+ * const image = loadImage(new Uint8Array([0xf4]), target, { format: "flat" }); // hlt
  * assert.equal(image.format, "flat");
  * assert.equal(image.mode, "real");
  * assert.equal(image.entry, 0x7c00n);
@@ -127,7 +127,7 @@ export function loadImage(
       } (want "auto", "flat", "elf" or "multiboot")`,
     );
   }
-  const format = requested === "auto" ? detectFormat(bytes, options.path) : requested;
+  const format = requested === "auto" ? detectFormat(bytes, options.path, options) : requested;
   const prefix = errorPrefix("load", PREFIX_WHAT[format], options.path);
   checkOptions(format, options, prefix);
   const plan = new LoadPlan(target, prefix);

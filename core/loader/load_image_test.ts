@@ -68,7 +68,7 @@ function multibootElf32(options: { entry?: number; flags?: number; bssSize?: num
 
 Deno.test("loadImage() loads a flat image at 0x7c00 in real mode", () => {
   const target = new FakeTarget(MiB);
-  const image = loadImage(new Uint8Array(CODE), target);
+  const image = loadImage(new Uint8Array(CODE), target, { format: "flat" });
   assert.deepEqual(image, {
     format: "flat",
     mode: "real",
@@ -94,7 +94,7 @@ Deno.test("loadImage() loads a flat image at loadAddress", () => {
 
 Deno.test("loadImage() rejects a flat image beyond RAM", () => {
   const target = new FakeTarget(0x8000);
-  assertLoadsNothing(target, () => loadImage(new Uint8Array(0x1000), target, { path: "boot.bin" }), {
+  assertLoadsNothing(target, () => loadImage(new Uint8Array(0x1000), target, { path: "boot.bin", format: "flat" }), {
     name: "RangeError",
     message: 'Cannot load flat image "boot.bin": the image ends at 0x8c00, beyond guest RAM (0x8000)',
   });
@@ -114,7 +114,7 @@ Deno.test("loadImage() rejects a flat loadAddress beyond 1 MiB", () => {
 
 Deno.test("loadImage() rejects an empty flat image", () => {
   const target = new FakeTarget(MiB);
-  assertLoadsNothing(target, () => loadImage(new Uint8Array(), target), {
+  assertLoadsNothing(target, () => loadImage(new Uint8Array(), target, { format: "flat" }), {
     name: "SyntaxError",
     message: "Cannot load flat image: the image is empty (0 bytes)",
   });
@@ -348,7 +348,11 @@ Deno.test("loadImage() rejects options the image format cannot use", () => {
       /^Cannot load ELF image: option loadAddress \(0x7c00\) applies only to flat images$/,
     ],
     [elf, { cmdline: "quiet" }, /^Cannot load ELF image: option cmdline \("quiet"\) applies only to multiboot images$/],
-    [new Uint8Array(CODE), { modules: [{ data: new Uint8Array(1), cmdline: "m" }] }, /option modules \(1\)/],
+    [
+      new Uint8Array(CODE),
+      { format: "flat", modules: [{ data: new Uint8Array(1), cmdline: "m" }] },
+      /option modules \(1\)/,
+    ],
     [new Uint8Array(CODE), { format: "bzImage" as "flat" }, /option format is "bzImage"/],
   ];
   for (const [bytes, options, message] of cases) {

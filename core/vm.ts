@@ -140,7 +140,7 @@ export class Vm extends Machine {
       write: (address, data) => memory.write(address, data),
       fill: (address, length, value) => memory.fill(address, length, value),
       reserved: this.platform?.reserved ?? [],
-    }, loadOptions);
+    }, { ...loadOptions, format });
     const cpu = this.cpu(0);
     const entry = image.entry;
     if (image.mode === "real") {

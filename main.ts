@@ -5,7 +5,8 @@
  * @module
  */
 
-import { bootCommand } from "./cli/boot.ts";
+import { bootCommand, createBootVm, parseBootArgs, UsageError } from "./cli/boot.ts";
+import type { ReplStart } from "./repl/main.ts";
 
 const USAGE = `hvsh: a hypervisor shell on KVM
 
@@ -57,9 +58,27 @@ async function main(args: string[]): Promise<number> {
         );
         return 2;
       }
+      const start = await replStart(args);
+      if (typeof start === "number") return start;
       const { replCommand } = await import("./repl/main.ts");
-      return await replCommand(args);
+      return await replCommand(start);
     }
+  }
+}
+
+/** What `hvsh [--kernel FILE [boot options] | --empty]` opens the REPL on, or the exit status of a bad command line. */
+async function replStart(args: string[]): Promise<ReplStart | number> {
+  if (args.includes("--empty")) return "empty";
+  if (args.length === 0) return "demo";
+  try {
+    const options = parseBootArgs(args);
+    const vm = await createBootVm(options);
+    const createOptions = { memory: options.memory, cpus: options.cpus, cpuid: { hide: options.cpuidHide } };
+    return { vm, kernel: options.kernel, createOptions, load: options.load, initrd: options.initrd };
+  } catch (error) {
+    console.error(`hvsh: ${(error as Error).message}`);
+    if (error instanceof UsageError) console.error("usage: hvsh [--kernel FILE [boot options] | --empty]");
+    return 2;
   }
 }
 

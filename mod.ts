@@ -46,6 +46,7 @@ export type {
 } from "./core/loader/types.ts";
 export {
   attachGdb,
+  defaultMonitorRegistry,
   type GdbListenOptions,
   type GdbServer,
   listenGdb,
@@ -54,6 +55,12 @@ export {
   registerMonitorCommand,
 } from "./core/gdb/mod.ts";
 export * from "./core/debug/debugger.ts";
+export * from "./core/debug/expr.ts";
+export * from "./core/debug/registers.ts";
+export * from "./core/debug/telescope.ts";
+export * from "./core/debug/exceptions.ts";
+export { DISPLAY_REGISTER_ORDER, REGISTER_NAMES } from "./core/kvm/structs.ts";
+export { hex } from "./core/hex.ts";
 export { formatTranslation, type Translation, type WalkLevel } from "./core/debug/paging.ts";
 export * from "./core/platform.ts";
 export * from "./devices/bus.ts";

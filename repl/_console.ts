@@ -10,7 +10,7 @@
  */
 
 import process from "node:process";
-import type { Vm } from "../core/vm.ts";
+import type { Vm } from "../mod.ts";
 
 /** Ctrl-]: telnet's and QEMU monitor's escape, hands the keys back to the REPL. */
 const DETACH = 0x1d;

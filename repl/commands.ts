@@ -7,17 +7,25 @@
  */
 
 import type { Session } from "./session.ts";
-import type { StopEvent } from "../core/stop.ts";
+import {
+  ALL_REGISTER_NAMES,
+  type BreakCondition,
+  DISPLAY_REGISTER_ORDER,
+  evaluateAddress,
+  ExceptionHistory,
+  formatTranslation,
+  inFlightEvents,
+  isWritableRegister,
+  parseSize,
+  readRegister,
+  REGISTER_NAMES,
+  type StopEvent,
+  telescope,
+  type Vm,
+  type WatchAccess,
+  writeRegister,
+} from "../mod.ts";
 import { examineAt, formatRegisters, formatSpecialRegisters, hex, hexdump, mergeExamineSpec } from "./format.ts";
-import { formatTranslation } from "../core/debug/paging.ts";
-import { DISPLAY_REGISTER_ORDER, REGISTER_NAMES } from "../core/kvm/structs.ts";
-import { telescope } from "../core/debug/telescope.ts";
-import { ExceptionHistory, inFlightEvents } from "../core/debug/exceptions.ts";
-import type { Vm } from "../core/vm.ts";
-import { evaluateAddress } from "../core/debug/expr.ts";
-import { ALL_REGISTER_NAMES, isWritableRegister, readRegister, writeRegister } from "../core/debug/registers.ts";
-import type { BreakCondition, WatchAccess } from "../core/debug/debugger.ts";
-import { parseSize } from "../core/memory.ts";
 import { formatDevices } from "./devices_view.ts";
 
 /** A dot command. */

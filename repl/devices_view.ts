@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { Vm } from "../core/vm.ts";
+import type { Vm } from "../mod.ts";
 import { hex } from "./format.ts";
 
 const STATUS_BITS: [number, string][] = [

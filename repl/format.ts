@@ -5,12 +5,16 @@
  * @module
  */
 
-import type { Vm } from "../core/vm.ts";
-import type { Registers } from "../core/kvm/structs.ts";
-import type { Segment, SpecialRegisters } from "../core/kvm/structs.ts";
-import { describeStop, type StopEvent } from "../core/stop.ts";
-import { DISPLAY_REGISTER_ORDER } from "../core/kvm/structs.ts";
-import { hex } from "../core/hex.ts";
+import {
+  describeStop,
+  DISPLAY_REGISTER_ORDER,
+  hex,
+  type Registers,
+  type Segment,
+  type SpecialRegisters,
+  type StopEvent,
+  type Vm,
+} from "../mod.ts";
 
 export { hex };
 

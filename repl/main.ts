@@ -14,7 +14,7 @@ import { fileURLToPath } from "node:url";
 import { installScope, Session } from "./session.ts";
 import { needsMoreInput } from "./evaluator.ts";
 import { CommandError, completeDotCommand, ExitRequest, runDotCommand, setConsoleAttacher } from "./commands.ts";
-import { createBootVm, parseBootArgs, UsageError } from "../cli/boot.ts";
+import type { LoadOptions, Vm, VmOptions } from "../mod.ts";
 import { attachConsole } from "./_console.ts";
 import { installReverseSearch } from "./_reverse_search.ts";
 
@@ -81,8 +81,18 @@ async function demoKernel(): Promise<string> {
   return demo;
 }
 
-/** Runs `hvsh [--kernel FILE ...|--empty]`; returns the exit status. */
-export async function replCommand(args: string[]): Promise<number> {
+/**
+ * What the REPL opens on: the demo VM, no VM, or a VM the command line made
+ * (`hvsh --kernel FILE [boot options]`, parsed by the CLI as `hvsh boot`
+ * parses them) with what `.save` must record to make it again.
+ */
+export type ReplStart =
+  | "demo"
+  | "empty"
+  | { vm: Vm; kernel: string; createOptions: VmOptions; load: LoadOptions; initrd: string | undefined };
+
+/** Runs the REPL on `start`; returns the exit status. */
+export async function replCommand(start: ReplStart): Promise<number> {
   const interactive = Deno.stdin.isTerminal();
   const colors = Deno.stdout.isTerminal() && Deno.env.get("NO_COLOR") === undefined;
   // Assigned once the VM is ready; `print` clears the prompt line only after that.
@@ -129,30 +139,25 @@ export async function replCommand(args: string[]): Promise<number> {
   }, colors);
 
   try {
-    if (args.includes("--empty")) {
+    if (start === "empty") {
       // no VM
-    } else if (args.length === 0) {
+    } else if (start === "demo") {
       const kernel = await demoKernel();
       await session.createVm({ options: { memory: "64M" }, kernel });
       session.transcript.push(`vm = await Vm.create({ memory: "64M" });`, `await vm.load(${JSON.stringify(kernel)});`);
     } else {
-      const options = parseBootArgs(args);
-      const vm = await createBootVm(options);
-      const createOptions = { memory: options.memory, cpus: options.cpus, cpuid: { hide: options.cpuidHide } };
-      session.adopt(vm, { options: createOptions, kernel: options.kernel, load: options.load });
-      const modules = options.initrd === undefined
+      const { vm, kernel, createOptions, load, initrd } = start;
+      session.adopt(vm, { options: createOptions, kernel, load });
+      const modules = initrd === undefined
         ? ""
-        : `, modules: [{ data: await Deno.readFile(${JSON.stringify(options.initrd)}), cmdline: ${
-          JSON.stringify(options.initrd)
-        } }]`;
+        : `, modules: [{ data: await Deno.readFile(${JSON.stringify(initrd)}), cmdline: ${JSON.stringify(initrd)} }]`;
       session.transcript.push(
         `vm = await Vm.create(${JSON.stringify(createOptions)});`,
-        `await vm.load(${JSON.stringify(options.kernel)}, { ...${JSON.stringify(options.load)}${modules} });`,
+        `await vm.load(${JSON.stringify(kernel)}, { ...${JSON.stringify(load)}${modules} });`,
       );
     }
   } catch (error) {
     console.error(`hvsh: ${(error as Error).message}`);
-    if (error instanceof UsageError) console.error("usage: hvsh [--kernel FILE [boot options] | --empty]");
     return 2;
   }
 

@@ -13,8 +13,7 @@
  * @module
  */
 
-import type { Vm } from "../core/vm.ts";
-import { defaultMonitorRegistry, MonitorRegistry } from "../core/gdb/monitor.ts";
+import { defaultMonitorRegistry, MonitorRegistry, type Vm } from "../mod.ts";
 import { commands, runDotCommand } from "./commands.ts";
 import { Session } from "./session.ts";
 

@@ -6,12 +6,16 @@
  * @module
  */
 
-import { Vm, type VmOptions } from "../core/vm.ts";
-import { describeStop, type StopEvent } from "../core/stop.ts";
-import type { Registers } from "../core/kvm/structs.ts";
-import type { LoadOptions } from "../core/loader/types.ts";
+import {
+  describeStop,
+  type LoadOptions,
+  type Registers,
+  type StopEvent,
+  Vm,
+  type VmOptions,
+  writeRegister,
+} from "../mod.ts";
 import { evaluate } from "./evaluator.ts";
-import { writeRegister } from "../core/debug/registers.ts";
 import { type ContextOptions, formatContext, formatValue, hex, makeStyle, type Style } from "./format.ts";
 
 /** How a VM of the session was made, so `.save` can write a script that makes it again. */

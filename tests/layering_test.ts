@@ -78,6 +78,17 @@ Deno.test("no module imports one from a higher layer (core/kvm < machine < devic
   assert.deepEqual(upward, []);
 });
 
+Deno.test("the REPL imports only the public API (mod.ts) and its own modules, never cli/ or scripts/", () => {
+  const outside: string[] = [];
+  for (const [path, imports] of modules) {
+    if (!path.startsWith("repl/")) continue;
+    for (const target of imports) {
+      if (target !== "mod.ts" && !target.startsWith("repl/")) outside.push(`${path} imports ${target}`);
+    }
+  }
+  assert.deepEqual(outside, []);
+});
+
 Deno.test("the source modules have no import cycle", () => {
   const state = new Map<string, "open" | "done">();
   const cycles: string[] = [];

@@ -12,6 +12,8 @@ usage: hvsh                          open the REPL on the demo VM
        hvsh --kernel FILE [OPTIONS]  open the REPL on a kernel (boot options as below)
        hvsh --empty                  open the REPL with no VM
        hvsh boot --kernel FILE ...   run a kernel with COM1 on this terminal (hvsh boot --help)
+       hvsh boot --restore FILE      run on a VM saved in a snapshot file
+       hvsh listen --migrate ADDR    receive a VM migrated from another hvsh and run it
        hvsh run SCRIPT.ts [ARGS]     run a provisioning script with the scripting API`;
 
 async function runScript(args: string[]): Promise<number> {
@@ -31,6 +33,10 @@ async function main(args: string[]): Promise<number> {
       return await bootCommand(rest);
     case "run":
       return await runScript(rest);
+    case "listen": {
+      const { listenCommand } = await import("./cli/listen.ts");
+      return await listenCommand(rest);
+    }
     case "help":
     case "--help":
     case "-h":

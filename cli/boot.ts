@@ -30,6 +30,7 @@ export class UsageError extends Error {
 
 /** The usage text of `hvsh boot`. */
 export const BOOT_USAGE = `usage: hvsh boot --kernel FILE [--format auto|flat|elf|multiboot] [--load-addr ADDR]
+       hvsh boot --restore SNAPSHOT [--timeout SECONDS] [--gdb ...]
                  [--append "CMDLINE"] [--initrd FILE] [--mem 64M] [--cpus N] [--timeout SECONDS]
                  [--cpuid-hide FEATURE,...] [--cpuid-vendor VENDOR12] [--gdb [HOST:]PORT|SOCKET-PATH [--wait]]
 
@@ -38,6 +39,9 @@ writes V to port 0xf4; 0 when it halts for good, powers off (ACPI S5) or asks fo
 reset (i8042 0xfe, port 0xcf9: the run ends as with QEMU's -no-reboot); 4 when it
 crashes; 124 on --timeout;
 2 on a usage or image error.
+
+--restore runs on a VM saved with vm.snapshot() or the REPL's .snapshot save, from where
+it stopped (the machine's memory, vCPUs and devices come from the file).
 
 --gdb serves the GDB remote protocol (host 127.0.0.1 unless one is given; a path with
 a / is a Unix socket): gdb -ex 'target remote 127.0.0.1:PORT'. The guest runs at once
@@ -61,6 +65,8 @@ export interface BootOptions {
   gdb: { host?: string; port?: number; path?: string } | undefined;
   /** `--wait`: hold the guest until gdb continues it. */
   wait: boolean;
+  /** `--restore`: a snapshot file to run on instead of a kernel. */
+  restore?: string;
 }
 
 /** Parses a number written in decimal or 0x-hex, naming the option on error. */
@@ -91,6 +97,7 @@ export function parseBootArgs(args: string[]): BootOptions {
         "cpuid-vendor": { type: "string" },
         gdb: { type: "string" },
         wait: { type: "boolean", default: false },
+        restore: { type: "string" },
       },
       allowPositionals: true,
       strict: true,
@@ -99,8 +106,11 @@ export function parseBootArgs(args: string[]): BootOptions {
     throw new UsageError((error as Error).message);
   }
   const { values, positionals } = parsed;
-  const kernel = values.kernel ?? positionals[0];
-  if (kernel === undefined) throw new UsageError("Missing --kernel FILE");
+  const kernel = values.kernel ?? positionals[0] ?? (values.restore === undefined ? undefined : "");
+  if (kernel === undefined) throw new UsageError("Missing --kernel FILE (or --restore SNAPSHOT)");
+  if (values.restore !== undefined && kernel !== "") {
+    throw new UsageError("--restore runs a snapshot: it takes no --kernel");
+  }
   if (positionals.length > (values.kernel === undefined ? 1 : 0)) {
     throw new UsageError(`Unexpected argument ${JSON.stringify(positionals.at(-1))}`);
   }
@@ -139,11 +149,13 @@ export function parseBootArgs(args: string[]): BootOptions {
     initrd: values.initrd,
     gdb,
     wait: values.wait,
+    ...(values.restore === undefined ? {} : { restore: values.restore }),
   };
 }
 
 /** Creates a VM and loads the kernel as the boot options say. Closes the VM if loading fails. */
 export async function createBootVm(options: BootOptions): Promise<Vm> {
+  if (options.restore !== undefined) return await Vm.restore(options.restore);
   const vm = await Vm.create({
     memory: options.memory,
     cpus: options.cpus,
@@ -285,12 +297,16 @@ export async function bootCommand(args: string[]): Promise<number> {
     if (error instanceof UsageError) console.error(BOOT_USAGE);
     return BOOT_STATUS.usage;
   }
-  const timeoutMs = parseBootArgs(args).timeoutMs;
+  return await runOnTerminal(vm, parseBootArgs(args));
+}
+
+/** Runs a VM with COM1 on this terminal until it ends, as `hvsh boot` does; closes it. Returns the exit status. */
+export async function runOnTerminal(vm: Vm, options: BootOptions): Promise<number> {
+  const timeoutMs = options.timeoutMs;
   const stopInput = new AbortController();
   const stopOutput = pipeSerialToStdout(vm);
   const input = pumpStdin(vm, stopInput.signal);
   try {
-    const options = parseBootArgs(args);
     let stop: Awaited<ReturnType<typeof runUnderGdb>>;
     try {
       stop = options.gdb === undefined

@@ -22,7 +22,10 @@
  *
  * Usage: `deno task bench [--n 20000] [--rounds 15] [--steps 20000]
  * [--hits 48] [--debug-rounds 9] [--cold-runs 5] [--gdb-steps 800]
- * [--gdb-rounds 5] [--only exits,debug,gdb,cold]`
+ * [--gdb-rounds 5] [--snapshot-rounds 3] [--only exits,debug,gdb,cold,snapshot]`
+ *
+ * The snapshot rows (scripts/bench_snapshot.ts) set hvsh's snapshot,
+ * restore, clones, migration and fork beside QEMU's on one guest.
  *
  * @module
  */
@@ -35,6 +38,7 @@ import { Vm } from "../core/vm.ts";
 import type { StopEvent } from "../core/stop.ts";
 import { readElfSymbols } from "../core/loader/elf.ts";
 import { buildGuests } from "./build_guests.ts";
+import { benchSnapshot, formatSnapshotTable } from "./bench_snapshot.ts";
 
 /** Repository root (the launcher, tests/ and bench/ are found from here). */
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
@@ -859,10 +863,11 @@ async function main(args: string[]): Promise<void> {
       "cold-runs": { type: "string" },
       "gdb-steps": { type: "string" },
       "gdb-rounds": { type: "string" },
+      "snapshot-rounds": { type: "string" },
       only: { type: "string" },
     },
   });
-  const sections = ["exits", "debug", "gdb", "cold"];
+  const sections = ["exits", "debug", "gdb", "cold", "snapshot"];
   const only = values.only === undefined ? sections : values.only.split(",");
   const unknown = only.filter((name) => !sections.includes(name));
   if (unknown.length > 0) throw new RangeError(`--only ${values.only}: expected some of ${sections.join(",")}`);
@@ -908,6 +913,13 @@ async function main(args: string[]): Promise<void> {
   if (only.includes("cold")) {
     const cold = await benchCold(guests, coldRuns);
     console.log(formatColdTable(cold.rows, cold.notes, coldRuns));
+    console.log();
+  }
+  if (only.includes("snapshot")) {
+    const counter = guests.get("counter_mb.elf");
+    if (counter === undefined) throw new Error("buildGuests() lacks counter_mb.elf");
+    const snapshotRounds = positiveInt(values["snapshot-rounds"], 3, "snapshot-rounds");
+    console.log(formatSnapshotTable(await benchSnapshot(counter, LAUNCHER, snapshotRounds)));
   }
   console.log(`\n(bench took ${((performance.now() - started) / 1000).toFixed(1)} s)`);
 }

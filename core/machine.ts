@@ -444,6 +444,15 @@ export class Machine {
     }
   }
 
+  /**
+   * Probes what this host lets the machine save (XSAVE, XCRs, the MSR list)
+   * now rather than at the first capture or restore: migration calls it
+   * before it pauses the guest, so the probe is not part of the downtime.
+   */
+  prepareStateCapture(): void {
+    this.#capabilities();
+  }
+
   #capabilities(): StateCapabilities {
     return this.#stateCaps ??= probeStateCapabilities(this.#kvm, this.#vmFd, this.#vcpuFds[0], this.#irqchip);
   }

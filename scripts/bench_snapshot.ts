@@ -63,14 +63,19 @@ class Qmp {
 
   static async connect(path: string): Promise<Qmp> {
     let conn: Deno.UnixConn | undefined;
-    await waitFor(`QMP socket ${path}`, async () => {
-      try {
-        conn = await Deno.connect({ transport: "unix", path });
-        return true;
-      } catch {
-        return false;
-      }
-    }, 30_000, 1);
+    await waitFor(
+      `QMP socket ${path}`,
+      async () => {
+        try {
+          conn = await Deno.connect({ transport: "unix", path });
+          return true;
+        } catch {
+          return false;
+        }
+      },
+      30_000,
+      1,
+    );
     const qmp = new Qmp(conn!);
     await qmp.#line(); // greeting
     await qmp.command("qmp_capabilities");
@@ -447,7 +452,12 @@ export function formatSnapshotTable(result: SnapshotBench | string): string {
   for (const r of result.rows) {
     row(`${r.sizeMiB} MiB: snapshot to a file (ms)`, r.qemuSnapshotMs, r.hvshSnapshotMs);
     row(`${r.sizeMiB} MiB: file size (MiB)`, r.qemuFile.size / (1 << 20), r.hvshFile.size / (1 << 20), 2);
-    row(`${r.sizeMiB} MiB: file on disk (MiB, holes not counted)`, r.qemuFile.disk / (1 << 20), r.hvshFile.disk / (1 << 20), 2);
+    row(
+      `${r.sizeMiB} MiB: file on disk (MiB, holes not counted)`,
+      r.qemuFile.disk / (1 << 20),
+      r.hvshFile.disk / (1 << 20),
+      2,
+    );
     row(`${r.sizeMiB} MiB: restore, new process to output (ms)`, r.qemuRestoreProcessMs, r.hvshRestoreProcessMs);
     lines.push(
       `${`${r.sizeMiB} MiB: hvsh in-process restore copy / cow (ms)`.padEnd(44)}${"-".padStart(12)}${
@@ -464,7 +474,9 @@ export function formatSnapshotTable(result: SnapshotBench | string): string {
   row(`${c.count} clones of ${c.sizeMiB} MiB: memory (MiB, PSS)`, c.qemuMiB, c.hvshMiB);
   row("live migration downtime, 64 MiB (ms)", result.downtime.qemuMs, result.downtime.hvshMs);
   lines.push(
-    `(file size: the apparent size; hvsh's file keeps zero pages as holes, ${mib(result.rows[0]!.hvshFile.disk)} MiB on`,
+    `(file size: the apparent size; hvsh's file keeps zero pages as holes, ${
+      mib(result.rows[0]!.hvshFile.disk)
+    } MiB on`,
     " disk for the 64 MiB guest. Restore, new process: spawn to the restored guest's first serial byte, process start",
     ` included on both sides. hvsh clones: Vm.restore({ memory: "cow" }) in one process; QEMU: ${c.count} processes`,
     ` restored from one file. Downtime: hvsh pre-copied in ${result.downtime.hvshRounds} round(s), pause to the`,

@@ -202,6 +202,7 @@ export async function migrateVm(
       FRAME.hello,
       jsonPayload({ protocol: PROTOCOL, version: VERSION, config: source.config() }),
     );
+    machine.prepareStateCapture();
     const precopy = machine.running && options.precopy !== false;
     let pausedAt: number;
     if (precopy) {
@@ -221,9 +222,7 @@ export async function migrateVm(
       }
       pausedAt = performance.now();
       await machine.pause("migration");
-      const last = machine.takeDirtyPages();
-      machine.stopDirtyLog();
-      logging = false;
+      const last = machine.takeDirtyPages(); // logging stops after the acknowledgement, outside the downtime
       count(await sendPages(conn, machine, last === "all" ? allDataPages(machine) : [...last].sort((a, b) => a - b)));
     } else {
       pausedAt = performance.now();
@@ -281,6 +280,7 @@ export async function receiveVm<V>(
       throw new Error(`Not an hvsh migration stream (version ${VERSION}): first frame of type ${hello.type}`);
     }
     built = await target.build(intro.config as VmConfig);
+    built.machine.prepareStateCapture();
     const memory = built.machine.memory;
     const unwritten = new Set(built.written);
     let state: VmState | undefined;

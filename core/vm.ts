@@ -292,6 +292,7 @@ export class Vm extends Machine {
     const source = snapshotPageSource(file, state.config);
     let memory: GuestMemory;
     if (mode === "cow") {
+      file.verifyAbsentPagesZero();
       let fileOffset = file.memoryOffset;
       let firstPage = 0;
       const regions = state.config.regions.map((r) => {

@@ -339,6 +339,36 @@ export class HostMapping {
   }
 }
 
+/**
+ * The byte ranges `[start, end)` within `[from, to)` of a file that hold
+ * data (lseek SEEK_DATA / SEEK_HOLE); the rest are holes that read as zero.
+ * A file system without hole reporting reports one range covering all.
+ */
+export function fileDataRanges(path: string, from: number, to: number): [number, number][] {
+  const fd = sys.open(cString(path), O_RDONLY | O_CLOEXEC, 0);
+  if (fd < 0) throw new KvmError(`open ${path}`, lastErrno());
+  try {
+    const ranges: [number, number][] = [];
+    let at = BigInt(from);
+    const end = BigInt(to);
+    while (at < end) {
+      const data = sys.lseek(fd, at, SEEK_DATA);
+      if (data < 0n) {
+        if (lastErrno() === ENXIO) break;
+        return [[from, to]];
+      }
+      if (data >= end) break;
+      const hole = sys.lseek(fd, data, SEEK_HOLE);
+      if (hole < 0n) return [[from, to]];
+      ranges.push([Number(data), Number(hole < end ? hole : end)]);
+      at = hole;
+    }
+    return ranges;
+  } finally {
+    sys.close(fd);
+  }
+}
+
 /** A KVM system handle (`/dev/kvm`). */
 export class Kvm {
   /** The file descriptor of `/dev/kvm`. */

@@ -12,6 +12,8 @@
  */
 
 import zlib from "node:zlib";
+import { fileDataRanges } from "../kvm/kvm.ts";
+import { isZeroPage } from "../memory.ts";
 
 /** The file's first 8 bytes. */
 export const SNAPSHOT_MAGIC = "HVSNAP\0\n";
@@ -370,6 +372,47 @@ export class SnapshotFile {
   /** Where the memory area starts in the file. */
   get memoryOffset(): number {
     return this.section(MEMORY_SECTION)!.offset;
+  }
+
+  /**
+   * Checks that every page the page map lists as absent reads as zero in
+   * the file, for a copy-on-write mapping that exposes the memory area as it
+   * is (a plain restore never reads those pages). Cheap on a sparse file:
+   * only data extents outside the stored pages are read (a file copied
+   * without its holes is read whole). Throws a SnapshotError naming the
+   * memory section.
+   */
+  verifyAbsentPagesZero(): void {
+    const memory = this.section(MEMORY_SECTION)!;
+    const totalPages = memory.length / PAGE_SIZE;
+    const page = new Uint8Array(PAGE_SIZE);
+    let file: Deno.FsFile | undefined;
+    try {
+      for (const [start, end] of fileDataRanges(this.path, memory.offset, memory.offset + memory.length)) {
+        const first = Math.floor((start - memory.offset) / PAGE_SIZE);
+        const last = Math.min(totalPages, Math.ceil((end - memory.offset) / PAGE_SIZE));
+        for (let index = first; index < last; index++) {
+          if ((this.pagemap[index >> 3]! & (1 << (index & 7))) !== 0) continue;
+          file ??= Deno.openSync(this.path, { read: true });
+          file.seekSync(memory.offset + index * PAGE_SIZE, Deno.SeekMode.Start);
+          let read = 0;
+          while (read < PAGE_SIZE) {
+            const n = file.readSync(page.subarray(read));
+            if (n === null || n === 0) break;
+            read += n;
+          }
+          if (!isZeroPage(page)) {
+            throw new SnapshotError(
+              this.path,
+              MEMORY_SECTION,
+              `is corrupt: page ${index} holds data but the page map lists it as zero`,
+            );
+          }
+        }
+      }
+    } finally {
+      file?.close();
+    }
   }
 
   /** The stored page indices in `[first, first + count)` of the page map, relative to `first`. */

@@ -53,6 +53,12 @@ export interface MigrationStats {
   bytesSent: number;
   /** Milliseconds the guest was paused: from the pause to the destination's acknowledgement that the VM is ready. */
   downtimeMs: number;
+  /**
+   * Milliseconds from the pause until the last page and the state were
+   * sent (the stop-and-copy phase on the source: what QEMU's query-migrate
+   * calls downtime).
+   */
+  stopCopyMs: number;
   /** Milliseconds from connecting to the acknowledgement. */
   totalMs: number;
 }
@@ -190,7 +196,15 @@ export async function migrateVm(
   } catch (error) {
     throw new Error(`Cannot migrate to ${hostname}:${port}: ${(error as Error).message}`, { cause: error });
   }
-  const stats: MigrationStats = { precopy: false, rounds: 0, pagesSent: 0, bytesSent: 0, downtimeMs: 0, totalMs: 0 };
+  const stats: MigrationStats = {
+    precopy: false,
+    rounds: 0,
+    pagesSent: 0,
+    bytesSent: 0,
+    downtimeMs: 0,
+    stopCopyMs: 0,
+    totalMs: 0,
+  };
   const count = ([pages, bytes]: [number, number]) => {
     stats.pagesSent += pages;
     stats.bytesSent += bytes;
@@ -231,6 +245,7 @@ export async function migrateVm(
     }
     stats.bytesSent += await writeFrame(conn, FRAME.state, jsonPayload(source.capture()));
     stats.bytesSent += await writeFrame(conn, FRAME.done, new Uint8Array());
+    stats.stopCopyMs = performance.now() - pausedAt;
     const reply = await new FrameReader(conn).next();
     const ack = JSON.parse(new TextDecoder().decode(reply.payload)) as { ok: boolean; error?: string };
     if (reply.type !== FRAME.ack || !ack.ok) {

@@ -107,7 +107,7 @@ export function parseBootArgs(args: string[]): BootOptions {
   }
   const { values, positionals } = parsed;
   const kernel = values.kernel ?? positionals[0] ?? (values.restore === undefined ? undefined : "");
-  if (kernel === undefined) throw new UsageError("Missing --kernel FILE (or --restore SNAPSHOT)");
+  if (kernel === undefined) throw new UsageError("Missing --kernel FILE");
   if (values.restore !== undefined && kernel !== "") {
     throw new UsageError("--restore runs a snapshot: it takes no --kernel");
   }

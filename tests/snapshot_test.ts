@@ -269,3 +269,64 @@ Deno.test({
     assert.ok(counts.length > vm.serial.output.split("\n").length + 5, "the destination counted on");
   },
 });
+
+Deno.test({
+  name: "REPL .snapshot save|load: the loaded VM becomes current, stopped at the same rip; bad input is named",
+  ignore,
+  async fn() {
+    const path = tempFile("repl.hvsnap");
+    const input = [
+      "await vm.run({ timeout: 200 })",
+      `.snapshot save ${path}`,
+      ".regs rip",
+      `.snapshot load ${path}`,
+      ".regs rip",
+      ".vm list",
+      ".snapshot load /nonexistent.hvsnap",
+      ".snapshot frob x",
+    ].join("\n") + "\n";
+    const child = new Deno.Command(HVSH, {
+      args: ["--kernel", await guest("counter.elf")],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    })
+      .spawn();
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode(input));
+    await writer.close();
+    const out = await child.output();
+    const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+    assert.match(text, new RegExp(`saved ${path}: \\d+ MiB file, \\d+ pages stored`));
+    assert.match(text, new RegExp(`vm2: restored from ${path} in [\\d.]+ ms \\(current\\)`));
+    const rips = [...text.matchAll(/^rip = (0x[0-9a-f]+)$/gm)].map((m) => m[1]);
+    assert.equal(rips.length, 2);
+    assert.equal(rips[0], rips[1]);
+    assert.match(text, /^\* vm2 +stopped/m);
+    assert.match(text, /Cannot open snapshot \/nonexistent\.hvsnap/);
+    assert.match(text, /usage: \.snapshot save FILE \| \.snapshot load FILE/);
+  },
+});
+
+Deno.test({
+  name: "hvsh boot --restore and hvsh listen name what is wrong and exit 2",
+  ignore,
+  async fn() {
+    const run = async (args: string[]) => {
+      const out = await new Deno.Command(HVSH, { args, stdin: "null" }).output();
+      return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
+    };
+    const missing = await run(["boot", "--restore", "/nonexistent.hvsnap"]);
+    assert.equal(missing.code, 2);
+    assert.match(missing.stderr, /Cannot open snapshot \/nonexistent\.hvsnap/);
+    const both = await run(["boot", "--restore", "x.hvsnap", "--kernel", "k.elf"]);
+    assert.equal(both.code, 2);
+    assert.match(both.stderr, /--restore runs a snapshot: it takes no --kernel/);
+    const noAddress = await run(["listen"]);
+    assert.equal(noAddress.code, 2);
+    assert.match(noAddress.stderr, /Missing --migrate \[HOST:\]PORT/);
+    const badAddress = await run(["listen", "--migrate", "nowhere"]);
+    assert.equal(badAddress.code, 2);
+    assert.match(badAddress.stderr, /Invalid migration address "nowhere"/);
+  },
+});

@@ -464,6 +464,7 @@ export class Machine {
    */
   captureState(): MachineState {
     this.#assertIdle("capture the machine state");
+    this.#settleAps();
     return captureMachine(this.#vmFd, this.#vcpuFds, this.#capabilities());
   }
 
@@ -720,6 +721,27 @@ export class Machine {
           cpu.invalidate();
           this.#stopCpu = cpu;
           this.#pendingStop ??= stopForExit(exit, () => this.instructionBytes(cpu));
+          return false;
+        }
+      } finally {
+        this.#servicing = undefined;
+      }
+      return true;
+    });
+  }
+
+  /** Emulates and completes the port and MMIO exits parked APs still hold (see ApplicationProcessors.settle). */
+  #settleAps(): void {
+    if (this.#aps.count === 0) return;
+    this.#aps.settle(({ cpu, exit }) => {
+      if (exit === undefined) return false;
+      this.#servicing = cpu;
+      try {
+        if (exit.kind === "io-out" || exit.kind === "io-in") {
+          this.#noteStop(cpu, emulatePortIo(exit, this.#handlers, this.#unhandled));
+        } else if (exit.kind === "mmio-read" || exit.kind === "mmio-write") {
+          this.#noteStop(cpu, emulateMmio(exit, this.#handlers, this.#unhandled));
+        } else {
           return false;
         }
       } finally {

@@ -330,3 +330,29 @@ Deno.test({
     assert.match(badAddress.stderr, /Invalid migration address "nowhere"/);
   },
 });
+
+Deno.test({
+  name: "Vm.restore() of an SMP guest paused during AP start-up (INIT/SIPI, LAPIC, PIT) finishes the start-up",
+  ignore,
+  async fn() {
+    let restored = 0;
+    for (const delayMs of [2, 6, 12]) {
+      await using vm = await Vm.create({ cpus: 3 });
+      await vm.load(await guest("smp.elf"));
+      const running = vm.run({ timeout: 10_000 });
+      setTimeout(() => void vm.pause(), delayMs);
+      if ((await running).reason !== "paused") continue; // finished first on a fast host
+      const path = tempFile("smp.hvsnap");
+      await vm.snapshot(path);
+      await using copy = await Vm.restore(path);
+      const stop = await copy.run({ timeout: 10_000 });
+      const output = vm.serial.output + copy.serial.output;
+      assert.equal(stop.reason, "exit", output);
+      assert.equal(stop.reason === "exit" ? stop.value : -1, 0, output);
+      assert.match(output, /^bsp 0 saw 2 aps$/m);
+      assert.deepEqual([...output.matchAll(/^ap (\d+)$/gm)].map((m) => m[1]).sort(), ["1", "2"]);
+      restored++;
+    }
+    assert.ok(restored > 0, "the guest finished before every pause: no snapshot was taken mid-start-up");
+  },
+});

@@ -315,7 +315,11 @@ export class Vm extends Machine {
         throw error;
       }
     }
-    return await Vm.#assemble(state, memory, source, options);
+    try {
+      return await Vm.#assemble(state, memory, source.read, options);
+    } finally {
+      source.close();
+    }
   }
 
   /**
@@ -457,6 +461,14 @@ export class Vm extends Machine {
     return receiveVm<Vm>(address, {
       build: async (config) => {
         const { vm, written } = await Vm.#build(config, GuestMemory.allocate(config.memory));
+        try {
+          // The paths the final state takes, run once on the new VM's own state (a no-op), so that
+          // the first run of that code is not part of the migration's downtime.
+          applyVmState(vm.#subject(), captureVmState(vm.#subject()));
+        } catch (error) {
+          await vm.close();
+          throw error;
+        }
         return { machine: vm, written, close: () => vm.close() };
       },
       apply: (machine, state) => machine.#applyState(state, options),

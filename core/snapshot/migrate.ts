@@ -7,6 +7,9 @@
  * ```
  * u8 type | u32 payload length | u32 crc32(payload) | payload
  * HELLO  JSON { protocol: "hvsh-migrate", version: 1, config }
+ * READY  empty, destination to source: its VM is built (a pre-copying
+ *        source waits for it before it pauses the guest, so the build is
+ *        not part of the downtime)
  * PAGES  u32 first guest page (address / 4096) | u32 count | count * 4096 bytes
  * ZERO   u32 first guest page | u32 count            (pages that are now all zero)
  * STATE  JSON VmState (vCPUs, irqchip, PIT, clock, devices, breakpoints)
@@ -22,7 +25,7 @@ import { crc32, PAGE_SIZE, pageRuns } from "./format.ts";
 import { nonZeroPages, type VmConfig, type VmState } from "./snapshot.ts";
 import { isZeroPage } from "../memory.ts";
 
-const FRAME = { hello: 1, pages: 2, zero: 3, state: 4, done: 5, ack: 6 } as const;
+const FRAME = { hello: 1, pages: 2, zero: 3, state: 4, done: 5, ack: 6, ready: 7 } as const;
 const PROTOCOL = "hvsh-migrate";
 const VERSION = 1;
 /** Pages per PAGES frame (1 MiB). */
@@ -193,6 +196,8 @@ export async function migrateVm(
   let conn: Deno.Conn;
   try {
     conn = await Deno.connect({ hostname, port });
+    // Small frames (the state, DONE, the ACK) must not wait for Nagle's algorithm: measured +20-30 ms of downtime.
+    (conn as Deno.TcpConn).setNoDelay(true);
   } catch (error) {
     throw new Error(`Cannot migrate to ${hostname}:${port}: ${(error as Error).message}`, { cause: error });
   }
@@ -217,6 +222,7 @@ export async function migrateVm(
       jsonPayload({ protocol: PROTOCOL, version: VERSION, config: source.config() }),
     );
     machine.prepareStateCapture();
+    const replies = new FrameReader(conn);
     const precopy = machine.running && options.precopy !== false;
     let pausedAt: number;
     if (precopy) {
@@ -224,6 +230,11 @@ export async function migrateVm(
       machine.startDirtyLog();
       logging = true;
       count(await sendPages(conn, machine, allDataPages(machine)));
+      const ready = await replies.next();
+      if (ready.type !== FRAME.ready) {
+        const said = new TextDecoder().decode(ready.payload);
+        throw new Error(`The destination refused the VM: ${ready.type === FRAME.ack ? said : `frame ${ready.type}`}`);
+      }
       const maxRounds = options.maxRounds ?? 10;
       const stopBelow = options.stopBelowPages ?? 64;
       for (;;) {
@@ -246,7 +257,8 @@ export async function migrateVm(
     stats.bytesSent += await writeFrame(conn, FRAME.state, jsonPayload(source.capture()));
     stats.bytesSent += await writeFrame(conn, FRAME.done, new Uint8Array());
     stats.stopCopyMs = performance.now() - pausedAt;
-    const reply = await new FrameReader(conn).next();
+    let reply = await replies.next();
+    if (reply.type === FRAME.ready) reply = await replies.next(); // a stop-and-copy source did not wait for it
     const ack = JSON.parse(new TextDecoder().decode(reply.payload)) as { ok: boolean; error?: string };
     if (reply.type !== FRAME.ack || !ack.ok) {
       throw new Error(`The destination refused the VM: ${ack.error ?? `unexpected frame ${reply.type}`}`);
@@ -282,6 +294,7 @@ export async function receiveVm<V>(
     const bound = listener.addr as Deno.NetAddr;
     onListening?.(`${bound.hostname}:${bound.port}`);
     conn = await listener.accept();
+    (conn as Deno.TcpConn).setNoDelay(true);
   } finally {
     listener.close();
   }
@@ -296,6 +309,7 @@ export async function receiveVm<V>(
     }
     built = await target.build(intro.config as VmConfig);
     built.machine.prepareStateCapture();
+    await writeFrame(conn, FRAME.ready, new Uint8Array());
     const memory = built.machine.memory;
     const unwritten = new Set(built.written);
     let state: VmState | undefined;

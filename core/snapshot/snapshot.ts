@@ -375,11 +375,16 @@ export function copyBreakpoints(from: Machine, to: Machine): void {
 }
 
 /**
- * Reads guest page `page` (address / 4096) from a snapshot file's memory
- * area: its bytes, or undefined when the page is not stored (all zero).
+ * Reads guest pages (address / 4096) from a snapshot file's memory area:
+ * `read(page)` gives the page's bytes, or undefined when it is not stored
+ * (all zero). Keeps one handle open until `close()`.
  */
-export function snapshotPageSource(file: SnapshotFile, config: VmConfig): (page: number) => Uint8Array | undefined {
-  return (page) => {
+export function snapshotPageSource(
+  file: SnapshotFile,
+  config: VmConfig,
+): { read: (page: number) => Uint8Array | undefined; close: () => void } {
+  let handle: Deno.FsFile | undefined;
+  const read = (page: number): Uint8Array | undefined => {
     const address = page * PAGE_SIZE;
     let offset = file.memoryOffset;
     let firstPage = 0;
@@ -388,17 +393,13 @@ export function snapshotPageSource(file: SnapshotFile, config: VmConfig): (page:
         const index = (address - region.base) / PAGE_SIZE;
         if (file.storedPages(firstPage + index, 1).length === 0) return undefined;
         const bytes = new Uint8Array(PAGE_SIZE);
-        const handle = Deno.openSync(file.path, { read: true });
-        try {
-          handle.seekSync(offset + index * PAGE_SIZE, Deno.SeekMode.Start);
-          let read = 0;
-          while (read < PAGE_SIZE) {
-            const n = handle.readSync(bytes.subarray(read));
-            if (n === null || n === 0) break;
-            read += n;
-          }
-        } finally {
-          handle.close();
+        handle ??= Deno.openSync(file.path, { read: true });
+        handle.seekSync(offset + index * PAGE_SIZE, Deno.SeekMode.Start);
+        let done = 0;
+        while (done < PAGE_SIZE) {
+          const n = handle.readSync(bytes.subarray(done));
+          if (n === null || n === 0) throw new SnapshotError(file.path, "memory", "is truncated");
+          done += n;
         }
         return bytes;
       }
@@ -407,4 +408,5 @@ export function snapshotPageSource(file: SnapshotFile, config: VmConfig): (page:
     }
     return undefined;
   };
+  return { read, close: () => handle?.close() };
 }

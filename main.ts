@@ -14,6 +14,8 @@ usage: hvsh                          open the REPL on the demo VM
        hvsh --kernel FILE [OPTIONS]  open the REPL on a kernel (boot options as below)
        hvsh --empty                  open the REPL with no VM
        hvsh boot --kernel FILE ...   run a kernel with COM1 on this terminal (hvsh boot --help)
+       hvsh boot --restore FILE      run on a VM saved in a snapshot file
+       hvsh listen --migrate ADDR    receive a VM migrated from another hvsh and run it
        hvsh run SCRIPT.ts [ARGS]     run a provisioning script, type-checked (hvsh run --help)
        hvsh init DIR                 make a kernel project tested with deno test (hvsh init --help)
        hvsh test-suite FILE          run a kvm-unit-tests-style table of kernels (hvsh test-suite --help)
@@ -22,7 +24,7 @@ usage: hvsh                          open the REPL on the demo VM
        hvsh fuzz [--minutes N] [--seed S] [--only a,b]  fuzz hvsh itself (hvsh fuzz --help)
        hvsh help                     this text`;
 
-const COMMANDS = ["boot", "run", "init", "test-suite", "test", "bench", "fuzz", "help"];
+const COMMANDS = ["boot", "listen", "run", "init", "test-suite", "test", "bench", "fuzz", "help"];
 
 async function runScript(args: string[]): Promise<number> {
   const { runCommand } = await import("./cli/run_script.ts");
@@ -36,6 +38,10 @@ async function main(args: string[]): Promise<number> {
       return await bootCommand(rest);
     case "run":
       return await runScript(rest);
+    case "listen": {
+      const { listenCommand } = await import("./cli/listen.ts");
+      return await listenCommand(rest);
+    }
     case "fuzz": {
       const { fuzzCommand } = await import("./cli/fuzz.ts");
       return await fuzzCommand(rest);

@@ -20,6 +20,7 @@ export * from "./core/memory.ts";
 export * from "./core/vcpu.ts";
 export * from "./core/cpuid.ts";
 export { KvmError } from "./core/kvm/kvm.ts";
+export { SnapshotError, SnapshotFile } from "./core/snapshot/format.ts";
 export type {
   CpuidEntry,
   DebugRegisters,

@@ -48,6 +48,7 @@ export class UsageError extends Error {
 
 /** The usage text of `hvsh boot`. */
 export const BOOT_USAGE = `usage: hvsh boot --kernel FILE [--format auto|flat|elf|multiboot] [--load-addr ADDR]
+       hvsh boot --restore SNAPSHOT [--timeout SECONDS] [--gdb ...]
                  [--append "CMDLINE"] [--initrd FILE] [--mem 64M] [--cpus N] [--timeout SECONDS]
                  [--cpuid-hide FEATURE,...] [--cpuid-vendor VENDOR12]
                  [--gdb [HOST:]PORT|SOCKET-PATH [--wait] [--gdb-allow-js]]
@@ -63,6 +64,9 @@ on SIGHUP, SIGINT, SIGTERM: the guest is stopped and its pending output written
 first. A reader slower than the guest pauses the guest until it catches up.
 --kernel and --initrd must be files or pipes (at most 1 GiB; an initrd at most
 --mem); devices such as /dev/zero are refused.
+
+--restore runs on a VM saved with vm.snapshot() or the REPL's .snapshot save, from where
+it stopped (the machine's memory, vCPUs and devices come from the file).
 
 --gdb serves the GDB remote protocol (host 127.0.0.1 unless one is given; a path with
 a / is a Unix socket): gdb -ex 'target remote 127.0.0.1:PORT'. The guest runs at once
@@ -93,6 +97,8 @@ export interface BootOptions {
   gdbAllowJs: boolean;
   /** The virtio devices (`--disk`, `--net`, `--console`, `--rng`, `--vsock`, `--virtio`). */
   virtio?: VirtioBootOptions;
+  /** `--restore`: a snapshot file to run on instead of a kernel. */
+  restore?: string;
 }
 
 /** Parses a number written in decimal or 0x-hex, naming the option on error. */
@@ -142,6 +148,7 @@ export function parseBootArgs(args: string[]): BootOptions {
         wait: { type: "boolean", default: false },
         "gdb-allow-js": { type: "boolean", default: false },
         ...VIRTIO_FLAG_OPTIONS,
+        restore: { type: "string" },
       },
       allowPositionals: true,
       strict: true,
@@ -150,8 +157,11 @@ export function parseBootArgs(args: string[]): BootOptions {
     throw new UsageError((error as Error).message);
   }
   const { values, positionals } = parsed;
-  const kernel = values.kernel ?? positionals[0];
+  const kernel = values.kernel ?? positionals[0] ?? (values.restore === undefined ? undefined : "");
   if (kernel === undefined) throw new UsageError("Missing --kernel FILE");
+  if (values.restore !== undefined && kernel !== "") {
+    throw new UsageError("--restore runs a snapshot: it takes no --kernel");
+  }
   if (positionals.length > (values.kernel === undefined ? 1 : 0)) {
     throw new UsageError(`Unexpected argument ${JSON.stringify(positionals.at(-1))}`);
   }
@@ -193,6 +203,7 @@ export function parseBootArgs(args: string[]): BootOptions {
     wait: values.wait,
     gdbAllowJs: values["gdb-allow-js"],
     virtio: parseVirtioFlags(values, (message) => new UsageError(message)),
+    ...(values.restore === undefined ? {} : { restore: values.restore }),
   };
 }
 
@@ -202,6 +213,7 @@ export function parseBootArgs(args: string[]): BootOptions {
  * FIFO without a writer would otherwise block forever.
  */
 export async function createBootVm(options: BootOptions, signal?: AbortSignal): Promise<Vm> {
+  if (options.restore !== undefined) return await Vm.restore(options.restore);
   const vm = await Vm.create({
     memory: options.memory,
     cpus: options.cpus,
@@ -328,7 +340,6 @@ export async function bootCommand(args: string[]): Promise<number> {
     return BOOT_STATUS.usage;
   }
   const timeoutMs = options.timeoutMs;
-  const deadline = timeoutMs === undefined ? Infinity : started + timeoutMs;
   // --timeout covers loading too (a FIFO with no writer, a slow disk).
   const loading = new AbortController();
   const loadTimer = timeoutMs === undefined ? undefined : setTimeout(() => loading.abort(), timeoutMs);
@@ -349,6 +360,16 @@ export async function bootCommand(args: string[]): Promise<number> {
     clearTimeout(loadTimer);
   }
 
+  return await runOnTerminal(vm, options, started);
+}
+
+/**
+ * Runs a VM with COM1 on this terminal until it ends, as `hvsh boot` does, and closes it. Returns the exit status.
+ * `started` is when `--timeout` began counting (hvsh boot counts the loading too).
+ */
+export async function runOnTerminal(vm: Vm, options: BootOptions, started = performance.now()): Promise<number> {
+  const timeoutMs = options.timeoutMs;
+  const deadline = timeoutMs === undefined ? Infinity : started + timeoutMs;
   let signalled: StopSignal | undefined;
   const signalArrived = new AbortController();
   const signalListeners = (Object.keys(STOP_SIGNALS) as StopSignal[]).map((name) => {

@@ -20,7 +20,7 @@
  */
 
 import { Kvm, type VcpuFd, type VmFd } from "./kvm/kvm.ts";
-import { KVM_CAP, KVM_MEM_READONLY } from "./kvm/ioctls.ts";
+import { KVM_CAP, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY } from "./kvm/ioctls.ts";
 import type { VcpuExit } from "./kvm/exit.ts";
 import {
   decodeIrqchip,
@@ -46,6 +46,15 @@ import {
   type UnhandledPolicy,
 } from "./exits.ts";
 import { type ApExit, ApplicationProcessors } from "./smp.ts";
+import {
+  captureMachine,
+  type MachineState,
+  probeStateCapabilities,
+  restoreMachine,
+  type StateCapabilities,
+} from "./machine_state.ts";
+
+export type { KernelState, MachineState, VcpuState } from "./machine_state.ts";
 
 /** Options of a machine (see `Vm.create`). */
 export interface MachineOptions {
@@ -182,13 +191,22 @@ export class Machine {
   #sleep: { wakeAfterMs: number; onWake: () => void } | undefined;
   #restart: (() => void) | undefined;
   #slotCount = 0;
+  /** The memory slots as last laid out (for the dirty log). */
+  #slots: { base: number; size: number; flags: number }[] = [];
+  /** KVM_MEM_LOG_DIRTY_PAGES on the writable slots (migration's pre-copy). */
+  #dirtyLogging = false;
+  /** The slots were laid out again while logging: their logs restarted, so every page counts as dirty once. */
+  #dirtyLogReset = false;
+  #stateCaps: StateCapabilities | undefined;
+  /** The page protections the slots were last laid out with. */
+  #protections: ReadonlyMap<number, "readonly" | "none"> = new Map();
   readonly #stopObservers = new Set<(stop: StopEvent) => void>();
   readonly #runWaiters: ((stop: StopEvent) => void)[] = [];
   readonly #closers = new Set<() => void | Promise<void>>();
 
   /** Opens KVM and creates the VM, its RAM and its vCPUs; closes what it made when a step fails. */
-  protected static open(options: MachineOptions): MachineParts {
-    const memorySize = parseSize(options.memory ?? "64M");
+  protected static open(options: MachineOptions, ram?: GuestMemory): MachineParts {
+    const memorySize = ram?.ramSize ?? parseSize(options.memory ?? "64M");
     const cpuCount = options.cpus ?? 1;
     if (!Number.isInteger(cpuCount) || cpuCount < 1 || cpuCount > 255) {
       throw new RangeError(`Invalid vCPU count ${cpuCount}: expected 1-255`);
@@ -203,7 +221,7 @@ export class Machine {
       vmFd.setTssAddress(0xfffb_d000);
       vmFd.setIdentityMapAddress(0xfffb_c000n);
       if (options.irqchip ?? true) vmFd.createIrqchip(); // before the vCPUs, as KVM requires
-      memory = GuestMemory.allocate(memorySize);
+      memory = ram ?? GuestMemory.allocate(memorySize);
       const supported = kvm.supportedCpuid();
       prepareKickSignal();
       for (let id = 0; id < cpuCount; id++) {
@@ -336,6 +354,7 @@ export class Machine {
   }
 
   #layOutSlots(pages: ReadonlyMap<number, "readonly" | "none">): void {
+    this.#protections = pages;
     const slots: { base: number; size: number; host: bigint; flags: number }[] = [];
     const sorted = [...pages.keys()].sort((a, b) => a - b);
     for (const region of this.memory.regions) {
@@ -354,9 +373,112 @@ export class Machine {
       }
       push(cursor, end, 0);
     }
+    if (this.#dirtyLogging) {
+      for (const slot of slots) if (slot.flags === 0) slot.flags = KVM_MEM_LOG_DIRTY_PAGES;
+      if (this.#slotCount > 0) this.#dirtyLogReset = true;
+    }
     for (let slot = 0; slot < this.#slotCount; slot++) this.#vmFd.setUserMemoryRegion(slot, 0, 0n, 0n, 0n);
     slots.forEach((s, slot) => this.#vmFd.setUserMemoryRegion(slot, s.flags, BigInt(s.base), BigInt(s.size), s.host));
     this.#slotCount = slots.length;
+    this.#slots = slots;
+  }
+
+  /**
+   * Starts logging the pages the guest writes (KVM_MEM_LOG_DIRTY_PAGES on
+   * every RAM slot) and the pages the host writes through `memory`, for
+   * migration's pre-copy rounds. Read {@link takeDirtyPages}; stop with
+   * {@link stopDirtyLog}.
+   */
+  startDirtyLog(): void {
+    if (this.#closed) throw new Error(`Cannot log dirty pages: the VM ${this.name} is closed`);
+    this.#dirtyLogging = true;
+    this.memory.trackHostWrites(true);
+    this.#reLayOut();
+    this.#dirtyLogReset = false;
+  }
+
+  /**
+   * The guest pages (address / 4096) written since logging started or since
+   * the last call, by the guest (KVM_GET_DIRTY_LOG, which clears KVM's log)
+   * or by the host; `"all"` when the slots were laid out again meanwhile
+   * (the debugger's watchpoints do that) and KVM's logs restarted.
+   */
+  takeDirtyPages(): Set<number> | "all" {
+    if (!this.#dirtyLogging) throw new Error("Cannot read dirty pages: startDirtyLog() first");
+    const dirty = new Set<number>(this.memory.takeHostWrites());
+    this.#slots.forEach((slot, index) => {
+      if ((slot.flags & KVM_MEM_LOG_DIRTY_PAGES) === 0) {
+        // A read-only or absent page (a watchpoint): writes to it came through hvsh, which the host record has.
+        return;
+      }
+      const pages = slot.size / 4096;
+      const bitmap = this.#vmFd.getDirtyLog(index, pages);
+      const firstPage = slot.base / 4096;
+      for (let byte = 0; byte < bitmap.length; byte++) {
+        const bits = bitmap[byte]!;
+        if (bits === 0) continue;
+        for (let bit = 0; bit < 8; bit++) if ((bits & (1 << bit)) !== 0) dirty.add(firstPage + byte * 8 + bit);
+      }
+    });
+    if (this.#dirtyLogReset) {
+      this.#dirtyLogReset = false;
+      return "all";
+    }
+    return dirty;
+  }
+
+  /** Stops logging dirty pages. */
+  stopDirtyLog(): void {
+    if (!this.#dirtyLogging || this.#closed) return;
+    this.#dirtyLogging = false;
+    this.memory.trackHostWrites(false);
+    this.#reLayOut();
+  }
+
+  /** Lays the slots out again with the current page protections (after the dirty-log flag changed). */
+  #reLayOut(): void {
+    const parkAps = this.#running && this.#aps.count > 0;
+    if (parkAps) this.#aps.park();
+    try {
+      this.#layOutSlots(this.#protections);
+    } finally {
+      if (parkAps) this.#aps.resume();
+    }
+  }
+
+  /**
+   * Probes what this host lets the machine save (XSAVE, XCRs, the MSR list)
+   * now rather than at the first capture or restore: migration calls it
+   * before it pauses the guest, so the probe is not part of the downtime.
+   */
+  prepareStateCapture(): void {
+    this.#capabilities();
+  }
+
+  #capabilities(): StateCapabilities {
+    return this.#stateCaps ??= probeStateCapabilities(this.#kvm, this.#vmFd, this.#vcpuFds[0], this.#irqchip);
+  }
+
+  /**
+   * Every vCPU's KVM state and the VM's (irqchip, PIT, kvm-clock) as plain
+   * JSON data (see core/machine_state.ts for what is in it). The machine
+   * must be stopped; guest memory and device models are not in it.
+   */
+  captureState(): MachineState {
+    this.#assertIdle("capture the machine state");
+    this.#settleAps();
+    return captureMachine(this.#vmFd, this.#vcpuFds, this.#capabilities());
+  }
+
+  /**
+   * Puts the machine in a state {@link captureState} returned (possibly
+   * from another process). Checks the whole state before it writes
+   * anything; throws naming the vCPU and field that do not fit.
+   */
+  restoreState(state: MachineState): void {
+    this.#assertIdle("restore the machine state");
+    restoreMachine(this.#vmFd, this.#vcpuFds, state, this.#capabilities());
+    for (const cpu of this.cpus) cpu.invalidate();
   }
 
   /** True when the host can make pages read-only for the guest (KVM_CAP_READONLY_MEM). */
@@ -459,6 +581,7 @@ export class Machine {
     const timeout = options.timeout;
     if (timeout !== undefined && !(timeout >= 0)) throw new RangeError(`Invalid timeout ${timeout}: expected ms >= 0`);
     this.#running = true;
+    this.memory.noteGuestWrites();
     this.#pauseRequested = false;
     this.#pausedBy = undefined;
     this.#stopCpu = undefined;
@@ -613,6 +736,27 @@ export class Machine {
           cpu.invalidate();
           this.#stopCpu = cpu;
           this.#pendingStop ??= stopForExit(exit, () => this.instructionBytes(cpu));
+          return false;
+        }
+      } finally {
+        this.#servicing = undefined;
+      }
+      return true;
+    });
+  }
+
+  /** Emulates and completes the port and MMIO exits parked APs still hold (see ApplicationProcessors.settle). */
+  #settleAps(): void {
+    if (this.#aps.count === 0) return;
+    this.#aps.settle(({ cpu, exit }) => {
+      if (exit === undefined) return false;
+      this.#servicing = cpu;
+      try {
+        if (exit.kind === "io-out" || exit.kind === "io-in") {
+          this.#noteStop(cpu, emulatePortIo(exit, this.#handlers, this.#unhandled));
+        } else if (exit.kind === "mmio-read" || exit.kind === "mmio-write") {
+          this.#noteStop(cpu, emulateMmio(exit, this.#handlers, this.#unhandled));
+        } else {
           return false;
         }
       } finally {

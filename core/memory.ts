@@ -6,6 +6,7 @@
  * @module
  */
 
+import { Buffer } from "node:buffer";
 import { HostMapping } from "./kvm/kvm.ts";
 import { hex } from "./hex.ts";
 
@@ -22,6 +23,42 @@ export interface MemoryRegion {
   readonly bytes: Uint8Array;
   /** Host virtual address of the mapping (for the KVM memory slot). */
   readonly hostAddress: bigint;
+}
+
+const ZERO_PAGE = new Uint8Array(4096);
+
+/** True when a 4 KiB page holds only zero bytes (a native compare). */
+export function isZeroPage(page: Uint8Array): boolean {
+  return Buffer.compare(page, ZERO_PAGE) === 0;
+}
+
+/**
+ * The pages of `[address, address + pages * 4096)` of this process that are
+ * present in its page tables (/proc/self/pagemap bit 63), as indices from
+ * `address`; undefined when the page map cannot be read.
+ */
+function presentPages(address: bigint, pages: number): number[] | undefined {
+  let file: Deno.FsFile | undefined;
+  try {
+    file = Deno.openSync("/proc/self/pagemap", { read: true });
+    file.seekSync(Number(address / 4096n) * 8, Deno.SeekMode.Start);
+    const entries = new Uint8Array(pages * 8);
+    let read = 0;
+    while (read < entries.length) {
+      const n = file.readSync(entries.subarray(read));
+      if (n === null || n === 0) return undefined;
+      read += n;
+    }
+    const words = new Uint32Array(entries.buffer);
+    const present: number[] = [];
+    // Bit 63 (present) and 62 (swapped) are in the high 32-bit word of each little-endian entry.
+    for (let i = 0; i < pages; i++) if ((words[i * 2 + 1]! & 0xc000_0000) !== 0) present.push(i);
+    return present;
+  } catch {
+    return undefined;
+  } finally {
+    file?.close();
+  }
 }
 
 /** Start of the PCI hole: RAM above it moves to 4 GiB, as on a PC. */
@@ -103,16 +140,186 @@ export class GuestMemory {
    * (RAM above 3 GiB is placed from 4 GiB on, as on a PC).
    */
   static allocate(size: number): GuestMemory {
+    const layout = GuestMemory.layout(size);
+    // memfd-backed (shared), so that fork() can share it copy-on-write without copying.
+    const mappings: HostMapping[] = [];
+    try {
+      for (const region of layout) mappings.push(HostMapping.memfd(region.size));
+    } catch (error) {
+      for (const mapping of mappings) mapping.close();
+      throw error;
+    }
+    return new GuestMemory(mappings, layout.map((r) => r.base));
+  }
+
+  /** Where `size` bytes of RAM go: from 0, and above 4 GiB for what does not fit below the PCI hole. */
+  static layout(size: number): { base: number; size: number }[] {
     if (size % 4096 !== 0) throw new RangeError(`Guest memory size ${size} is not a multiple of 4 KiB`);
     checkHostCanHold(size);
     const low = Math.min(size, PCI_HOLE_START);
-    const mappings = [HostMapping.anonymous(low)];
-    const bases = [0];
-    if (size > low) {
-      mappings.push(HostMapping.anonymous(size - low));
-      bases.push(FOUR_GIB);
+    return size > low ? [{ base: 0, size: low }, { base: FOUR_GIB, size: size - low }] : [{ base: 0, size: low }];
+  }
+
+  /**
+   * Maps RAM copy-on-write from a file (a snapshot's memory area):
+   * `regions[i]` at guest `base` comes from `fileOffset` (page-aligned).
+   * Every mapping of the same file shares the pages nobody has written.
+   * `storedPages(i)` lists the region's pages that hold data in the file
+   * (the rest read as zero), so snapshots of this memory skip the others.
+   */
+  static mapFile(
+    path: string,
+    regions: readonly { base: number; size: number; fileOffset: number }[],
+    storedPages: (region: number) => Iterable<number>,
+  ): GuestMemory {
+    const mappings: HostMapping[] = [];
+    try {
+      for (const region of regions) mappings.push(HostMapping.privateFile(path, region.fileOffset, region.size));
+    } catch (error) {
+      for (const mapping of mappings) mapping.close();
+      throw error;
     }
-    return new GuestMemory(mappings, bases);
+    const memory = new GuestMemory(mappings, regions.map((r) => r.base));
+    memory.#fileStored = regions.map((_, i) => [...storedPages(i)]);
+    return memory;
+  }
+
+  /** Pages each file-backed region holds in its file (see {@link mapFile}). */
+  #fileStored: number[][] | undefined;
+  /** False once anything may have written the memory since it was last frozen as a fork base. */
+  #baseCurrent = false;
+  /** Pages written by the host (devices, loaders, scripts) while {@link trackHostWrites} is on. */
+  #hostDirty: Set<number> | undefined;
+
+  /**
+   * Records that the guest may write the memory (the machine calls it
+   * before each run), so the next {@link fork} knows the frozen base is old.
+   */
+  noteGuestWrites(): void {
+    this.#baseCurrent = false;
+  }
+
+  /**
+   * Starts (or stops) recording the guest pages the host writes through this
+   * object; migration adds them to KVM's dirty log, which sees only the
+   * guest's own writes. Live views from {@link view} are not tracked.
+   */
+  trackHostWrites(on: boolean): void {
+    this.#hostDirty = on ? new Set() : undefined;
+  }
+
+  /** Guest page numbers (address / 4096) the host wrote since the last call; empties the record. */
+  takeHostWrites(): number[] {
+    const pages = [...(this.#hostDirty ?? [])];
+    this.#hostDirty?.clear();
+    return pages;
+  }
+
+  #noteHostWrite(address: number, length: number): void {
+    this.#baseCurrent = false;
+    const dirty = this.#hostDirty;
+    if (dirty === undefined) return;
+    for (let page = Math.floor(address / 4096); page * 4096 < address + length; page++) dirty.add(page);
+  }
+
+  /**
+   * The page indices (within region `index`) that may hold non-zero bytes;
+   * every other page of the region reads as zero. Exact for memfd-backed RAM
+   * (lseek SEEK_DATA); otherwise the pages present in this process's page
+   * tables (/proc/self/pagemap) plus those of the backing file or memfd.
+   * When the page map cannot be read, every page.
+   */
+  possiblyNonZeroPages(index: number): number[] {
+    const mapping = this.#mappings[index];
+    if (mapping === undefined) throw new RangeError(`No memory region ${index}`);
+    const pageCount = mapping.size / 4096;
+    const pages = new Set<number>();
+    const addRanges = (ranges: [number, number][]) => {
+      for (const [start, end] of ranges) {
+        for (let page = Math.floor(start / 4096); page * 4096 < end; page++) pages.add(page);
+      }
+    };
+    const memfdRanges = mapping.memfdDataRanges();
+    if (mapping.backing === "memfd" && memfdRanges !== undefined) {
+      addRanges(memfdRanges);
+      return [...pages].sort((a, b) => a - b);
+    }
+    if (memfdRanges !== undefined) addRanges(memfdRanges);
+    for (const page of this.#fileStored?.[index] ?? []) pages.add(page);
+    const present = presentPages(mapping.address, pageCount);
+    if (present === undefined) return Array.from({ length: pageCount }, (_, i) => i);
+    for (const page of present) pages.add(page);
+    return [...pages].sort((a, b) => a - b);
+  }
+
+  /** What backs each region (see HostMapping.backing). */
+  get backings(): string[] {
+    return this.#mappings.map((m) => m.backing);
+  }
+
+  /**
+   * A copy of this memory that shares its pages copy-on-write: both map the
+   * same frozen memfd MAP_PRIVATE, so a page is copied only when one of them
+   * writes it. The first fork of memfd-backed RAM costs a remap and no copy;
+   * a fork of memory that changed since its last fork (or of memory that is
+   * not memfd-backed) first copies the non-zero pages into a new memfd.
+   * Bytes planted by the debugger are not copied: the fork holds the
+   * originals (this memory keeps its planted bytes).
+   */
+  fork(): GuestMemory {
+    if (this.#mappings.length === 0) throw new Error("Cannot fork guest memory: the VM is closed");
+    this.withOriginalBytes(() => {
+      this.#mappings.forEach((mapping, index) => {
+        if (mapping.backing === "memfd") {
+          mapping.freeze();
+        } else if (mapping.backing !== "memfd-private" || !this.#baseCurrent) {
+          this.#rebase(index);
+        }
+      });
+    });
+    // Planted bytes went back into this memory's private pages; the base holds the originals, as forks need.
+    this.#baseCurrent = true;
+    const forked = this.#mappings.map((m) => m.forkPrivate());
+    const copy = new GuestMemory(forked, this.regions.map((r) => r.base));
+    copy.#baseCurrent = true;
+    return copy;
+  }
+
+  /** Copies region `index`'s non-zero pages into a new memfd and maps this region copy-on-write over it. */
+  #rebase(index: number): void {
+    const mapping = this.#mappings[index]!;
+    const base = HostMapping.memfd(mapping.size);
+    try {
+      for (const page of this.possiblyNonZeroPages(index)) {
+        const at = page * 4096;
+        const bytes = mapping.bytes.subarray(at, at + 4096);
+        if (!isZeroPage(bytes)) base.bytes.set(bytes, at);
+      }
+      mapping.rebaseOnto(base);
+    } finally {
+      base.close();
+    }
+    this.#fileStored = undefined;
+  }
+
+  /**
+   * Runs `action` with the debugger's planted bytes taken out (the guest's
+   * original bytes in place), then plants them again: for code that copies
+   * guest memory wholesale (snapshots, forks) through the region views.
+   */
+  withOriginalBytes<T>(action: () => T): T {
+    const planted = [...this.#planted.keys()];
+    for (const address of planted) this.#rawSet(address, this.#patches.get(address)!);
+    try {
+      return action();
+    } finally {
+      for (const address of planted) this.#rawSet(address, this.#planted.get(address)!);
+    }
+  }
+
+  #rawSet(address: number, byte: number): void {
+    const { region, offset } = this.#region(address, 1, "write");
+    region.bytes[offset] = byte;
   }
 
   /** Where the RAM ends: the first address above every region. */
@@ -153,6 +360,7 @@ export class GuestMemory {
    */
   view(address: Address, length: number): Uint8Array {
     const { region, offset } = this.#region(address, length, "access");
+    this.#noteHostWrite(Number(address), length); // the caller may write through it
     return region.bytes.subarray(offset, offset + length);
   }
 
@@ -200,6 +408,7 @@ export class GuestMemory {
   plant(address: number, byte: number): number {
     const { region, offset } = this.#region(address, 1, "plant a byte at");
     const original = this.#patches.get(address) ?? region.bytes[offset]!;
+    this.#noteHostWrite(address, 1);
     this.#patches.set(address, original);
     this.#planted.set(address, byte);
     region.bytes[offset] = byte;
@@ -211,6 +420,7 @@ export class GuestMemory {
     const original = this.#patches.get(address);
     if (original === undefined) return;
     const { region, offset } = this.#region(address, 1, "unplant a byte at");
+    this.#noteHostWrite(address, 1);
     region.bytes[offset] = original;
     this.#patches.delete(address);
     this.#planted.delete(address);
@@ -219,6 +429,7 @@ export class GuestMemory {
   /** Copies bytes into guest memory (writes over planted bytes update the originals they hide). */
   write(address: Address, bytes: Uint8Array | readonly number[]): void {
     const { region, offset } = this.#region(address, bytes.length, "write");
+    this.#noteHostWrite(Number(address), bytes.length);
     region.bytes.set(bytes, offset);
     if (this.#patches.size > 0) this.#repatch(Number(address), bytes.length, region);
   }
@@ -226,6 +437,7 @@ export class GuestMemory {
   /** Fills `[address, address + length)` with `value`. */
   fill(address: Address, length: number, value = 0): void {
     const { region, offset } = this.#region(address, length, "fill");
+    this.#noteHostWrite(Number(address), length);
     region.bytes.fill(value, offset, offset + length);
     if (this.#patches.size > 0) this.#repatch(Number(address), length, region);
   }

@@ -129,6 +129,29 @@ export class ApplicationProcessors {
     }
   }
 
+  /**
+   * Services and completes every port or MMIO exit a parked AP posted that
+   * nobody serviced (the run stopped first): KVM has already moved the AP's
+   * rip past the instruction, so until the access is emulated and the exit
+   * completed (KVM_RUN with immediate_exit, made from this thread) the
+   * vCPU's state is half an instruction. Snapshots call it before reading
+   * the state. `service` emulates an exit and returns false for one it
+   * leaves for the next run (a stop).
+   */
+  settle(service: (exit: ApExit) => boolean): void {
+    for (const { cpu, mailbox } of this.#threads) {
+      if (Atomics.load(mailbox, Mailbox.state) !== State.exit || Atomics.load(mailbox, Mailbox.serviced) === 1) {
+        continue;
+      }
+      if (Atomics.load(mailbox, Mailbox.failed) === -1) continue;
+      if (!service({ cpu, exit: cpu.fd.lastExit() })) continue;
+      if (this.canCompleteExits) cpu.fd.completePendingExit();
+      cpu.invalidate();
+      Atomics.store(mailbox, Mailbox.serviced, 1);
+      Atomics.notify(mailbox, Mailbox.serviced);
+    }
+  }
+
   /** Ends every AP thread (each leaves KVM_RUN and its Worker is terminated). */
   close(): void {
     for (const { mailbox, worker } of this.#threads) {

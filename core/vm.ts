@@ -21,10 +21,42 @@ import { Debugger } from "./debug/debugger.ts";
 import { attachGdb, type VmGdb } from "./gdb/server.ts";
 import type { VirtioAddOptions, VirtioSlot, VirtioSlots } from "../devices/virtio/slots.ts";
 import type { VirtioDevice } from "../devices/virtio/device.ts";
+import { GuestMemory } from "./memory.ts";
+import { SnapshotFile } from "./snapshot/format.ts";
+import {
+  type ApplyOptions,
+  applyVmState,
+  captureVmState,
+  copyBreakpoints,
+  imageOf,
+  readVmState,
+  repairPages,
+  type SnapshotInfo,
+  snapshotPageSource,
+  type SnapshotSubject,
+  statefulDevices,
+  type VmConfig,
+  type VmState,
+  writeVmSnapshot,
+} from "./snapshot/snapshot.ts";
+import { migrateVm, type MigrationOptions, type MigrationStats, receiveVm } from "./snapshot/migrate.ts";
 
 export type { ExitInterceptor, KernelDevice, RunOptions } from "./machine.ts";
 export type { PendingStop } from "./stop.ts";
 export type { IoAccess, IoHook, MmioAccess, MmioHook } from "./bus_dispatch.ts";
+export type { SnapshotInfo } from "./snapshot/snapshot.ts";
+export type { MigrationOptions, MigrationStats } from "./snapshot/migrate.ts";
+
+/** Options of {@link Vm.restore}. */
+export interface RestoreOptions extends ApplyOptions {
+  /**
+   * `"copy"` (default): read the stored pages into fresh RAM. `"cow"`: map
+   * the snapshot's memory area MAP_PRIVATE, so every VM restored this way
+   * shares the pages none of them has written (clones), and restore reads
+   * only the pages the platform's set-up touches.
+   */
+  memory?: "copy" | "cow";
+}
 
 /** Options of {@link Vm.create}. */
 export interface VmOptions extends MachineOptions {
@@ -64,6 +96,9 @@ export class Vm extends Machine {
 
   readonly #buses: BusDispatch;
   readonly #virtio: VirtioSlots;
+  readonly #options: VmOptions;
+  /** Warnings of the restore that made this VM (breakpoints that could not come back as they were). */
+  restoreWarnings: string[] = [];
   #lastLoad: { bytes: Uint8Array; options: LoadOptions } | undefined;
   #gdb: VmGdb | undefined;
   /** The symbols of every image loaded, for the debugger whenever it attaches. */
@@ -72,6 +107,7 @@ export class Vm extends Machine {
   private constructor(parts: MachineParts, buses: BusDispatch, options: VmOptions) {
     super(parts, buses, options);
     this.#buses = buses;
+    this.#options = options;
     this.io = buses.io;
     this.mmio = buses.mmio;
     const reload = () => {
@@ -157,6 +193,12 @@ export class Vm extends Machine {
     // Kept for a debugger that attaches later (after a detach), given now to the one attached.
     this.#symbols.push(image.symbols);
     Debugger.attachedTo(this)?.symbols.add(image.symbols);
+    this.#setCmdline(cmdline);
+    return image;
+  }
+
+  /** Serves the kernel command line through fw_cfg (as QEMU's -append does). */
+  #setCmdline(cmdline: string): void {
     if (this.platform !== undefined && cmdline !== "") {
       const data = new TextEncoder().encode(cmdline + "\0");
       const size = new Uint8Array(4);
@@ -164,7 +206,6 @@ export class Vm extends Machine {
       this.platform.fwCfg.setItem(FW_CFG_KEY.cmdlineSize, size);
       this.platform.fwCfg.setItem(FW_CFG_KEY.cmdlineData, data);
     }
-    return image;
   }
 
   /**
@@ -216,5 +257,250 @@ export class Vm extends Machine {
   /** The gdb stub: `vm.gdb.listen({ port: 1234 })`; `vm.gdb.server` is the one listening. */
   get gdb(): VmGdb {
     return this.#gdb ??= attachGdb(this);
+  }
+
+  // ---------------------------------------------------------------- snapshots, clones, migration
+
+  /** How this VM was built, as a snapshot records it. */
+  #config(): VmConfig {
+    return {
+      memory: this.memory.ramSize,
+      regions: this.memory.regions.map((r) => ({ base: r.base, size: r.size })),
+      cpus: this.cpus.length,
+      irqchip: this.hasIrqchip,
+      platform: this.#options.platform ?? "pc",
+      onReset: this.#options.onReset ?? "stop",
+      name: this.name,
+      cmdline: this.#lastLoad?.options.cmdline ?? "",
+    };
+  }
+
+  #subject(): SnapshotSubject {
+    const pc = this.platform;
+    const extra: Record<string, unknown> = pc === undefined ? {} : { ...pc };
+    return {
+      machine: this,
+      devices: statefulDevices(this.io, this.mmio, extra),
+      config: this.#config(),
+      image: this.image,
+    };
+  }
+
+  /**
+   * Writes the whole VM to one file: every vCPU's state, the in-kernel
+   * interrupt controllers, PIT and kvm-clock, every device's state,
+   * breakpoints and watchpoints, and guest memory (zero pages are not
+   * stored). The VM must be stopped (`await vm.pause()`). The format is
+   * docs/snapshot-format.md.
+   *
+   * @example
+   * ```ts ignore
+   * await vm.pause();
+   * const info = await vm.snapshot("ready.hvsnap");
+   * const copy = await Vm.restore("ready.hvsnap"); // runs on where vm stopped
+   * ```
+   */
+  snapshot(path: string): Promise<SnapshotInfo> {
+    this.assertIdle("take a snapshot");
+    return Promise.resolve(writeVmSnapshot(path, this.#subject()));
+  }
+
+  /**
+   * A new VM from a snapshot file, in the state the snapshot was taken in
+   * (call `run()` to go on). The file is checked first (version, every
+   * section's checksum): a corrupt or truncated file is refused with a
+   * SnapshotError naming the section, and no VM is left behind.
+   */
+  static async restore(path: string, options: RestoreOptions = {}): Promise<Vm> {
+    const mode = options.memory ?? "copy";
+    if (mode !== "copy" && mode !== "cow") {
+      throw new RangeError(`Invalid restore memory mode ${JSON.stringify(mode)}: expected "copy" or "cow"`);
+    }
+    const file = SnapshotFile.open(path);
+    const state = readVmState(file);
+    const source = snapshotPageSource(file, state.config);
+    let memory: GuestMemory;
+    if (mode === "cow") {
+      file.verifyAbsentPagesZero();
+      let fileOffset = file.memoryOffset;
+      let firstPage = 0;
+      const regions = state.config.regions.map((r) => {
+        const region = { ...r, fileOffset, firstPage };
+        fileOffset += r.size;
+        firstPage += r.size / 4096;
+        return region;
+      });
+      memory = GuestMemory.mapFile(
+        path,
+        regions,
+        (i) => file.storedPages(regions[i]!.firstPage, regions[i]!.size / 4096),
+      );
+    } else {
+      memory = GuestMemory.allocate(state.config.memory);
+      try {
+        file.readMemoryInto(memory.regions.map((r) => r.bytes));
+      } catch (error) {
+        memory.close();
+        throw error;
+      }
+    }
+    try {
+      return await Vm.#assemble(state, memory, source.read, options);
+    } finally {
+      source.close();
+    }
+  }
+
+  /**
+   * Builds a VM on `memory` (restored already) for `state`: the platform's
+   * set-up writes firmware tables into RAM, so the pages it wrote are put
+   * back from `source` before the state goes in. On any failure the VM is
+   * closed and the error thrown.
+   */
+  static async #assemble(
+    state: VmState,
+    memory: GuestMemory,
+    source: (page: number) => Uint8Array | undefined,
+    options: ApplyOptions,
+    after?: (vm: Vm) => void,
+  ): Promise<Vm> {
+    const { vm, written } = await Vm.#build(state.config, memory);
+    try {
+      repairPages(memory, written, source);
+    } catch (error) {
+      await vm.close();
+      throw error;
+    }
+    return await vm.#applyState(state, options, after);
+  }
+
+  /**
+   * A VM for `config` on `memory`, its application processors started, and
+   * the guest pages its construction wrote (firmware tables, the real-mode
+   * IVT): restored memory must get those back. Closes `memory` on failure.
+   */
+  static async #build(config: VmConfig, memory: GuestMemory): Promise<{ vm: Vm; written: number[] }> {
+    const vmOptions = Vm.#optionsFor(config);
+    memory.trackHostWrites(true);
+    let vm: Vm;
+    try {
+      vm = new Vm(Machine.open(vmOptions, memory), new BusDispatch(), vmOptions);
+    } catch (error) {
+      memory.close();
+      throw error;
+    }
+    const written = memory.takeHostWrites();
+    memory.trackHostWrites(false);
+    try {
+      await vm.startApplicationProcessors();
+    } catch (error) {
+      await vm.close();
+      throw error;
+    }
+    return { vm, written };
+  }
+
+  /** Puts `state` into this freshly built VM; closes it and throws when the state does not fit. */
+  async #applyState(state: VmState, options: ApplyOptions, after?: (vm: Vm) => void): Promise<Vm> {
+    try {
+      this.#setCmdline(state.config.cmdline);
+      const image = imageOf(state);
+      if (image !== undefined) {
+        this.image = image;
+        this.#symbols.push(image.symbols);
+        Debugger.attachedTo(this)?.symbols.add(image.symbols);
+      }
+      this.restoreWarnings = applyVmState(this.#subject(), state, options);
+      after?.(this);
+    } catch (error) {
+      await this.close();
+      throw error;
+    }
+    return this;
+  }
+
+  static #optionsFor(config: VmConfig): VmOptions {
+    return {
+      memory: config.memory,
+      cpus: config.cpus,
+      irqchip: config.irqchip,
+      platform: config.platform,
+      onReset: config.onReset,
+      name: config.name,
+    };
+  }
+
+  /**
+   * A copy of this stopped VM in this process that shares its memory
+   * copy-on-write: both map one frozen memfd MAP_PRIVATE, so the fork costs
+   * no copy of RAM, and each page is copied only when one of them writes
+   * it. Breakpoints and watchpoints (conditions included) come along. The
+   * kernel-test kit boots once and forks a VM per test.
+   *
+   * @example
+   * ```ts ignore
+   * await booted.pause();
+   * await using vm = await booted.fork();
+   * await vm.run(); // booted is untouched
+   * ```
+   */
+  async fork(): Promise<Vm> {
+    this.assertIdle("fork the VM");
+    const state = captureVmState(this.#subject());
+    state.debugger = { breakpoints: [], watchpoints: [] };
+    const memory = this.memory.fork();
+    const parent = this.memory;
+    return await Vm.#assemble(
+      state,
+      memory,
+      (page) => parent.read(page * 4096, 4096),
+      {},
+      (vm) => copyBreakpoints(this, vm),
+    );
+  }
+
+  /**
+   * Moves this VM to the hvsh listening at `address` (`./hvsh listen
+   * --migrate 127.0.0.1:7000`, or `Vm.receiveMigration`). A running VM is
+   * pre-copied: its memory is sent while it runs, then the pages it dirtied
+   * (KVM_GET_DIRTY_LOG) in rounds until few are left; then it is paused for
+   * the last pages and the device and vCPU state (stop-and-copy). A stopped
+   * VM is sent in one go. When this resolves the destination runs the guest
+   * on; this VM stays paused (close it).
+   */
+  migrate(address: string, options: MigrationOptions = {}): Promise<MigrationStats> {
+    if (this.state === "closed") throw new Error(`Cannot migrate: the VM ${this.name} is closed`);
+    return migrateVm(address, {
+      machine: this,
+      config: () => this.#config(),
+      capture: () => captureVmState(this.#subject()),
+    }, options);
+  }
+
+  /**
+   * Listens on `address` (host:port; 127.0.0.1 unless given) for one
+   * incoming migration and resolves with the VM it carried, stopped where
+   * the source paused it (call `run()`). `onListening` is told the address
+   * once the socket is bound (port 0 picks a free one).
+   */
+  static receiveMigration(
+    address: string,
+    options: ApplyOptions & { onListening?: (address: string) => void } = {},
+  ): Promise<Vm> {
+    return receiveVm<Vm>(address, {
+      build: async (config) => {
+        const { vm, written } = await Vm.#build(config, GuestMemory.allocate(config.memory));
+        try {
+          // The paths the final state takes, run once on the new VM's own state (a no-op), so that
+          // the first run of that code is not part of the migration's downtime.
+          applyVmState(vm.#subject(), captureVmState(vm.#subject()));
+        } catch (error) {
+          await vm.close();
+          throw error;
+        }
+        return { machine: vm, written, close: () => vm.close() };
+      },
+      apply: (machine, state) => machine.#applyState(state, options),
+    }, options.onListening);
   }
 }

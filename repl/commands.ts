@@ -281,6 +281,38 @@ registerCommand({
 });
 
 registerCommand({
+  name: "snapshot",
+  usage: ".snapshot save FILE | .snapshot load FILE",
+  help: "save the stopped VM to one file, or restore one as a new VM (made current)",
+  async run(args, session) {
+    const [verb, file] = words(args);
+    if (file === undefined || (verb !== "save" && verb !== "load")) {
+      throw new CommandError("Expected .snapshot save FILE or .snapshot load FILE");
+    }
+    if (verb === "save") {
+      const info = await session.vm.snapshot(file);
+      session.output.print(
+        `saved ${file}: ${info.size >> 20} MiB file, ${info.storedPages} pages stored, ${info.ms.toFixed(1)} ms`,
+      );
+      return;
+    }
+    const { Vm } = await import("../core/vm.ts");
+    const started = performance.now();
+    const vm = await Vm.restore(file, { compileCondition });
+    const name = session.adopt(vm);
+    session.output.print(`${name}: restored from ${file} in ${(performance.now() - started).toFixed(1)} ms (current)`);
+    for (const warning of vm.restoreWarnings) session.output.print(`warning: ${warning}`);
+  },
+  complete: (partial) => ["save", "load"].filter((v) => v.startsWith(partial)),
+  script(args) {
+    const [verb, file] = words(args);
+    if (verb === "save") return `await vm.snapshot(${quote(file ?? "")});`;
+    if (verb === "load") return `vm = await Vm.restore(${quote(file ?? "")});`;
+    return undefined;
+  },
+});
+
+registerCommand({
   name: "load",
   usage: ".load FILE [ADDR]",
   help: "load a kernel image (format detected; ADDR loads a flat binary there)",

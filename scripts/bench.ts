@@ -22,7 +22,10 @@
  *
  * Usage: `deno task bench [--n 20000] [--rounds 15] [--steps 20000]
  * [--hits 48] [--debug-rounds 9] [--cold-runs 5] [--gdb-steps 800]
- * [--gdb-rounds 5] [--block-rounds 5] [--only exits,debug,gdb,cold,block]`
+ * [--gdb-rounds 5] [--block-rounds 5] [--snapshot-rounds 3] [--only exits,debug,gdb,cold,block,snapshot]`
+ *
+ * The snapshot rows (scripts/bench_snapshot.ts) set hvsh's snapshot,
+ * restore, clones, migration and fork beside QEMU's on one guest.
  *
  * @module
  */
@@ -36,6 +39,7 @@ import type { StopEvent } from "../core/stop.ts";
 import { readElfSymbols } from "../core/loader/elf.ts";
 import { buildGuests } from "./build_guests.ts";
 import { benchBlock, formatBlockTable } from "./bench_block.ts";
+import { benchSnapshot, formatSnapshotTable } from "./bench_snapshot.ts";
 
 /** Repository root (the launcher, tests/ and bench/ are found from here). */
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
@@ -882,11 +886,12 @@ function parseOptions(args: string[]) {
       "cold-runs": { type: "string" },
       "gdb-steps": { type: "string" },
       "gdb-rounds": { type: "string" },
+      "snapshot-rounds": { type: "string" },
       only: { type: "string" },
       "block-rounds": { type: "string" },
     },
   });
-  const sections = ["exits", "debug", "gdb", "cold", "block"];
+  const sections = ["exits", "debug", "gdb", "cold", "block", "snapshot"];
   const only = values.only === undefined ? sections : values.only.split(",");
   const unknown = only.filter((name) => !sections.includes(name));
   if (unknown.length > 0) throw new RangeError(`--only ${values.only}: expected some of ${sections.join(",")}`);
@@ -936,6 +941,13 @@ async function runBench({ values, only }: ReturnType<typeof parseOptions>): Prom
   if (only.includes("cold")) {
     const cold = await benchCold(guests, coldRuns);
     console.log(formatColdTable(cold.rows, cold.notes, coldRuns));
+    console.log();
+  }
+  if (only.includes("snapshot")) {
+    const counter = guests.get("counter_mb.elf");
+    if (counter === undefined) throw new Error("buildGuests() lacks counter_mb.elf");
+    const snapshotRounds = positiveInt(values["snapshot-rounds"], 3, "snapshot-rounds");
+    console.log(formatSnapshotTable(await benchSnapshot(counter, LAUNCHER, snapshotRounds)));
   }
   if (only.includes("block")) {
     const virtio = guests.get("virtio.elf");

@@ -91,6 +91,8 @@ const GUESTS: GuestSpec[] = [
   { name: "pattern", kind: "elf64", sources: ["pattern.S"], linkAddress: MIB },
   { name: "watch_sites", kind: "elf64", sources: ["watch_sites.S"], linkAddress: MIB },
   { name: "spin", kind: "elf64", sources: ["spin.S"], linkAddress: MIB },
+  { name: "counter", kind: "elf64", sources: ["counter.S"], linkAddress: MIB },
+  { name: "counter_mb", kind: "elf32", sources: ["counter_mb.S"], linkAddress: MIB },
   {
     name: "bench_pio",
     kind: "elf32",

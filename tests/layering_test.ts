@@ -44,19 +44,28 @@ const MACHINE = new Set([
   "core/vcpu.ts",
   "core/vcpu_thread.ts",
   "core/memory.ts",
+  "core/machine_state.ts",
   "core/stop.ts",
   "core/cpuid.ts",
   "core/hex.ts",
   "core/x86.ts",
 ]);
-const LAYERS = ["core/kvm", "machine", "loaders, devices, platform", "debug", "gdb", "Vm facade", "REPL, CLI, scripts"];
+const LAYERS = [
+  "core/kvm",
+  "machine",
+  "loaders, devices, platform",
+  "debug, snapshots",
+  "gdb",
+  "Vm facade",
+  "REPL, CLI, scripts",
+];
 
 function layerOf(path: string): number {
   if (path.startsWith("core/kvm/")) return 0;
   if (MACHINE.has(path)) return 1;
   if (/^(devices|core\/loader|core\/firmware)\//.test(path) || path === "core/platform.ts") return 2;
   if (path === "core/bus_dispatch.ts") return 2;
-  if (path.startsWith("core/debug/")) return 3;
+  if (path.startsWith("core/debug/") || path.startsWith("core/snapshot/")) return 3;
   if (path.startsWith("core/gdb/")) return 4;
   if (path === "core/vm.ts" || path === "mod.ts") return 5;
   if (path.startsWith("core/")) throw new Error(`${path} has no layer: add it to tests/layering_test.ts`);

@@ -103,7 +103,7 @@ export function readIdt(vm: Machine, cpu: Vcpu = vm.cpu(0), count = 256): IdtGat
 export function inFlightEvents(vm: Machine, cpu: Vcpu = vm.cpu(0)): string[] {
   const lines: string[] = [];
   try {
-    const events = cpu.fd.getVcpuEvents();
+    const events = cpu.fd.vcpuEvents();
     const { exception, interrupt, nmi } = events;
     if (exception.injected || exception.pending) {
       lines.push(

@@ -44,6 +44,14 @@ const libc = Deno.dlopen("libc.so.6", {
   // Blocking with a timeout, on Deno's pool thread: the event loop stays free while a TAP waits for frames.
   poll_blocking: { name: "poll", parameters: ["buffer", "u64", "i32"], result: "i32", nonblocking: true },
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
+  memfd_create: { parameters: ["buffer", "u32"], result: "i32" },
+  ftruncate: { parameters: ["i32", "i64"], result: "i32" },
+  lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
+  mmap_fixed: {
+    name: "mmap",
+    parameters: ["u64", "usize", "i32", "i32", "i32", "i64"],
+    result: "pointer",
+  },
 });
 
 /** Raw libc symbols. Only `core/kvm/` imports this file. */
@@ -109,6 +117,11 @@ export const MAP_SHARED = 1;
 export const MAP_PRIVATE = 2;
 export const MAP_ANONYMOUS = 0x20;
 export const MAP_NORESERVE = 0x4000;
+export const MAP_FIXED = 0x10;
+export const MFD_CLOEXEC = 1;
+export const SEEK_DATA = 3;
+export const SEEK_HOLE = 4;
+export const ENXIO = 6;
 export const MAP_FAILED = -1n;
 export const CLOCK_MONOTONIC = 1;
 export const SIGEV_THREAD_ID = 4;

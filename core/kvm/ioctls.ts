@@ -49,6 +49,21 @@ export const KVM = {
   SET_VCPU_EVENTS: 0x4040aea0,
   GET_DEBUGREGS: 0x8080aea1,
   SET_DEBUGREGS: 0x4080aea2,
+  // Snapshot and migration state (checked with a C program printing the
+  // macros of this host's <linux/kvm.h>; see docs/snapshot-format.md).
+  GET_LAPIC: 0x8400ae8e,
+  SET_LAPIC: 0x4400ae8f,
+  GET_XSAVE: 0x9000aea4,
+  SET_XSAVE: 0x5000aea5,
+  GET_XSAVE2: 0x9000aecf,
+  GET_XCRS: 0x8188aea6,
+  SET_XCRS: 0x4188aea7,
+  GET_CLOCK: 0x8030ae7c,
+  SET_CLOCK: 0x4030ae7b,
+  GET_DIRTY_LOG: 0x4010ae42,
+  GET_TSC_KHZ: 0xaea3,
+  SET_TSC_KHZ: 0xaea2,
+  KVMCLOCK_CTRL: 0xaead,
 } as const;
 
 /** Name of an ioctl number, for error messages. */
@@ -78,6 +93,14 @@ export const KVM_CAP = {
   MAX_VCPUS: 66,
   SYNC_REGS: 74,
   IMMEDIATE_EXIT: 136,
+  ADJUST_CLOCK: 39,
+  VCPU_EVENTS: 41,
+  XSAVE: 55,
+  XCRS: 56,
+  GET_TSC_KHZ: 61,
+  TSC_CONTROL: 60,
+  KVMCLOCK_CTRL: 76,
+  XSAVE2: 208,
 } as const;
 
 /** KVM_EXIT_* reasons. */

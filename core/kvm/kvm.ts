@@ -9,18 +9,24 @@
 
 import {
   cString,
+  ENXIO,
   errnoName,
   lastErrno,
   MAP_ANONYMOUS,
   MAP_FAILED,
+  MAP_FIXED,
   MAP_NORESERVE,
   MAP_PRIVATE,
   MAP_SHARED,
+  MFD_CLOEXEC,
   O_CLOEXEC,
+  O_RDONLY,
   O_RDWR,
   pointerValue,
   PROT_READ,
   PROT_WRITE,
+  SEEK_DATA,
+  SEEK_HOLE,
   sys,
   viewNative,
 } from "./_ffi.ts";
@@ -82,11 +88,48 @@ function ioctlBuffer(fd: number, request: number, buffer: Uint8Array<ArrayBuffer
   return check(sys.ioctl_buf(fd, request, buffer), request, detail);
 }
 
+/** `state` when it has exactly `size` bytes; else a RangeError naming the struct. */
+function exactly(state: Uint8Array<ArrayBuffer>, size: number, what: string): Uint8Array<ArrayBuffer> {
+  if (state.length !== size) throw new RangeError(`Cannot set ${what}: ${state.length} bytes, ${size} expected`);
+  return state;
+}
+
 function ioctlValue(fd: number, request: number, value: number | bigint = 0): number {
   return check(sys.ioctl_int(fd, request, BigInt(value)), request);
 }
 
-/** Anonymous host memory mapped into this process (guest RAM, scratch pages). */
+/**
+ * A memfd shared by the mappings made from it (guest RAM and its forks);
+ * closed when the last of them is.
+ */
+class SharedFd {
+  refs = 1;
+  constructor(readonly fd: number) {}
+  release(): void {
+    if (--this.refs === 0) sys.close(this.fd);
+  }
+}
+
+/**
+ * What backs a {@link HostMapping}:
+ * - `"anonymous"`: private anonymous memory;
+ * - `"memfd"`: a memfd mapped shared (guest RAM: the memfd can later be
+ *   frozen and mapped copy-on-write by forks);
+ * - `"memfd-private"`: a frozen memfd mapped copy-on-write (a fork, or the VM
+ *   it was forked from);
+ * - `"file-private"`: a file mapped copy-on-write (a snapshot restored with
+ *   `memory: "cow"`).
+ */
+export type MappingBacking = "anonymous" | "memfd" | "memfd-private" | "file-private";
+
+function mapOrThrow(pointer: Deno.PointerValue, what: string): Deno.PointerObject {
+  if (pointer === null || pointerValue(pointer) === BigInt.asUintN(64, MAP_FAILED)) {
+    throw new KvmError("mmap", lastErrno(), what);
+  }
+  return pointer;
+}
+
+/** Host memory mapped into this process (guest RAM, scratch pages, kvm_run). */
 export class HostMapping {
   /** Size in bytes. */
   readonly size: number;
@@ -95,12 +138,16 @@ export class HostMapping {
   /** The whole mapping as bytes. */
   readonly bytes: Uint8Array;
   #pointer: Deno.PointerValue;
+  #backing: MappingBacking;
+  #memfd: SharedFd | undefined;
 
-  private constructor(pointer: Deno.PointerObject, size: number) {
+  private constructor(pointer: Deno.PointerObject, size: number, backing: MappingBacking, memfd?: SharedFd) {
     this.#pointer = pointer;
     this.size = size;
     this.address = pointerValue(pointer);
     this.bytes = new Uint8Array(viewNative(pointer, size));
+    this.#backing = backing;
+    this.#memfd = memfd;
   }
 
   /** Maps `size` bytes of zeroed, lazily committed memory. */
@@ -113,19 +160,164 @@ export class HostMapping {
       -1,
       0n,
     );
-    if (pointer === null || pointerValue(pointer) === BigInt.asUintN(64, MAP_FAILED)) {
-      throw new KvmError("mmap", lastErrno(), `${size} bytes of guest memory`);
+    return new HostMapping(mapOrThrow(pointer, `${size} bytes of guest memory`), size, "anonymous");
+  }
+
+  /**
+   * Maps `size` bytes of zeroed memory from a new memfd, shared, so that
+   * {@link freeze} can later turn it into a copy-on-write base for forks at
+   * no copying cost. Falls back to {@link anonymous} where memfd_create is
+   * refused (old kernels, seccomp).
+   */
+  static memfd(size: number, name = "hvsh-guest-ram"): HostMapping {
+    const fd = sys.memfd_create(cString(name), MFD_CLOEXEC);
+    if (fd < 0) return HostMapping.anonymous(size);
+    if (sys.ftruncate(fd, BigInt(size)) < 0) {
+      const errno = lastErrno();
+      sys.close(fd);
+      throw new KvmError("ftruncate", errno, `memfd of ${size} bytes`);
     }
-    return new HostMapping(pointer, size);
+    const pointer = sys.mmap(null, BigInt(size), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0n);
+    const shared = new SharedFd(fd);
+    try {
+      return new HostMapping(mapOrThrow(pointer, `${size} bytes of guest memory (memfd)`), size, "memfd", shared);
+    } catch (error) {
+      shared.release();
+      throw error;
+    }
+  }
+
+  /**
+   * Maps `size` bytes of a file at `offset` copy-on-write (MAP_PRIVATE):
+   * pages are read from the file on first touch and shared with every other
+   * private mapping of it until written. `offset` must be page-aligned.
+   */
+  static privateFile(path: string, offset: number, size: number): HostMapping {
+    const fd = sys.open(cString(path), O_RDONLY | O_CLOEXEC, 0);
+    if (fd < 0) throw new KvmError(`open ${path}`, lastErrno());
+    try {
+      const pointer = sys.mmap(
+        null,
+        BigInt(size),
+        PROT_READ | PROT_WRITE,
+        MAP_PRIVATE | MAP_NORESERVE,
+        fd,
+        BigInt(offset),
+      );
+      return new HostMapping(mapOrThrow(pointer, `${size} bytes of ${path} at ${offset}`), size, "file-private");
+    } finally {
+      sys.close(fd); // the mapping keeps the file
+    }
   }
 
   /** Maps a file descriptor shared (the vCPU's kvm_run area). */
   static shared(fd: number, size: number): HostMapping {
     const pointer = sys.mmap(null, BigInt(size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0n);
-    if (pointer === null || pointerValue(pointer) === BigInt.asUintN(64, MAP_FAILED)) {
-      throw new KvmError("mmap", lastErrno(), `kvm_run of fd ${fd}`);
+    return new HostMapping(mapOrThrow(pointer, `kvm_run of fd ${fd}`), size, "anonymous");
+  }
+
+  /** What backs the mapping. */
+  get backing(): MappingBacking {
+    return this.#backing;
+  }
+
+  /**
+   * Turns a `"memfd"` mapping into a copy-on-write one over the same memfd
+   * (mmap MAP_FIXED at the same address, so KVM's memory slots and every
+   * view stay valid): from now on nobody writes the memfd, and
+   * {@link forkPrivate} maps it for others. Costs a syscall, no copy; the
+   * pages already faulted in are faulted again, from the page cache.
+   */
+  freeze(): void {
+    if (this.#backing === "memfd-private") return;
+    if (this.#backing !== "memfd" || this.#memfd === undefined || this.#pointer === null) {
+      throw new Error(`Cannot freeze ${this.#backing} memory: only memfd-backed guest RAM can be shared copy-on-write`);
     }
-    return new HostMapping(pointer, size);
+    const pointer = sys.mmap_fixed(
+      this.address,
+      BigInt(this.size),
+      PROT_READ | PROT_WRITE,
+      MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE,
+      this.#memfd.fd,
+      0n,
+    );
+    mapOrThrow(pointer, `remapping ${this.size} bytes copy-on-write`);
+    this.#backing = "memfd-private";
+  }
+
+  /**
+   * Maps `base`'s memfd copy-on-write at this mapping's address (MAP_FIXED,
+   * so slots and views stay valid) and makes it this mapping's backing:
+   * `base` must be a `"memfd"` mapping of the same size holding the bytes
+   * wanted. `base` may be closed afterwards.
+   */
+  rebaseOnto(base: HostMapping): void {
+    const memfd = base.#memfd;
+    if (base.#backing !== "memfd" || memfd === undefined || base.size !== this.size || this.#pointer === null) {
+      throw new Error(`Cannot rebase ${this.size} bytes onto ${base.#backing} memory of ${base.size} bytes`);
+    }
+    const pointer = sys.mmap_fixed(
+      this.address,
+      BigInt(this.size),
+      PROT_READ | PROT_WRITE,
+      MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE,
+      memfd.fd,
+      0n,
+    );
+    mapOrThrow(pointer, `remapping ${this.size} bytes copy-on-write`);
+    memfd.refs++;
+    this.#memfd?.release();
+    this.#memfd = memfd;
+    this.#backing = "memfd-private";
+  }
+
+  /** A new copy-on-write mapping of this frozen mapping's memfd (see {@link freeze}). */
+  forkPrivate(): HostMapping {
+    const memfd = this.#memfd;
+    if (this.#backing !== "memfd-private" || memfd === undefined) {
+      throw new Error(`Cannot fork ${this.#backing} memory: freeze() it first`);
+    }
+    const pointer = sys.mmap(
+      null,
+      BigInt(this.size),
+      PROT_READ | PROT_WRITE,
+      MAP_PRIVATE | MAP_NORESERVE,
+      memfd.fd,
+      0n,
+    );
+    const mapping = new HostMapping(
+      mapOrThrow(pointer, `${this.size} bytes copy-on-write`),
+      this.size,
+      "memfd-private",
+      memfd,
+    );
+    memfd.refs++;
+    return mapping;
+  }
+
+  /**
+   * The byte ranges `[start, end)` of the backing memfd that hold data
+   * (lseek SEEK_DATA / SEEK_HOLE): everything else reads as zero there.
+   * Undefined for mappings without a memfd.
+   */
+  memfdDataRanges(): [number, number][] | undefined {
+    const memfd = this.#memfd;
+    if (memfd === undefined) return undefined;
+    const ranges: [number, number][] = [];
+    let at = 0n;
+    const end = BigInt(this.size);
+    while (at < end) {
+      const data = sys.lseek(memfd.fd, at, SEEK_DATA);
+      if (data < 0n) {
+        if (lastErrno() === ENXIO) break;
+        return undefined;
+      }
+      const hole = sys.lseek(memfd.fd, data, SEEK_HOLE);
+      if (hole < 0n) return undefined;
+      ranges.push([Number(data), Number(hole < end ? hole : end)]);
+      at = hole;
+    }
+    return ranges;
   }
 
   /** True once {@link close} has run. */
@@ -138,11 +330,43 @@ export class HostMapping {
     if (this.#pointer === null) return;
     sys.munmap(this.#pointer, BigInt(this.size));
     this.#pointer = null;
+    this.#memfd?.release();
+    this.#memfd = undefined;
   }
 
   /** `using mapping = HostMapping.anonymous(n)` unmaps it at scope exit. */
   [Symbol.dispose](): void {
     this.close();
+  }
+}
+
+/**
+ * The byte ranges `[start, end)` within `[from, to)` of a file that hold
+ * data (lseek SEEK_DATA / SEEK_HOLE); the rest are holes that read as zero.
+ * A file system without hole reporting reports one range covering all.
+ */
+export function fileDataRanges(path: string, from: number, to: number): [number, number][] {
+  const fd = sys.open(cString(path), O_RDONLY | O_CLOEXEC, 0);
+  if (fd < 0) throw new KvmError(`open ${path}`, lastErrno());
+  try {
+    const ranges: [number, number][] = [];
+    let at = BigInt(from);
+    const end = BigInt(to);
+    while (at < end) {
+      const data = sys.lseek(fd, at, SEEK_DATA);
+      if (data < 0n) {
+        if (lastErrno() === ENXIO) break;
+        return [[from, to]];
+      }
+      if (data >= end) break;
+      const hole = sys.lseek(fd, data, SEEK_HOLE);
+      if (hole < 0n) return [[from, to]];
+      ranges.push([Number(data), Number(hole < end ? hole : end)]);
+      at = hole;
+    }
+    return ranges;
+  } finally {
+    sys.close(fd);
   }
 }
 
@@ -201,6 +425,20 @@ export class Kvm {
     new DataView(buffer.buffer).setUint32(0, 256, true);
     ioctlBuffer(this.fd, KVM.GET_SUPPORTED_CPUID, buffer);
     return decodeCpuid(buffer);
+  }
+
+  /**
+   * KVM_GET_MSR_INDEX_LIST: the MSRs KVM saves and restores for a vCPU
+   * (41 on this nested host, the TSC and kvm-clock's among them).
+   */
+  msrIndexList(): number[] {
+    const max = 1024;
+    const buffer = new Uint8Array(4 + max * 4);
+    const view = new DataView(buffer.buffer);
+    view.setUint32(0, max, true);
+    ioctlBuffer(this.fd, KVM.GET_MSR_INDEX_LIST, buffer);
+    const count = view.getUint32(0, true);
+    return Array.from({ length: count }, (_, i) => view.getUint32(4 + i * 4, true));
   }
 
   /** KVM_CREATE_VM. */
@@ -345,6 +583,48 @@ export class VmFd {
     view.setUint32(4, gsi, true);
     view.setUint32(8, deassign ? 1 : 0, true);
     ioctlBuffer(this.#open(), KVM.IRQFD, buffer, `fd ${eventFd} on GSI ${gsi}`);
+  }
+
+  /**
+   * KVM_GET_CLOCK: kvm-clock's `struct kvm_clock_data` (48 bytes): the
+   * guest's clock in ns at offset 0, flags at 8.
+   */
+  getClock(): Uint8Array<ArrayBuffer> {
+    const buffer = new Uint8Array(48);
+    ioctlBuffer(this.#open(), KVM.GET_CLOCK, buffer);
+    return buffer;
+  }
+
+  /**
+   * KVM_SET_CLOCK with a `struct kvm_clock_data`. Only the clock value is
+   * given (flags cleared), so the guest's clock goes on from it whatever the
+   * host's TSC reads, as Firecracker and QEMU restore it.
+   */
+  setClock(data: Uint8Array<ArrayBuffer>): void {
+    const buffer = new Uint8Array(48);
+    buffer.set(data.subarray(0, 8));
+    ioctlBuffer(this.#open(), KVM.SET_CLOCK, buffer);
+  }
+
+  /** KVM_CHECK_EXTENSION on the VM fd (some answers, such as KVM_CAP_XSAVE2's size, are per VM). */
+  checkExtension(capability: number): number {
+    return ioctlValue(this.#open(), KVM.CHECK_EXTENSION, capability);
+  }
+
+  /**
+   * KVM_GET_DIRTY_LOG: the bitmap (one bit per 4 KiB page, bit 0 of byte 0
+   * first) of the pages of memory slot `slot` written since the last call;
+   * the call clears the log. The slot needs KVM_MEM_LOG_DIRTY_PAGES.
+   */
+  getDirtyLog(slot: number, pages: number): Uint8Array<ArrayBuffer> {
+    // KVM writes whole unsigned longs: round the bitmap up to 64-bit words.
+    const bitmap = new Uint8Array(Math.ceil(pages / 64) * 8);
+    const request = new Uint8Array(16);
+    const view = new DataView(request.buffer);
+    view.setUint32(0, slot, true);
+    view.setBigUint64(8, pointerValue(Deno.UnsafePointer.of(bitmap)), true);
+    ioctlBuffer(this.#open(), KVM.GET_DIRTY_LOG, request, `slot ${slot}`);
+    return bitmap;
   }
 
   /** KVM_CREATE_VCPU, mapping its kvm_run area. */
@@ -544,11 +824,9 @@ export class VcpuFd {
     ioctlBuffer(this.#open(), KVM.SET_GUEST_DEBUG, encodeGuestDebug(control, debugreg));
   }
 
-  /** KVM_GET_VCPU_EVENTS: the exception, interrupt and NMI in flight (see vcpu_events.ts). */
-  getVcpuEvents(): VcpuEvents {
-    const buffer = new Uint8Array(KVM_VCPU_EVENTS_SIZE);
-    ioctlBuffer(this.#open(), KVM.GET_VCPU_EVENTS, buffer);
-    return decodeVcpuEvents(buffer);
+  /** KVM_GET_VCPU_EVENTS decoded: the exception, interrupt and NMI in flight (see vcpu_events.ts). */
+  vcpuEvents(): VcpuEvents {
+    return decodeVcpuEvents(this.getVcpuEvents().subarray(0, KVM_VCPU_EVENTS_SIZE));
   }
 
   /** KVM_GET_DEBUGREGS. */
@@ -584,6 +862,83 @@ export class VcpuFd {
     const buffer = new Uint8Array(4);
     new DataView(buffer.buffer).setUint32(0, state, true);
     ioctlBuffer(this.#open(), KVM.SET_MP_STATE, buffer);
+  }
+
+  /** KVM_GET_LAPIC: the local APIC's `struct kvm_lapic_state` (its 1 KiB register page). */
+  getLapic(): Uint8Array<ArrayBuffer> {
+    const buffer = new Uint8Array(1024);
+    ioctlBuffer(this.#open(), KVM.GET_LAPIC, buffer);
+    return buffer;
+  }
+
+  /** KVM_SET_LAPIC. */
+  setLapic(state: Uint8Array<ArrayBuffer>): void {
+    ioctlBuffer(this.#open(), KVM.SET_LAPIC, exactly(state, 1024, "struct kvm_lapic_state"));
+  }
+
+  /**
+   * KVM_GET_XSAVE (`size` 4096) or KVM_GET_XSAVE2 (`size` as
+   * KVM_CAP_XSAVE2 gives it, when the host's XSAVE area is larger): the
+   * x87, SSE, AVX... state in the XSAVE layout.
+   */
+  getXsave(size = 4096): Uint8Array<ArrayBuffer> {
+    const buffer = new Uint8Array(Math.max(size, 4096));
+    ioctlBuffer(this.#open(), size > 4096 ? KVM.GET_XSAVE2 : KVM.GET_XSAVE, buffer);
+    return buffer;
+  }
+
+  /** KVM_SET_XSAVE (the kernel reads as much as its XSAVE area needs). */
+  setXsave(state: Uint8Array<ArrayBuffer>): void {
+    if (state.length < 4096) {
+      throw new RangeError(`Cannot set XSAVE state: ${state.length} bytes, at least 4096 needed`);
+    }
+    ioctlBuffer(this.#open(), KVM.SET_XSAVE, state);
+  }
+
+  /** KVM_GET_XCRS: the extended control registers (`struct kvm_xcrs`, 392 bytes; XCR0 on x86). */
+  getXcrs(): Uint8Array<ArrayBuffer> {
+    const buffer = new Uint8Array(392);
+    ioctlBuffer(this.#open(), KVM.GET_XCRS, buffer);
+    return buffer;
+  }
+
+  /** KVM_SET_XCRS. */
+  setXcrs(state: Uint8Array<ArrayBuffer>): void {
+    ioctlBuffer(this.#open(), KVM.SET_XCRS, exactly(state, 392, "struct kvm_xcrs"));
+  }
+
+  /**
+   * KVM_GET_VCPU_EVENTS: pending and injected exceptions, interrupts, NMIs,
+   * the interrupt shadow and SIPI vector (`struct kvm_vcpu_events`, 64 bytes).
+   */
+  getVcpuEvents(): Uint8Array<ArrayBuffer> {
+    const buffer = new Uint8Array(64);
+    ioctlBuffer(this.#open(), KVM.GET_VCPU_EVENTS, buffer);
+    return buffer;
+  }
+
+  /** KVM_SET_VCPU_EVENTS (the flags KVM_GET_VCPU_EVENTS set say which fields are valid). */
+  setVcpuEvents(state: Uint8Array<ArrayBuffer>): void {
+    ioctlBuffer(this.#open(), KVM.SET_VCPU_EVENTS, exactly(state, 64, "struct kvm_vcpu_events"));
+  }
+
+  /** KVM_GET_TSC_KHZ: the guest's TSC frequency. */
+  getTscKhz(): number {
+    return ioctlValue(this.#open(), KVM.GET_TSC_KHZ);
+  }
+
+  /** KVM_SET_TSC_KHZ (needs KVM_CAP_TSC_CONTROL). */
+  setTscKhz(khz: number): void {
+    ioctlValue(this.#open(), KVM.SET_TSC_KHZ, khz);
+  }
+
+  /**
+   * KVM_KVMCLOCK_CTRL: tells a guest using kvm-clock that it was paused, so
+   * its soft-lockup watchdog does not fire after a restore or migration.
+   * EINVAL (the guest has not enabled kvm-clock) is not an error.
+   */
+  kvmclockCtrl(): void {
+    sys.ioctl_int(this.#open(), KVM.KVMCLOCK_CTRL, 0n);
   }
 
   /**

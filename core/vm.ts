@@ -426,7 +426,7 @@ export class Vm extends Machine {
       irqchip: config.irqchip,
       platform: config.platform,
       onReset: config.onReset,
-      name: config.name,
+      // A restored VM is a new VM of this process: it gets its own name (vm1, vm2, ...), not the saved one's.
     };
   }
 

@@ -45,6 +45,8 @@ export const KVM = {
   SET_VCPU_EVENTS: 0x4040aea0,
   GET_DEBUGREGS: 0x8080aea1,
   SET_DEBUGREGS: 0x4080aea2,
+  /** `_IO(KVMIO, 0xad)`: the host stopped the vCPU (for the guest's kvm-clock). */
+  KVMCLOCK_CTRL: 0xaead,
 } as const;
 
 /** Name of an ioctl number, for error messages. */
@@ -71,6 +73,7 @@ export const KVM_CAP = {
   READONLY_MEM: 81,
   MAX_VCPUS: 66,
   SYNC_REGS: 74,
+  KVMCLOCK_CTRL: 76,
   IMMEDIATE_EXIT: 136,
 } as const;
 

@@ -68,6 +68,7 @@ export class KvmError extends Error {
 
 const EINTR = 4;
 const EAGAIN = 11;
+const EINVAL = 22;
 /** kvm_valid_regs bits: the general and the special registers. */
 const KVM_SYNC_X86_REGS = 1n;
 const KVM_SYNC_X86_SREGS = 2n;
@@ -537,6 +538,19 @@ export class VcpuFd {
     const buffer = new Uint8Array(4);
     new DataView(buffer.buffer).setUint32(0, state, true);
     ioctlBuffer(this.#open(), KVM.SET_MP_STATE, buffer);
+  }
+
+  /**
+   * KVM_KVMCLOCK_CTRL: tells a guest using kvm-clock that the host paused
+   * this vCPU, so its watchdog does not report a soft lockup when it goes
+   * on. Returns false when KVM refuses because the guest has not set up
+   * kvm-clock (EINVAL), which is no error.
+   */
+  kvmclockCtrl(): boolean {
+    if (sys.ioctl(this.#open(), KVM.KVMCLOCK_CTRL, null) >= 0) return true;
+    const errno = lastErrno();
+    if (errno === EINVAL) return false;
+    throw new KvmError("KVM_KVMCLOCK_CTRL", errno, `vCPU ${this.id}`);
   }
 
   /**

@@ -62,7 +62,7 @@ function toLocation(session: Session, text: string): bigint {
   if (/^\$[a-z0-9]+$/i.test(trimmed)) {
     const name = trimmed.slice(1) as RegisterName;
     if (!(REGISTER_NAMES as readonly string[]).includes(name)) throw new CommandError(`Unknown register ${trimmed}`);
-    return session.vm.cpu(0).regs[name];
+    return session.vm.debug.cpu.regs[name];
   }
   return session.vm.debug.resolve(trimmed);
 }
@@ -249,9 +249,9 @@ function parseRegisterAssignment(args: string): { name: RegisterName; value: big
 registerCommand({
   name: "regs",
   usage: ".regs [NAME[=VALUE]]",
-  help: "show registers, one register, or set one",
+  help: "show registers of the selected vCPU (.cpu), one register, or set one",
   run(args, session) {
-    const cpu = session.vm.cpu(0);
+    const cpu = session.vm.debug.cpu;
     const text = args.trim();
     if (text === "") {
       session.output.print(formatRegisters(cpu.regs, undefined, session.style));
@@ -276,11 +276,43 @@ registerCommand({
 });
 
 registerCommand({
+  name: "cpu",
+  usage: ".cpu [N]",
+  help:
+    "list the vCPUs, or select vCPU N for .regs, .step, .next, .finish, .bt, .x (a stop selects the vCPU that stopped)",
+  run(args, session) {
+    const vm = session.vm;
+    const text = args.trim();
+    if (text !== "") {
+      if (!/^\d+$/.test(text)) throw new CommandError(`Invalid vCPU ${quote(text)}: expected a number`);
+      try {
+        vm.debug.select(Number(text));
+      } catch (error) {
+        throw new CommandError((error as Error).message);
+      }
+    }
+    const selected = vm.debug.cpu.index;
+    session.output.print(
+      vm.cpus.map((cpu) => {
+        // A running vCPU's registers cannot be read (its thread is inside KVM_RUN).
+        if (vm.running) return `${cpu.index === selected ? "*" : " "} vCPU ${cpu.index}  running`;
+        const rip = cpu.regs.rip;
+        const symbol = vm.debug.symbolize(rip);
+        return `${cpu.index === selected ? "*" : " "} vCPU ${cpu.index}  ${hex(rip)}${
+          symbol === undefined ? "" : ` <${symbol}>`
+        }  ${cpu.mode} mode`;
+      }).join("\n"),
+    );
+  },
+  script: (args) => args.trim() === "" ? undefined : `vm.debug.select(${Number(args.trim())});`,
+});
+
+registerCommand({
   name: "sregs",
   usage: ".sregs",
   help: "segments, descriptor tables, control registers, EFER (decoded)",
   run(_args, session) {
-    session.output.print(formatSpecialRegisters(session.vm.cpu(0).sregs));
+    session.output.print(formatSpecialRegisters(session.vm.debug.cpu.sregs));
   },
 });
 

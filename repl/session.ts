@@ -176,7 +176,7 @@ export function installScope(session: Session): void {
     if (!(value instanceof Vm)) throw new TypeError(`vm must be a Vm, got ${String(value)}`);
     session.adopt(value);
   });
-  define("cpu", () => session.maybeVm?.cpu(0));
+  define("cpu", () => session.maybeVm?.debug.cpu);
   define("mem", () => session.maybeVm?.memory);
   define("debug", () => session.maybeVm?.debug);
   define("session", () => session);

@@ -16,8 +16,8 @@
  * hands the turn to vCPU 1 and waits, without a time limit (a debugger may
  * hold the vCPUs for as long as it likes), until the last AP is done.
  *
- * ipi_test and smp_id are compiled without optimisation, so a debugger sees
- * `n` on the stack and can call smp_id() (an inferior call) on any vCPU.
+ * ipi_test and smp_id are never inlined: a debugger breaks in ipi_test, sees
+ * `n` there (-O1 keeps its location) and can call smp_id() on any vCPU.
  *
  * Host test expects, with `--cpus N` (N = 1..17), APIC ids 0..N-1:
  *   "found N cpus\n", then "ipi called, cpu K\n" for K = 0..N-1 in order,
@@ -65,10 +65,10 @@ static void map_lapic(void) {
 }
 
 /* This vCPU's number (its APIC id), as smptest's smp_id(). */
-__attribute__((noinline, optimize("O0"))) unsigned int smp_id(void) { return lapic_id(); }
+__attribute__((noinline)) unsigned int smp_id(void) { return lapic_id(); }
 
 /* Called once on every vCPU with that vCPU's number. */
-__attribute__((noinline, optimize("O0"))) void ipi_test(int n) {
+__attribute__((noinline)) void ipi_test(int n) {
   spin_lock(&print_lock);
   puts("ipi called, cpu ");
   put_dec((unsigned long)n);

@@ -134,11 +134,23 @@ export class ApplicationProcessors {
    * re-enters KVM_RUN when it is next let run). A run calls it first.
    */
   releaseHeld(): void {
-    for (const { mailbox } of this.#held) {
+    const released = [...this.#held];
+    this.#held.clear();
+    for (const { mailbox } of released) {
       Atomics.store(mailbox, Mailbox.serviced, 1);
       Atomics.notify(mailbox, Mailbox.serviced);
     }
-    this.#held.clear();
+    // Each completes its exit and parks (see vcpu_thread.ts) before anyone reads its registers.
+    for (const { cpu, mailbox } of released) {
+      const deadline = performance.now() + 2_000;
+      for (;;) {
+        const state = Atomics.load(mailbox, Mailbox.state);
+        if (state === State.parked || state === State.gone) break;
+        if (performance.now() > deadline) throw new Error(`vCPU ${cpu.index} did not park within 2 s`);
+        Atomics.wait(mailbox, Mailbox.state, state, 5);
+      }
+      cpu.invalidate();
+    }
   }
 
   /**

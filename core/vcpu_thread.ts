@@ -103,6 +103,7 @@ function serve(start: ApStart): void {
         }
       }
       Atomics.store(box, Mailbox.state, State.running);
+      Atomics.notify(box, Mailbox.state);
     }
   } finally {
     vcpu.close();

@@ -250,7 +250,7 @@ export class Machine {
     this.#vmFd = parts.vmFd;
     this.#vcpuFds = parts.vcpuFds;
     this.memory = parts.memory;
-    this.cpus = parts.vcpuFds.map((fd) => new Vcpu(fd, parts.memory));
+    this.cpus = parts.vcpuFds.map((fd) => new Vcpu(fd, parts.memory, (cpu) => this.#assertCpuStopped(cpu)));
     this.name = options.name ?? "vm";
     this.#irqchip = options.irqchip ?? true;
     this.#unhandled = options.unhandled ?? "ignore";
@@ -259,6 +259,12 @@ export class Machine {
     this.#aps = new ApplicationProcessors(this.cpus[0]!, this.#canCompleteExits);
     this.#kvmclockCtrl = this.#kvm.checkExtension(KVM_CAP.KVMCLOCK_CTRL) > 0;
     this.setPageProtection(new Map());
+  }
+
+  /** Throws when `cpu` runs on its own thread (its state ioctls would wait for it to leave KVM_RUN). */
+  #assertCpuStopped(cpu: Vcpu): void {
+    if (cpu.index === 0 || !this.#running || !this.#aps.isRunning(cpu)) return;
+    throw new Error(`Cannot access vCPU ${cpu.index}'s state: it is running (pause the VM ${this.name} first)`);
   }
 
   /** Starts the application processors' threads (each parked until the first run). */

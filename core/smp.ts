@@ -95,6 +95,8 @@ export class ApplicationProcessors {
     const stopping: ApThread[] = [];
     for (const thread of this.#threads) {
       if (this.#runnable === "all" || this.#runnable === thread.cpu) {
+        // What this thread cached of its registers goes stale as it runs (its generation does not count its runs).
+        thread.cpu.invalidate();
         Atomics.store(thread.mailbox, Mailbox.command, Command.run);
         Atomics.notify(thread.mailbox, Mailbox.command);
       } else if (Atomics.load(thread.mailbox, Mailbox.command) !== Command.park) {
@@ -151,6 +153,21 @@ export class ApplicationProcessors {
       }
       cpu.invalidate();
     }
+  }
+
+  /**
+   * True when `cpu` (an AP) is in KVM_RUN or may enter it without this
+   * thread's say: neither parked nor waiting with an exit for the main thread.
+   */
+  isRunning(cpu: Vcpu): boolean {
+    const thread = this.#threads.find((t) => t.cpu === cpu);
+    if (thread === undefined) return false;
+    const { mailbox } = thread;
+    const state = Atomics.load(mailbox, Mailbox.state);
+    if (state === State.gone) return false;
+    if (state === State.parked) return Atomics.load(mailbox, Mailbox.command) !== Command.park;
+    if (state === State.exit) return Atomics.load(mailbox, Mailbox.serviced) !== 0;
+    return true;
   }
 
   /**

@@ -155,6 +155,26 @@ kvmTest("Debugger.finish() on an application processor returns into its caller o
   expectPassed(vm, await vm.run({ timeout: RUN_TIMEOUT_MS }), 2);
 });
 
+kvmTest(
+  "run({ only: 1 }) runs one application processor; its registers are refused while it runs, readable once paused",
+  async () => {
+    await using vm = await smpVm(2);
+    // vCPU 1 waits for INIT/SIPI inside KVM_RUN: only vCPU 0 could wake it, and it is held.
+    const running = vm.run({ only: 1, timeout: RUN_TIMEOUT_MS });
+    while (!vm.running) await new Promise((resolve) => setTimeout(resolve, 1));
+    assert.throws(() => vm.cpu(1).regs, { message: /Cannot access vCPU 1's state: it is running \(pause the VM/ });
+    const rip0 = vm.cpu(0).regs.rip; // vCPU 0 is held: its state can be read
+    const paused = await vm.pause("test");
+    assert.equal(paused?.reason, "paused");
+    assert.equal(paused?.cpu, 1, "the pause names the vCPU that ran");
+    assert.equal((await running).reason, "paused");
+    assert.equal(typeof vm.cpu(1).regs.rip, "bigint");
+    assert.equal(vm.cpu(0).regs.rip, rip0, "vCPU 0 never ran");
+    assert.equal(vm.serial.output, "");
+    expectPassed(vm, await vm.run({ timeout: RUN_TIMEOUT_MS }), 2);
+  },
+);
+
 kvmTest("KVM_KVMCLOCK_CTRL is answered for a stopped vCPU (refused: this guest has no kvm-clock)", async () => {
   await using vm = await smpVm(2);
   if (vm.checkExtension(KVM_CAP.KVMCLOCK_CTRL) <= 0) return; // the host has no such ioctl: nothing to check

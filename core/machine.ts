@@ -85,6 +85,11 @@ export interface RunOptions {
   timeout?: number;
   /** Overrides {@link MachineOptions.unhandled} for this run. */
   unhandled?: UnhandledPolicy;
+  /**
+   * Runs only this vCPU (an index); the others stay stopped, as with gdb's
+   * scheduler locking. The debugger steps one vCPU this way.
+   */
+  only?: number;
 }
 
 /**
@@ -93,14 +98,22 @@ export interface RunOptions {
  * pages it protected). Attach with {@link Machine.interceptExits}.
  */
 export interface ExitInterceptor {
-  /** Before each KVM_RUN that follows a stop (e.g. stepping over a planted breakpoint); a stop ends the run at once. */
-  beforeResume?(cpu: Vcpu): Promise<PendingStop | undefined> | PendingStop | undefined;
   /**
-   * Every exit except port I/O and interrupted runs. Returns a stop,
-   * `"resume"` to re-enter the guest (the exit is dealt with), or undefined
+   * Before a vCPU runs after a stop (every vCPU a run lets run, in index
+   * order) and after an exit answered `"alone"`. A stop ends the run at
+   * once; `"alone"` runs this vCPU by itself first (e.g. stepping over a
+   * planted breakpoint that the others must not run past while it is
+   * lifted), until the interceptor answers one of its exits with `"resume"`.
+   */
+  beforeResume?(cpu: Vcpu): PendingStop | "alone" | undefined;
+  /**
+   * Every exit except port I/O and interrupted runs, of every vCPU. Returns
+   * a stop, `"resume"` to re-enter the guest (the exit is dealt with; it also
+   * ends this vCPU's `"alone"` stretch), `"alone"` to re-enter with the other
+   * vCPUs held (then {@link beforeResume} is called for it), or undefined
    * when the exit is not the interceptor's.
    */
-  onExit(cpu: Vcpu, exit: VcpuExit): PendingStop | "resume" | undefined;
+  onExit(cpu: Vcpu, exit: VcpuExit): PendingStop | "resume" | "alone" | undefined;
   /** Names an address in stop events (`symbol+offset`). */
   describe?(address: bigint): string | undefined;
 }
@@ -142,6 +155,12 @@ class EventLoopYield {
   }
 }
 
+/** Where a run stopped: the vCPU and its stop, before the context (rip, mode, symbol) is read. */
+interface Stopped {
+  cpu: Vcpu;
+  pending: PendingStop;
+}
+
 /** The KVM handles a machine owns, opened together by {@link Machine.open}. */
 export interface MachineParts {
   kvm: Kvm;
@@ -179,6 +198,11 @@ export class Machine {
   #interceptor: ExitInterceptor | undefined;
   #closed = false;
   #running = false;
+  /** The vCPU a run was asked to run by itself ({@link RunOptions.only}). */
+  #only: Vcpu | undefined;
+  /** The vCPU the interceptor asked to run by itself for now (`"alone"`), the others held. */
+  #alone: Vcpu | undefined;
+  readonly #kvmclockCtrl: boolean;
   #pauseRequested = false;
   /** Who asked for the pause, for the stop event. */
   #pausedBy: string | undefined;
@@ -246,14 +270,21 @@ export class Machine {
     this.#vmFd = parts.vmFd;
     this.#vcpuFds = parts.vcpuFds;
     this.memory = parts.memory;
-    this.cpus = parts.vcpuFds.map((fd) => new Vcpu(fd, parts.memory));
+    this.cpus = parts.vcpuFds.map((fd) => new Vcpu(fd, parts.memory, (cpu) => this.#assertCpuStopped(cpu)));
     this.name = options.name ?? `vm${++Machine.#made}`;
     this.#irqchip = options.irqchip ?? true;
     this.#unhandled = options.unhandled ?? "ignore";
     this.#handlers = handlers;
     this.#canCompleteExits = this.#kvm.checkExtension(KVM_CAP.IMMEDIATE_EXIT) > 0;
     this.#aps = new ApplicationProcessors(this.cpus[0]!, this.#canCompleteExits);
+    this.#kvmclockCtrl = this.#kvm.checkExtension(KVM_CAP.KVMCLOCK_CTRL) > 0;
     this.setPageProtection(new Map());
+  }
+
+  /** Throws when `cpu` runs on its own thread (its state ioctls would wait for it to leave KVM_RUN). */
+  #assertCpuStopped(cpu: Vcpu): void {
+    if (cpu.index === 0 || !this.#running || !this.#aps.isRunning(cpu)) return;
+    throw new Error(`Cannot access vCPU ${cpu.index}'s state: it is running (pause the VM ${this.name} first)`);
   }
 
   /** Starts the application processors' threads (each parked until the first run). */
@@ -344,13 +375,7 @@ export class Machine {
    */
   setPageProtection(pages: ReadonlyMap<number, "readonly" | "none">): void {
     if (this.#closed) throw new Error(`Cannot change memory slots: the VM ${this.name} is closed`);
-    const parkAps = this.#running && this.#aps.count > 0;
-    if (parkAps) this.#aps.park();
-    try {
-      this.#layOutSlots(pages);
-    } finally {
-      if (parkAps) this.#aps.resume();
-    }
+    this.withApplicationProcessorsParked(() => this.#layOutSlots(pages));
   }
 
   #layOutSlots(pages: ReadonlyMap<number, "readonly" | "none">): void {
@@ -573,42 +598,79 @@ export class Machine {
   }
 
   /**
+   * Parks the application processors for the duration of `action` (a change
+   * to every vCPU's debug state while the guest runs: a vCPU's ioctls wait
+   * while it is inside KVM_RUN). Without a run in progress, just calls it.
+   */
+  withApplicationProcessorsParked<T>(action: () => T): T {
+    const parkAps = this.#running && this.#aps.count > 0;
+    if (parkAps) this.#aps.park();
+    try {
+      return action();
+    } finally {
+      if (parkAps) this.#aps.resume();
+    }
+  }
+
+  /**
    * Runs the guest until it stops: debug-exit, halt, crash, pause, timeout,
    * a debugger stop, or an unclaimed access when asked to stop on those.
+   * Every vCPU runs (vCPU 0 on this thread, the others on theirs) unless
+   * `only` names one; when any vCPU stops, all stop, and the stop event
+   * names the vCPU.
    */
   async run(options: RunOptions = {}): Promise<StopEvent> {
     this.#assertIdle("run");
     const timeout = options.timeout;
     if (timeout !== undefined && !(timeout >= 0)) throw new RangeError(`Invalid timeout ${timeout}: expected ms >= 0`);
+    const only = options.only === undefined ? undefined : this.cpu(options.only);
     this.#running = true;
     this.memory.noteGuestWrites();
     this.#pauseRequested = false;
     this.#pausedBy = undefined;
     this.#stopCpu = undefined;
-    const cpu = this.cpu(0);
-    let stop: StopEvent | undefined;
+    this.#only = only;
+    this.#alone = undefined;
+    let stopped: Stopped | undefined;
     mainThreadKick.acquire();
-    this.#aps.resume();
     try {
-      const early = await this.#interceptor?.beforeResume?.(cpu);
-      stop = early !== undefined
-        ? this.#withContext(cpu, early)
-        : await this.#loop(cpu, timeout === undefined ? Infinity : performance.now() + timeout, options);
+      this.#aps.releaseHeld();
+      stopped = await this.#start(only, timeout === undefined ? Infinity : performance.now() + timeout, options);
     } finally {
-      this.#aps.park();
-      mainThreadKick.release();
-      this.#running = false;
-      this.#pendingStop = undefined;
-      if (stop === undefined) {
-        // run() is rejecting (a hook threw): a pending pause() still gets an answer.
-        const paused = this.#closed ? undefined : this.#withContext(cpu, { reason: "paused" });
-        for (const waiter of this.#runWaiters.splice(0)) waiter(paused!);
+      let parked = false;
+      try {
+        this.#aps.setRunnable("none");
+        parked = true;
+      } finally {
+        mainThreadKick.release();
+        this.#running = false;
+        this.#only = undefined;
+        this.#alone = undefined;
+        this.#pendingStop = undefined;
+        if (parked) this.#tellKvmClock();
+        if (stopped === undefined) {
+          // run() is rejecting (a hook threw): a pending pause() still gets an answer.
+          const paused = this.#closed ? undefined : this.#withContext(only ?? this.cpu(0), { reason: "paused" });
+          for (const waiter of this.#runWaiters.splice(0)) waiter(paused!);
+        }
       }
     }
+    // Read once every vCPU is out of KVM_RUN: a vCPU's registers cannot be read while it runs.
+    const stop = this.#withContext(stopped.cpu, stopped.pending);
     this.lastStop = stop;
     for (const waiter of this.#runWaiters.splice(0)) waiter(stop);
     for (const observer of this.#stopObservers) observer(stop);
     return stop;
+  }
+
+  /**
+   * KVM_KVMCLOCK_CTRL on each vCPU while the VM stays stopped, so a Linux
+   * guest's kvm-clock does not take the pause for a soft lockup. KVM refuses
+   * it (EINVAL) until the guest has set up kvm-clock; that is fine.
+   */
+  #tellKvmClock(): void {
+    if (!this.#kvmclockCtrl || this.#closed) return;
+    for (const cpu of this.cpus) cpu.fd.kvmclockCtrl();
   }
 
   #pausedStop(): PendingStop {
@@ -622,10 +684,67 @@ export class Machine {
     return pending;
   }
 
-  async #loop(cpu: Vcpu, deadline: number, options: RunOptions): Promise<StopEvent> {
+  /**
+   * Lets the interceptor prepare each vCPU the run lets run; one that must
+   * first run by itself (over a lifted breakpoint) does, then all go.
+   */
+  async #start(only: Vcpu | undefined, deadline: number, options: RunOptions): Promise<Stopped> {
+    for (const cpu of only === undefined ? this.cpus : [only]) {
+      // None runs while the interceptor prepares one: it may lift a breakpoint the others must not pass.
+      this.#aps.setRunnable("none");
+      const early = this.#interceptor?.beforeResume?.(cpu);
+      if (early === undefined) continue;
+      if (early !== "alone") return { cpu, pending: early };
+      if (only !== undefined) continue;
+      this.#alone = cpu;
+      const stopped = await this.#loop(deadline, options, true);
+      if (stopped !== undefined) return stopped;
+    }
+    return (await this.#loop(deadline, options, false))!;
+  }
+
+  /**
+   * Runs until a stop (or, for `aloneOnly`, until the vCPU running alone is
+   * done). vCPU 0 runs on this thread; while an application processor runs
+   * by itself, this thread waits for its exits instead.
+   */
+  async #loop(deadline: number, options: RunOptions, aloneOnly: boolean): Promise<Stopped | undefined> {
+    for (;;) {
+      const exclusive = this.#alone ?? this.#only;
+      if (aloneOnly && this.#alone === undefined) return undefined;
+      this.#aps.setRunnable(exclusive === undefined ? "all" : exclusive.index === 0 ? "none" : exclusive);
+      const stopped = exclusive === undefined || exclusive.index === 0
+        ? await this.#runMain(deadline, options, aloneOnly)
+        : await this.#runAlone(exclusive, deadline, options);
+      if (stopped !== undefined) return stopped;
+    }
+  }
+
+  /** Answers an exit the interceptor said `"alone"` to: the others are held, then the interceptor prepares the vCPU. */
+  #goAlone(cpu: Vcpu): PendingStop | undefined {
+    this.#alone = cpu;
+    if (this.#only === undefined) this.#aps.setRunnable(cpu.index === 0 ? "none" : cpu);
+    const early = this.#interceptor?.beforeResume?.(cpu);
+    return early === "alone" ? undefined : early;
+  }
+
+  /** A `"resume"` answer for `cpu`: its stretch alone, if it had one, is over. */
+  #endAlone(cpu: Vcpu): void {
+    if (this.#alone === cpu) this.#alone = undefined;
+  }
+
+  /**
+   * vCPU 0's loop on this thread (the application processors run on theirs
+   * unless vCPU 0 runs alone). Returns undefined when an application
+   * processor is to run alone, or (for `aloneOnly`) when vCPU 0's stretch
+   * alone is over.
+   */
+  async #runMain(deadline: number, options: RunOptions, aloneOnly: boolean): Promise<Stopped | undefined> {
+    const cpu = this.cpu(0);
     const fd = cpu.fd;
     const unhandled = options.unhandled ?? this.#unhandled;
     const handlers = this.#handlers;
+    let exclusive = this.#alone ?? this.#only;
     // A kick that lands while this thread is in JavaScript is handled and lost, so a guest
     // that exits all the time also gets its ticks from the clock, looked at every 64 exits.
     let exits = 0;
@@ -644,9 +763,11 @@ export class Machine {
             const intercepted = this.#interceptor?.onExit(cpu, exit);
             outcome = intercepted === undefined
               ? emulateMmio(exit, handlers, unhandled)
-              : intercepted === "resume"
+              : intercepted === "resume" || intercepted === "alone"
               ? "handled"
               : intercepted;
+            if (intercepted === "resume") this.#endAlone(cpu);
+            if (intercepted === "alone") this.#pendingStop ??= this.#goAlone(cpu);
           }
           if (outcome !== "handled") this.#pendingStop ??= outcome;
         } catch (error) {
@@ -655,12 +776,18 @@ export class Machine {
           throw error;
         }
         if ((++exits & 63) === 0 && performance.now() >= nextTick) tick = true;
-        if (this.#aps.pending) this.#serviceAps(unhandled);
+        if (exclusive === undefined && this.#aps.pending) this.#serviceAps(unhandled);
       } else if (!interrupted) {
         cpu.invalidate();
         const intercepted = this.#interceptor?.onExit(cpu, exit);
-        if (intercepted === "resume") continue;
-        return this.#withContext(cpu, intercepted ?? stopForExit(exit, () => this.instructionBytes(cpu)));
+        if (intercepted === "resume") {
+          this.#endAlone(cpu);
+        } else if (intercepted === "alone") {
+          const early = this.#goAlone(cpu);
+          if (early !== undefined) return { cpu, pending: early };
+        } else {
+          return { cpu, pending: intercepted ?? stopForExit(exit, () => this.instructionBytes(cpu)) };
+        }
       }
       if (this.#restart !== undefined) {
         const restart = this.#restart;
@@ -671,7 +798,18 @@ export class Machine {
       }
       if (this.#pendingStop !== undefined) {
         this.#completeExit(cpu);
-        return this.#withContext(this.#stopCpu ?? cpu, this.#takePendingStop()!);
+        return { cpu: this.#stopCpu ?? cpu, pending: this.#takePendingStop()! };
+      }
+      const now = this.#alone ?? this.#only;
+      if (now !== exclusive) {
+        if (aloneOnly && this.#alone === undefined) return undefined;
+        if (now !== undefined && now !== cpu) {
+          // An application processor goes on alone: vCPU 0's exit is completed before it waits.
+          this.#completeExit(cpu);
+          return undefined;
+        }
+        exclusive = now;
+        this.#aps.setRunnable(now === undefined ? "all" : "none");
       }
       if (this.#sleep !== undefined) {
         const sleep = this.#sleep;
@@ -679,8 +817,8 @@ export class Machine {
         const wakeAt = performance.now() + sleep.wakeAfterMs;
         while (performance.now() < wakeAt) {
           await new Promise((resolve) => setTimeout(resolve, Math.min(TICK_MS, wakeAt - performance.now())));
-          if (this.#closed || this.#pauseRequested) return this.#withContext(cpu, this.#pausedStop());
-          if (performance.now() >= deadline) return this.#withContext(cpu, { reason: "timeout" });
+          if (this.#closed || this.#pauseRequested) return { cpu, pending: this.#pausedStop() };
+          if (performance.now() >= deadline) return { cpu, pending: { reason: "timeout" } };
         }
         this.#sleep = undefined;
         sleep.onWake();
@@ -691,58 +829,110 @@ export class Machine {
       // An I/O exit must be completed before anyone looks at the vCPU (KVM's rule); an interrupted run has nothing pending.
       const settle = () => interrupted ? cpu.invalidate() : this.#completeExit(cpu);
       if (interrupted) cpu.invalidate();
-      if (this.#aps.count > 0) this.#serviceAps(unhandled);
+      if (exclusive === undefined && this.#aps.count > 0) {
+        this.#serviceAps(unhandled);
+        if (this.#alone !== undefined) {
+          // An application processor's exit asked to run it alone.
+          settle();
+          if (this.#pendingStop !== undefined) return { cpu: this.#stopCpu ?? cpu, pending: this.#takePendingStop()! };
+          return undefined;
+        }
+      }
       if (this.#pendingStop !== undefined) {
         settle();
-        return this.#withContext(this.#stopCpu ?? cpu, this.#takePendingStop()!);
+        return { cpu: this.#stopCpu ?? cpu, pending: this.#takePendingStop()! };
       }
       if (interrupted && this.#irqchip && this.#haltedForGood(cpu)) {
-        return this.#withContext(cpu, { reason: "halt" });
+        return { cpu, pending: { reason: "halt" } };
       }
       await this.#events.yield();
       if (this.#closed || this.#pauseRequested) {
         settle();
-        return this.#withContext(cpu, this.#pausedStop());
+        return { cpu, pending: this.#pausedStop() };
       }
       if (performance.now() >= deadline) {
         settle();
-        return this.#withContext(cpu, { reason: "timeout" });
+        return { cpu, pending: { reason: "timeout" } };
       }
     }
   }
 
-  /** Completes the exits application processors handed to this thread. */
-  #serviceAps(unhandled: UnhandledPolicy): void {
+  /**
+   * An application processor runs by itself (a step, or a stretch the
+   * interceptor asked for): this thread waits for its exits and services
+   * them, yielding to the event loop every tick as vCPU 0's loop does.
+   * Returns undefined when its stretch alone is over.
+   */
+  async #runAlone(cpu: Vcpu, deadline: number, options: RunOptions): Promise<Stopped | undefined> {
+    const unhandled = options.unhandled ?? this.#unhandled;
+    let nextTick = performance.now() + TICK_MS;
+    for (;;) {
+      this.#serviceAps(unhandled, cpu);
+      if (this.#restart !== undefined) {
+        const restart = this.#restart;
+        this.#restart = undefined;
+        restart();
+      }
+      if (this.#pendingStop !== undefined) return { cpu: this.#stopCpu ?? cpu, pending: this.#takePendingStop()! };
+      if ((this.#alone ?? this.#only) !== cpu) return undefined;
+      if (performance.now() >= nextTick) {
+        nextTick = performance.now() + TICK_MS;
+        await this.#events.yield();
+        if (this.#closed || this.#pauseRequested) return { cpu, pending: this.#pausedStop() };
+        if (performance.now() >= deadline) return { cpu, pending: { reason: "timeout" } };
+      }
+      this.#aps.waitForExit(cpu, nextTick - performance.now());
+    }
+  }
+
+  /**
+   * Completes the exits application processors handed to this thread
+   * (only `only`'s when one runs alone). Exits the interceptor knows (debug
+   * exits, breakpoints, watched pages) go to it first, as vCPU 0's do.
+   */
+  #serviceAps(unhandled: UnhandledPolicy, only?: Vcpu): void {
     this.#aps.service((posted: ApExit) => {
       const { cpu } = posted;
       if (posted.exit === undefined) {
-        this.#stopCpu = cpu;
-        this.#pendingStop ??= {
+        this.#noteStop(cpu, {
           reason: "internal-error",
           suberror: 0,
           detail: `KVM_RUN failed on vCPU ${cpu.index}: errno ${posted.errno}`,
-        };
+        });
         return false;
       }
       const exit = posted.exit;
+      if (exit.kind === "interrupted") return true;
       this.#servicing = cpu;
       try {
+        let outcome: Emulation;
         if (exit.kind === "io-out" || exit.kind === "io-in") {
-          this.#noteStop(cpu, emulatePortIo(exit, this.#handlers, unhandled));
-        } else if (exit.kind === "mmio-read" || exit.kind === "mmio-write") {
-          this.#noteStop(cpu, emulateMmio(exit, this.#handlers, unhandled));
-        } else if (exit.kind !== "interrupted") {
-          // A stop of this vCPU: it stays out of KVM_RUN until the VM runs again.
+          outcome = emulatePortIo(exit, this.#handlers, unhandled);
+        } else {
+          // Its registers changed on its own thread: forget what this thread cached.
           cpu.invalidate();
-          this.#stopCpu = cpu;
-          this.#pendingStop ??= stopForExit(exit, () => this.instructionBytes(cpu));
-          return false;
+          const intercepted = this.#interceptor?.onExit(cpu, exit);
+          if (intercepted === "resume") {
+            this.#endAlone(cpu);
+            outcome = "handled";
+          } else if (intercepted === "alone") {
+            outcome = this.#goAlone(cpu) ?? "handled";
+          } else if (intercepted !== undefined) {
+            outcome = intercepted;
+          } else if (exit.kind === "mmio-read" || exit.kind === "mmio-write") {
+            outcome = emulateMmio(exit, this.#handlers, unhandled);
+          } else {
+            outcome = stopForExit(exit, () => this.instructionBytes(cpu));
+          }
         }
+        if (outcome === "handled") return true;
+        // A stop of this vCPU: it stays out of KVM_RUN (its state as the stop left it) until the next run.
+        this.#noteStop(cpu, outcome);
+        return false;
       } finally {
         this.#servicing = undefined;
       }
-      return true;
-    });
+    }, only);
   }
 
   /** Emulates and completes the port and MMIO exits parked APs still hold (see ApplicationProcessors.settle). */
@@ -752,13 +942,15 @@ export class Machine {
       if (exit === undefined) return false;
       this.#servicing = cpu;
       try {
+        let outcome: Emulation;
         if (exit.kind === "io-out" || exit.kind === "io-in") {
-          this.#noteStop(cpu, emulatePortIo(exit, this.#handlers, this.#unhandled));
+          outcome = emulatePortIo(exit, this.#handlers, this.#unhandled);
         } else if (exit.kind === "mmio-read" || exit.kind === "mmio-write") {
-          this.#noteStop(cpu, emulateMmio(exit, this.#handlers, this.#unhandled));
+          outcome = emulateMmio(exit, this.#handlers, this.#unhandled);
         } else {
           return false;
         }
+        if (outcome !== "handled") this.#noteStop(cpu, outcome);
       } finally {
         this.#servicing = undefined;
       }
@@ -766,8 +958,8 @@ export class Machine {
     });
   }
 
-  #noteStop(cpu: Vcpu, outcome: Emulation): void {
-    if (outcome === "handled" || this.#pendingStop !== undefined) return;
+  #noteStop(cpu: Vcpu, outcome: PendingStop): void {
+    if (this.#pendingStop !== undefined) return;
     this.#pendingStop = outcome;
     this.#stopCpu = cpu;
   }

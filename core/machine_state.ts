@@ -263,7 +263,12 @@ function restoreVcpu(fd: VcpuFd, state: DecodedVcpu, caps: StateCapabilities): v
   fd.setMsrs(state.msrs.filter((m) => known.has(m.index)));
   if (state.events !== undefined && caps.events) fd.setVcpuEvents(state.events);
   if (state.tscKhz !== undefined && caps.tscControl && state.tscKhz !== fd.getTscKhz()) fd.setTscKhz(state.tscKhz);
-  fd.kvmclockCtrl();
+  // The guest's kvm-clock hears that it was paused (no soft lockup after the restore), where the host can say so.
+  try {
+    fd.kvmclockCtrl();
+  } catch {
+    // a host without KVM_CAP_KVMCLOCK_CTRL: the guest is told nothing, as on a host that stopped it briefly
+  }
 }
 
 /** Reads the VM-wide kernel state. */

@@ -117,6 +117,7 @@ export class Vcpu {
   readonly index: number;
   readonly #fd: VcpuFd;
   readonly #memory: GuestMemory;
+  readonly #assertStopped: ((cpu: Vcpu) => void) | undefined;
   #regs: Registers | undefined;
   #sregs: SpecialRegisters | undefined;
   /** The run generation the caches belong to (see VcpuFd.generation). */
@@ -125,11 +126,22 @@ export class Vcpu {
   /** A write after this generation's run made kvm_run's synced copy stale. */
   #writtenGeneration = -1;
 
-  /** @internal Created by the Vm. */
-  constructor(fd: VcpuFd, memory: GuestMemory) {
+  /**
+   * @internal Created by the Vm. `assertStopped` throws while the vCPU runs
+   * on another thread: a state ioctl would wait until it leaves KVM_RUN,
+   * which a guest that makes no exits may never do.
+   */
+  constructor(fd: VcpuFd, memory: GuestMemory, assertStopped?: (cpu: Vcpu) => void) {
     this.index = fd.id;
     this.#fd = fd;
     this.#memory = memory;
+    this.#assertStopped = assertStopped;
+  }
+
+  /** The handle for a state ioctl, once this vCPU is known not to be running elsewhere. */
+  #stopped(): VcpuFd {
+    this.#assertStopped?.(this);
+    return this.#fd;
   }
 
   /** @internal The KVM handle, for the machine and debugger layers. */
@@ -151,7 +163,7 @@ export class Vcpu {
   #loadRegs(): Registers {
     const fd = this.#fd;
     if (this.#regs === undefined || this.#regsGeneration !== fd.generation) {
-      this.#regs = this.#synced() ? fd.syncedRegs() : fd.getRegs();
+      this.#regs = this.#synced() ? fd.syncedRegs() : this.#stopped().getRegs();
       this.#regsGeneration = fd.generation;
     }
     return this.#regs;
@@ -160,7 +172,7 @@ export class Vcpu {
   #loadSregs(): SpecialRegisters {
     const fd = this.#fd;
     if (this.#sregs === undefined || this.#sregsGeneration !== fd.generation) {
-      this.#sregs = this.#synced() ? fd.syncedSregs() : fd.getSregs();
+      this.#sregs = this.#synced() ? fd.syncedSregs() : this.#stopped().getSregs();
       this.#sregsGeneration = fd.generation;
     }
     return this.#sregs;
@@ -178,7 +190,7 @@ export class Vcpu {
           throw new RangeError(`Unknown register ${String(key)} (registers: ${REGISTER_NAMES.join(", ")})`);
         }
         target[key as RegisterName] = toRegisterValue(key, value);
-        this.#fd.setRegs(target);
+        this.#stopped().setRegs(target);
         this.#writtenGeneration = this.#fd.generation;
         return true;
       },
@@ -199,7 +211,7 @@ export class Vcpu {
       }
       regs[name as RegisterName] = toRegisterValue(name, value);
     }
-    this.#fd.setRegs(regs);
+    this.#stopped().setRegs(regs);
     this.#regs = regs;
     this.#writtenGeneration = this.#fd.generation;
   }
@@ -220,19 +232,19 @@ export class Vcpu {
   /** Writes the special registers given; the others keep their values. */
   setSregs(values: Partial<SpecialRegisters>): void {
     const sregs = { ...this.#loadSregs(), ...values };
-    this.#fd.setSregs(sregs);
+    this.#stopped().setSregs(sregs);
     this.#sregs = structuredClone(sregs);
     this.#writtenGeneration = this.#fd.generation;
   }
 
   /** x87 and SSE state. */
   get fpu(): FpuState {
-    return this.#fd.getFpu();
+    return this.#stopped().getFpu();
   }
 
   /** Writes the x87/SSE fields given; the others keep their values. */
   setFpu(values: Partial<FpuState>): void {
-    this.#fd.setFpu({ ...this.#fd.getFpu(), ...values });
+    this.#stopped().setFpu({ ...this.#fd.getFpu(), ...values });
   }
 
   /** The CPUID table this vCPU reports (KVM_GET_CPUID2); set it with `Vm.create({ cpuid })`. */
@@ -242,18 +254,18 @@ export class Vcpu {
 
   /** Debug registers DR0-3, DR6, DR7 as the guest sees them. */
   get debugRegs(): DebugRegisters {
-    return this.#fd.getDebugRegs();
+    return this.#stopped().getDebugRegs();
   }
 
   /** Reads an MSR by number or name (`"efer"`, `"lstar"`, …). */
   getMsr(msr: number | string): bigint {
     const index = resolveMsr(msr);
-    return this.#fd.getMsrs([index]).get(index)!;
+    return this.#stopped().getMsrs([index]).get(index)!;
   }
 
   /** Writes an MSR by number or name. */
   setMsr(msr: number | string, value: number | bigint): void {
-    this.#fd.setMsrs([{ index: resolveMsr(msr), data: toRegisterValue(`MSR ${msr}`, value) }]);
+    this.#stopped().setMsrs([{ index: resolveMsr(msr), data: toRegisterValue(`MSR ${msr}`, value) }]);
   }
 
   /** The current execution mode, from CR0.PE, EFER.LMA and CS.L/D. */
@@ -279,7 +291,7 @@ export class Vcpu {
       ...flatSegment(selector, code, 16),
       base: BigInt(selector << 4),
     });
-    const sregs = this.#fd.getSregs();
+    const sregs = this.#stopped().getSregs();
     this.setSregs({
       cs: segment(cs, true),
       ds: segment(data, false),

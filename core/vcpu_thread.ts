@@ -49,6 +49,8 @@ export interface ApStart {
   mailbox: SharedArrayBuffer;
   /** One Int32 shared by every AP: set when any exit waits, so the main thread notices without the kick. */
   pending: SharedArrayBuffer;
+  /** KVM_CAP_IMMEDIATE_EXIT: an exit serviced while parking is completed first (see below). */
+  canCompleteExits: boolean;
 }
 
 function serve(start: ApStart): void {
@@ -81,14 +83,27 @@ function serve(start: ApStart): void {
       }
       Atomics.store(box, Mailbox.serviced, 0);
       Atomics.store(box, Mailbox.state, State.exit);
+      // The main thread may be waiting for this vCPU alone (a step): wake it without the kick.
+      Atomics.notify(box, Mailbox.state);
       // The flag covers a kick that lands while the main thread is in JavaScript (the kick is then lost).
       Atomics.store(pending, 0, 1);
+      Atomics.notify(pending, 0);
       mainVcpu?.requestImmediateExit();
       kickThread(start.mainTid);
       while (Atomics.load(box, Mailbox.serviced) === 0 && Atomics.load(box, Mailbox.command) !== Command.quit) {
         Atomics.wait(box, Mailbox.serviced, 0, 50);
       }
+      if (start.canCompleteExits && Atomics.load(box, Mailbox.command) === Command.park) {
+        // Serviced as the VM stops: complete the exit now (an IN's value reaches rax, rip moves on),
+        // so the registers front ends read while the VM is stopped are the instruction's result.
+        try {
+          vcpu.completePendingExit();
+        } catch {
+          // the exit stays pending; the next KVM_RUN completes it
+        }
+      }
       Atomics.store(box, Mailbox.state, State.running);
+      Atomics.notify(box, Mailbox.state);
     }
   } finally {
     vcpu.close();

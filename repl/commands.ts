@@ -101,7 +101,7 @@ function symbolCompletions(partial: string, session: Session): string[] {
 /** An address expression (core/debug/expr.ts): `*` in front reads memory, as in `.x *$rsp`. */
 function toLocation(session: Session, text: string | undefined): bigint {
   if (text === undefined || text.trim() === "") throw new CommandError("Missing an address or symbol");
-  return evaluateAddress(text.trim(), session.vm.debug, session.vm.cpu(0));
+  return evaluateAddress(text.trim(), session.vm.debug, session.vm.debug.cpu);
 }
 
 /** A code or data location for .break/.watch/.until: a leading `*` is gdb's "the address" (`break *0x1000`). */
@@ -356,9 +356,9 @@ function parseRegisterAssignment(args: string): { name: string; value: bigint } 
 registerCommand({
   name: "regs",
   usage: ".regs [NAME...|NAME=VALUE]",
-  help: "show registers, some (rax, eax, al, cr3, efer, cs, fs_base...), or set one (rax=1, al=0x41)",
+  help: "show the selected vCPU's (.cpu) registers, some (rax, eax, al, cr3, efer, cs, fs_base...), or set one (rax=1)",
   run(args, session) {
-    const cpu = session.vm.cpu(0);
+    const cpu = session.vm.debug.cpu;
     const text = args.trim();
     if (text === "") {
       session.output.print(formatRegisters(cpu.regs, undefined, session.style));
@@ -393,11 +393,43 @@ registerCommand({
 });
 
 registerCommand({
+  name: "cpu",
+  usage: ".cpu [N]",
+  help:
+    "list the vCPUs, or select vCPU N for .regs, .step, .next, .finish, .bt, .x (a stop selects the vCPU that stopped)",
+  run(args, session) {
+    const vm = session.vm;
+    const text = args.trim();
+    if (text !== "") {
+      if (!/^\d+$/.test(text)) throw new CommandError(`Invalid vCPU ${quote(text)}: expected a number`);
+      try {
+        vm.debug.select(Number(text));
+      } catch (error) {
+        throw new CommandError((error as Error).message);
+      }
+    }
+    const selected = vm.debug.cpu.index;
+    session.output.print(
+      vm.cpus.map((cpu) => {
+        // A running vCPU's registers cannot be read (its thread is inside KVM_RUN).
+        if (vm.running) return `${cpu.index === selected ? "*" : " "} vCPU ${cpu.index}  running`;
+        const rip = cpu.regs.rip;
+        const symbol = vm.debug.symbolize(rip);
+        return `${cpu.index === selected ? "*" : " "} vCPU ${cpu.index}  ${hex(rip)}${
+          symbol === undefined ? "" : ` <${symbol}>`
+        }  ${cpu.mode} mode`;
+      }).join("\n"),
+    );
+  },
+  script: (args) => args.trim() === "" ? undefined : `vm.debug.select(${Number(args.trim())});`,
+});
+
+registerCommand({
   name: "sregs",
   usage: ".sregs",
   help: "segments, descriptor tables, control registers, EFER (decoded)",
   run(_args, session) {
-    session.output.print(formatSpecialRegisters(session.vm.cpu(0).sregs));
+    session.output.print(formatSpecialRegisters(session.vm.debug.cpu.sregs));
   },
 });
 
@@ -484,7 +516,7 @@ registerCommand({
   run(args, session) {
     const { location, rest } = splitLengthArgument(args);
     const vm = session.vm;
-    const cpu = vm.cpu(0);
+    const cpu = vm.debug.cpu;
     const regs = cpu.regs;
     const address = location === "" ? regs.rsp : toLocation(session, location);
     const registers = new Map(DISPLAY_REGISTER_ORDER.filter((n) => n !== "rip").map((n) => [n, regs[n]] as const));

@@ -146,7 +146,7 @@ export class Session {
   showContextNow(): void {
     const vm = this.vm;
     this.output.print(formatContext(vm, vm.lastStop, this.#previousRegs, this.context, this.style));
-    this.#previousRegs = vm.cpu(0).regs;
+    this.#previousRegs = vm.debug.cpu.regs;
   }
 
   /** Runs `action` with the session's printed lines collected instead of shown (gdb's `monitor` uses it). */
@@ -186,7 +186,7 @@ export function installScope(session: Session): void {
     if (!(value instanceof Vm)) throw new TypeError(`vm must be a Vm, got ${String(value)}`);
     session.adopt(value);
   });
-  define("cpu", () => session.maybeVm?.cpu(0));
+  define("cpu", () => session.maybeVm?.debug.cpu);
   define("mem", () => session.maybeVm?.memory);
   define("debug", () => session.maybeVm?.debug);
   define("session", () => session);

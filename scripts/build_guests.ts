@@ -124,6 +124,12 @@ const GUESTS: GuestSpec[] = [
     linkAddress: MIB,
   },
   {
+    name: "smp_calls",
+    kind: "elf64",
+    sources: ["lib/start64.S", "smp_calls.c", "smp64_tramp.S"],
+    linkAddress: MIB,
+  },
+  {
     name: "pit_irq",
     kind: "elf32",
     sources: ["lib/start32.S", "pit_irq.c"],

@@ -19,6 +19,16 @@
  * - Single-step uses KVM_GUESTDBG_SINGLESTEP, with KVM_GUESTDBG_BLOCKIRQ
  *   (interrupts masked during the step, like QEMU's NOIRQ) where KVM offers it.
  *
+ * Every vCPU is debugged (all-stop, as gdb's default mode): breakpoints and
+ * watchpoints apply to all of them (the debug registers are set on each
+ * vCPU), a stop of any vCPU stops all and names it, and the debugger then
+ * selects that vCPU ({@link Debugger.cpu}), which registers, memory
+ * translation, stepping and backtraces use unless told another. A step runs
+ * only the vCPU it steps, the others stay stopped (gdb's scheduler-locking
+ * `step`); `cont`, `finish` and `until` run them all. Stepping one vCPU over
+ * a breakpoint lifts the int3 while the others are held, so none runs past
+ * it unseen.
+ *
  * @module
  */
 
@@ -75,6 +85,8 @@ const DR6_BS = 0x4000n;
 const EMULATION_FAILURE = KVM_INTERNAL_ERROR.EMULATION;
 const KVM_CAP_SET_GUEST_DEBUG2 = 195;
 const MAX_HW_BREAKPOINTS = 4;
+/** The guest-debug key of a vCPU nothing was set on. */
+const NO_GUEST_DEBUG = "0:0,0,0,0,0,0,0,0";
 
 /**
  * A breakpoint needs a debug register (DR0-DR3) and all four are in use.
@@ -104,8 +116,11 @@ function registerValue(name: string | undefined, regs: Registers): bigint {
 /** The debugger attached to each machine: `Debugger.for(machine)` shares it. */
 const attached = new WeakMap<Machine, Debugger<Machine>>();
 
+/** Which vCPU an operation acts on: its index or the vCPU itself; default the selected one ({@link Debugger.cpu}). */
+export type CpuChoice = number | Vcpu;
+
 /**
- * The debugger of one VM (its vCPU 0 for now). Get it as `vm.debug`.
+ * The debugger of one VM, every vCPU of it. Get it as `vm.debug`.
  *
  * @example
  * ```ts ignore
@@ -114,6 +129,8 @@ const attached = new WeakMap<Machine, Debugger<Machine>>();
  * vm.debug.break("bump");
  * const stop = await vm.run(); // { reason: "breakpoint", symbol: "bump", ... }
  * vm.debug.backtrace().map((f) => f.symbol); // ["bump", "level3+..", ...]
+ * vm.debug.select(1); // act on vCPU 1: registers, stepping, backtraces
+ * await vm.debug.step(); // steps vCPU 1 only; { reason: "step", cpu: 1, ... }
  * ```
  */
 export class Debugger<M extends Machine = Machine> {
@@ -126,18 +143,36 @@ export class Debugger<M extends Machine = Machine> {
   #watchpoints = new Map<number, Watchpoint<M>>();
   /** Physical address -> breakpoints planted there. */
   #planted = new Map<number, Set<Breakpoint<M>>>();
-  #stepsRemaining = 0;
+  /** The vCPU operations act on by default: the one that stopped last, or the one {@link select}ed. */
+  #selected = 0;
+  /** vCPU index -> the rip where it reported its last stop: resuming steps it over a breakpoint there. */
+  #stoppedAt = new Map<number, bigint>();
+  /** The vCPU being stepped (it runs alone) and the instructions left. */
+  #stepping: { cpu: number; remaining: number } | undefined;
+  /** A vCPU whose breakpoint hit was not a stop (its condition was false): it steps over the breakpoint alone. */
+  #passingOver: number | undefined;
   #onStep: ((cpu: Vcpu) => void) | undefined;
-  /** A planted breakpoint lifted for one step to execute the instruction under it. */
-  #steppingOver: { physical: number | undefined; hardware: boolean; address?: bigint } | undefined;
+  /** A planted breakpoint lifted for one step of one vCPU (the others are held) to execute the instruction under it. */
+  #steppingOver: { cpu: number; physical: number | undefined; hardware: boolean; address: bigint } | undefined;
   #blockIrq: number;
   #protectedPages = new Map<number, "readonly" | "none">();
-  /** A fetch-through step in progress: the page mapped for it, the instruction, and the watched writes to check after. */
+  /**
+   * A fetch-through step of one vCPU (the others held): the page mapped for it (once `mapped`), the
+   * instruction, and the watched writes to check after.
+   */
   #fetching:
-    | { page: number; rip: bigint; writes: { wp: Watchpoint<M>; at: number; size: number; before: Uint8Array }[] }
+    | {
+      cpu: number;
+      page: number;
+      rip: bigint;
+      mapped: boolean;
+      writes: { wp: Watchpoint<M>; at: number; size: number; before: Uint8Array }[];
+    }
     | undefined;
-  /** The rip of a read reported before a fetch-through: resuming runs it through without reporting it again. */
-  #fetchPending: bigint | undefined;
+  /** The vCPU and rip of a read reported before a fetch-through: resuming runs it through without reporting it again. */
+  #fetchPending: { cpu: number; rip: bigint } | undefined;
+  /** vCPU index -> the KVM_SET_GUEST_DEBUG arguments last given to it. */
+  readonly #guestDebugKeys = new Map<number, string>();
 
   /**
    * The debugger of `machine`, attached on first use and shared by every
@@ -167,7 +202,7 @@ export class Debugger<M extends Machine = Machine> {
         onExit: (cpu, exit) => this.#onExit(cpu, exit),
         describe: (address) => this.symbols.describe(address),
       }),
-      vm.onStop(() => this.#afterStop()),
+      vm.onStop((stop) => this.#afterStop(stop)),
     ];
     attached.set(vm, this as unknown as Debugger<Machine>);
   }
@@ -176,6 +211,30 @@ export class Debugger<M extends Machine = Machine> {
   detach(): void {
     for (const undo of this.#detach.splice(0)) undo();
     if (attached.get(this.#vm) === (this as unknown as Debugger<Machine>)) attached.delete(this.#vm);
+  }
+
+  // ---------------------------------------------------------------- vCPUs
+
+  /**
+   * The selected vCPU: the default of every operation that acts on one
+   * (registers, translation, stepping, backtraces, disassembly). A stop
+   * selects the vCPU that stopped (not a pause or a timeout, which keep the
+   * choice); {@link select} picks another.
+   */
+  get cpu(): Vcpu {
+    return this.#vm.cpu(this.#selected);
+  }
+
+  /** Selects vCPU `index` (see {@link cpu}); throws a RangeError naming the valid indices. */
+  select(index: number): Vcpu {
+    const cpu = this.#vm.cpu(index);
+    this.#selected = cpu.index;
+    return cpu;
+  }
+
+  #cpuOf(choice: CpuChoice | undefined): Vcpu {
+    if (choice === undefined) return this.cpu;
+    return typeof choice === "number" ? this.#vm.cpu(choice) : choice;
   }
 
   // ---------------------------------------------------------------- locations
@@ -220,19 +279,19 @@ export class Debugger<M extends Machine = Machine> {
   // ---------------------------------------------------------------- memory
 
   /** Walks the guest page tables for a virtual (linear) address. */
-  translate(address: bigint | number | string, cpu: Vcpu = this.#vm.cpu(0)): Translation {
+  translate(address: bigint | number | string, cpu: Vcpu = this.cpu): Translation {
     return translate(this.resolve(address), cpu.sregsView, this.#vm.memory);
   }
 
   /** The physical address of a virtual one; throws a RangeError naming the missing level. */
-  physical(address: bigint, cpu: Vcpu = this.#vm.cpu(0)): number {
+  physical(address: bigint, cpu: Vcpu = this.cpu): number {
     const t = translate(address, cpu.sregsView, this.#vm.memory);
     if (t.physical === undefined) throw new RangeError(`Cannot access virtual ${hex(address)}: ${t.fault}`);
     return Number(t.physical);
   }
 
   /** Reads guest memory by virtual address (page by page through the page tables); planted bytes read as originals. */
-  readVirtual(address: bigint | number | string, length: number, cpu: Vcpu = this.#vm.cpu(0)): Uint8Array {
+  readVirtual(address: bigint | number | string, length: number, cpu: Vcpu = this.cpu): Uint8Array {
     const start = this.resolve(address);
     const out = new Uint8Array(length);
     const sregs = cpu.sregsView;
@@ -249,7 +308,7 @@ export class Debugger<M extends Machine = Machine> {
   }
 
   /** Writes guest memory by virtual address. */
-  writeVirtual(address: bigint | number | string, bytes: Uint8Array, cpu: Vcpu = this.#vm.cpu(0)): void {
+  writeVirtual(address: bigint | number | string, bytes: Uint8Array, cpu: Vcpu = this.cpu): void {
     const start = this.resolve(address);
     const sregs = cpu.sregs;
     const pieces: [bigint, Uint8Array][] = [];
@@ -327,7 +386,7 @@ export class Debugger<M extends Machine = Machine> {
    */
   break(location: bigint | number | string, options: BreakpointOptions<M> = {}): Breakpoint<M> {
     const address = this.resolve(location);
-    if (this.#vm.cpu(0).mode === "real") {
+    if (this.cpu.mode === "real") {
       if (this.#hardwareBreakpoints().length >= MAX_HW_BREAKPOINTS) {
         throw new NoDebugRegisterError(
           `Cannot set a breakpoint at ${
@@ -356,8 +415,9 @@ export class Debugger<M extends Machine = Machine> {
     address: bigint,
     options: BreakpointOptions<M>,
     internal: boolean,
+    cpu: Vcpu = this.cpu,
   ): Breakpoint<M> {
-    const physical = kind === "software" ? this.physical(address) : undefined;
+    const physical = kind === "software" ? this.physical(address, cpu) : undefined;
     const bp: Breakpoint<M> = {
       id: internal ? -1 : this.#nextId++,
       kind,
@@ -593,8 +653,8 @@ export class Debugger<M extends Machine = Machine> {
    * is mapped for one single step and unmapped again; a watched write the
    * step made to that page stops after it, naming the instruction.
    */
-  #fetchThrough(cpu: Vcpu, page: number, rip: bigint): PendingStop | "resume" {
-    const pending = this.#fetchPending;
+  #fetchThrough(cpu: Vcpu, page: number, rip: bigint): PendingStop | "alone" {
+    const pending = this.#fetchPending?.cpu === cpu.index ? this.#fetchPending.rip : undefined;
     this.#fetchPending = undefined;
     const writes: { wp: Watchpoint<M>; at: number; size: number; before: Uint8Array }[] = [];
     let insn: InstructionAccesses | undefined;
@@ -613,7 +673,7 @@ export class Debugger<M extends Machine = Machine> {
         if (reads && pending !== rip) {
           if (wp.condition !== undefined && !this.#evaluate(wp.condition, cpu, `watchpoint ${wp.id}`)) continue;
           // Resuming from this stop runs the instruction through without reporting the read again.
-          this.#fetchPending = rip;
+          this.#fetchPending = { cpu: cpu.index, rip };
           const before = this.#vm.memory.readRaw(wp.physical, Math.min(wp.length, 8));
           return this.#watchStop(wp, "read", Math.max(range.at, wp.physical), range.size, before, { pc: rip });
         }
@@ -627,20 +687,17 @@ export class Debugger<M extends Machine = Machine> {
         }
       }
     }
-    const pages = new Map(this.#protectedPages);
-    pages.delete(page);
-    this.#vm.setPageProtection(pages);
-    this.#fetching = { page, rip, writes };
-    this.#applyGuestDebug();
-    return "resume";
+    // The page is mapped by beforeResume, once the other vCPUs are held: none of them may access it unseen.
+    this.#fetching = { cpu: cpu.index, page, rip, writes, mapped: false };
+    return "alone";
   }
 
   /** Ends a fetch-through step: the page is unmapped again; a watched write the step made stops here. */
   #endFetchThrough(cpu: Vcpu): PendingStop | undefined {
     const fetching = this.#fetching;
-    if (fetching === undefined) return undefined;
+    if (fetching?.cpu !== cpu.index) return undefined;
     this.#fetching = undefined;
-    this.#vm.setPageProtection(this.#protectedPages);
+    if (fetching.mapped) this.#vm.setPageProtection(this.#protectedPages);
     for (const { wp, at, size, before } of fetching.writes) {
       const now = this.#vm.memory.readRaw(wp.physical, Math.min(wp.length, 8));
       if (now.every((byte, i) => byte === before[i])) continue;
@@ -756,48 +813,75 @@ export class Debugger<M extends Machine = Machine> {
 
   // ---------------------------------------------------------------- execution
 
-  /** Continues the guest (same as `vm.run()`). */
+  /** Continues the guest, every vCPU (same as `vm.run()`). */
   cont(options: { timeout?: number } = {}): Promise<StopEvent> {
     return this.#vm.run(options);
   }
 
-  /** Executes `count` instructions (interrupts masked during steps where KVM allows). */
-  step(count = 1): Promise<StopEvent> {
+  /**
+   * Executes `count` instructions on one vCPU (default the selected one);
+   * the others stay stopped. Interrupts are masked during steps where KVM
+   * allows.
+   */
+  step(count = 1, options: { cpu?: CpuChoice } = {}): Promise<StopEvent> {
     if (!Number.isInteger(count) || count < 1) throw new RangeError(`Invalid step count ${count}: expected >= 1`);
-    this.#stepsRemaining = count;
-    return this.#vm.run();
+    const cpu = this.#cpuOf(options.cpu);
+    this.#stepping = { cpu: cpu.index, remaining: count };
+    return this.#vm.run({ only: cpu.index }).catch((error) => {
+      this.#stepping = undefined;
+      throw error;
+    });
   }
 
-  /** Steps one instruction, stepping over calls and rep-prefixed string instructions. */
-  async next(): Promise<StopEvent> {
-    const cpu = this.#vm.cpu(0);
+  /**
+   * Steps one instruction of a vCPU (default the selected one), stepping
+   * over calls and rep-prefixed string instructions; the others stay stopped.
+   */
+  async next(options: { cpu?: CpuChoice } = {}): Promise<StopEvent> {
+    const cpu = this.#cpuOf(options.cpu);
     const rip = this.#ripLinear(cpu);
-    const [insn] = this.instructions(rip, 1);
-    if (insn === undefined || !(insn.isCall || insn.isRep)) return this.step(1);
+    const insn = this.#instructionAt(cpu, rip);
+    if (insn === undefined || !(insn.isCall || insn.isRep)) return this.step(1, { cpu });
     const rsp = cpu.regs.rsp;
-    return await this.#runTo(rip + BigInt(insn.length), (c) => c.regs.rsp >= rsp);
+    return await this.#runTo(rip + BigInt(insn.length), cpu, (c) => c.regs.rsp >= rsp, { only: cpu.index });
   }
 
-  /** Runs until the current function returns to its caller. */
-  async finish(): Promise<StopEvent> {
-    const cpu = this.#vm.cpu(0);
+  /** Runs (every vCPU) until the current function of a vCPU (default the selected one) returns to its caller. */
+  async finish(options: { cpu?: CpuChoice } = {}): Promise<StopEvent> {
+    const cpu = this.#cpuOf(options.cpu);
     const { returnAddress, frameRsp } = this.#currentReturn(cpu);
-    return await this.#runTo(returnAddress, (c) => c.regs.rsp > frameRsp);
+    return await this.#runTo(returnAddress, cpu, (c) => c.regs.rsp > frameRsp, {});
   }
 
-  /** Runs until execution reaches `location` (a temporary breakpoint). */
-  until(location: bigint | number | string): Promise<StopEvent> {
-    return this.#runTo(this.resolve(location), undefined);
+  /** Runs (every vCPU) until a vCPU (default the selected one) reaches `location` (a temporary breakpoint). */
+  until(location: bigint | number | string, options: { cpu?: CpuChoice } = {}): Promise<StopEvent> {
+    return this.#runTo(this.resolve(location), this.#cpuOf(options.cpu), undefined, {});
   }
 
-  async #runTo(address: bigint, condition: BreakCondition<M> | undefined): Promise<StopEvent> {
-    const options: BreakpointOptions<M> = condition === undefined ? {} : { condition };
+  /** The instruction at a linear address as `cpu` sees it, or undefined when unreadable. */
+  #instructionAt(cpu: Vcpu, address: bigint): DecodedInstruction | undefined {
+    try {
+      return decodeInstructions(this.readVirtual(address, 15, cpu), address, cpu.bitness, 1)[0];
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Runs until `cpu` reaches `address` with `condition` true (other vCPUs pass there as if nothing were set). */
+  async #runTo(
+    address: bigint,
+    cpu: Vcpu,
+    condition: BreakCondition<M> | undefined,
+    runOptions: { only?: number },
+  ): Promise<StopEvent> {
+    const mine: BreakCondition<M> = (c, vm) => c === cpu && (condition === undefined || condition(c, vm));
+    const options: BreakpointOptions<M> = { condition: mine };
     // A free debug register serves every host and mode (int3 in real mode is emulated as INT 3 on nested KVM).
     const hardware = this.#hardwareBreakpoints().length < MAX_HW_BREAKPOINTS;
-    const temp = this.#addBreakpoint(hardware ? "hardware" : "software", address, options, true);
+    const temp = this.#addBreakpoint(hardware ? "hardware" : "software", address, options, true, cpu);
     if (hardware) this.#internalHardware = temp;
     try {
-      return await this.#vm.run();
+      return await this.#vm.run(runOptions);
     } finally {
       if (hardware) {
         this.#internalHardware = undefined;
@@ -835,7 +919,10 @@ export class Debugger<M extends Machine = Machine> {
    * Records `count` instructions by single-stepping: address, bytes, text.
    * With `file`, also writes one line per instruction there.
    */
-  async trace(count: number, options: { file?: string } = {}): Promise<{ entries: TraceEntry[]; stop: StopEvent }> {
+  async trace(
+    count: number,
+    options: { file?: string; cpu?: CpuChoice } = {},
+  ): Promise<{ entries: TraceEntry[]; stop: StopEvent }> {
     const entries: TraceEntry[] = [];
     const record = (cpu: Vcpu) => {
       const rip = this.#ripLinear(cpu);
@@ -855,12 +942,12 @@ export class Debugger<M extends Machine = Machine> {
         symbol: this.symbols.describe(rip),
       });
     };
-    const first = this.#vm.cpu(0);
+    const first = this.#cpuOf(options.cpu);
     record(first);
     this.#onStep = record;
     let stop: StopEvent;
     try {
-      stop = await this.step(count);
+      stop = await this.step(count, { cpu: first });
     } finally {
       this.#onStep = undefined;
     }
@@ -885,7 +972,7 @@ export class Debugger<M extends Machine = Machine> {
 
   /** Decodes `count` instructions at a location (default: rip) in the vCPU's mode, or `bitness` forced. */
   instructions(location?: bigint | number | string, count = 10, bitness?: 16 | 32 | 64): DecodedInstruction[] {
-    const cpu = this.#vm.cpu(0);
+    const cpu = this.cpu;
     const address = location === undefined ? this.#ripLinear(cpu) : this.resolve(location);
     const bits = bitness ?? cpu.bitness;
     let bytes: Uint8Array | undefined;
@@ -901,7 +988,7 @@ export class Debugger<M extends Machine = Machine> {
 
   /** Disassembly text (aligned columns): one line per instruction, `address <symbol+off>: bytes  text`, rip marked `=>`. */
   disassemble(location?: bigint | number | string, count = 10, bitness?: 16 | 32 | 64): string {
-    const cpu = this.#vm.cpu(0);
+    const cpu = this.cpu;
     const rip = this.#ripLinear(cpu);
     return formatListing(this.instructions(location, count, bitness), {
       current: rip,
@@ -923,7 +1010,7 @@ export class Debugger<M extends Machine = Machine> {
   }
 
   /** Frames by following frame pointers, with symbols; stops safely at a bad frame (64 frames at most). */
-  backtrace(cpu: Vcpu = this.#vm.cpu(0)): Frame[] {
+  backtrace(cpu: Vcpu = this.cpu): Frame[] {
     const regs = cpu.regs;
     const width = cpu.bitness === 64 ? 8 : 4;
     const frames: Frame[] = [{ index: 0, pc: regs.rip, frame: regs.rbp, symbol: this.symbols.describe(regs.rip) }];
@@ -978,19 +1065,35 @@ export class Debugger<M extends Machine = Machine> {
   }
 
   /**
-   * Whether the next exit should leave the registers in kvm_run (KVM_CAP_SYNC_REGS): when it will
-   * be read for a stop (the last step of a step(N), a breakpoint hit), sparing two ioctls (~13 µs).
-   * Not during the rest of a long step(N): syncing costs ~0.15 µs on every exit.
+   * Whether vCPU 0's next exit should leave the registers in kvm_run (KVM_CAP_SYNC_REGS): when it
+   * will be read for a stop (the last step of a step(N), a breakpoint hit), sparing two ioctls (~13 µs).
+   * Not during the rest of a long step(N): syncing costs ~0.15 µs on every exit. (An application
+   * processor's registers are read through ioctls: its exits are decoded on another thread.)
    */
   #wantSyncedRegisters(): boolean {
-    return this.#stepsRemaining === 1 ||
-      (this.#stepsRemaining === 0 && (this.#planted.size > 0 || this.#hardwareBreakpoints().length > 0));
+    const steps = this.#stepping?.cpu === 0 ? this.#stepping.remaining : 0;
+    return steps === 1 || (steps === 0 && (this.#planted.size > 0 || this.#hardwareBreakpoints().length > 0));
   }
 
-  #applyGuestDebug(): void {
+  /**
+   * Brings KVM_SET_GUEST_DEBUG up to date: on `only`, or on every vCPU (the
+   * application processors parked for it when the guest runs: a vCPU's
+   * ioctls wait while it is inside KVM_RUN).
+   */
+  #applyGuestDebug(only?: Vcpu): void {
     if (this.#vm.state === "closed") return;
-    const stepping = this.#stepsRemaining > 0 || this.#steppingOver !== undefined || this.#fetching !== undefined;
-    const hardware = this.#steppingOver?.hardware ? [] : this.#hardwareBreakpoints();
+    if (only !== undefined) return this.#applyGuestDebugTo(only);
+    this.#vm.withApplicationProcessorsParked(() => {
+      for (const cpu of this.#vm.cpus) this.#applyGuestDebugTo(cpu);
+    });
+  }
+
+  #applyGuestDebugTo(cpu: Vcpu): void {
+    const index = cpu.index;
+    const over = this.#steppingOver?.cpu === index ? this.#steppingOver : undefined;
+    const stepping = (this.#stepping?.cpu === index && this.#stepping.remaining > 0) || over !== undefined ||
+      this.#fetching?.cpu === index;
+    const hardware = over?.hardware ? [] : this.#hardwareBreakpoints();
     let control = 0;
     if (this.#planted.size > 0) control |= KVM_GUESTDBG.USE_SW_BP;
     if (hardware.length > 0) control |= KVM_GUESTDBG.USE_HW_BP;
@@ -1002,24 +1105,53 @@ export class Debugger<M extends Machine = Machine> {
       dr7 |= 1n << BigInt(i * 2); // local enable, RW=00 (execute), LEN=00
     });
     debugreg[7] = dr7 | (dr7 === 0n ? 0n : 0x400n);
-    const cpu = this.#vm.cpu(0);
-    cpu.fd.setSyncRegs(this.#wantSyncedRegisters());
+    if (index === 0) cpu.fd.setSyncRegs(this.#wantSyncedRegisters());
     const flags = control === 0 ? 0 : control | KVM_GUESTDBG.ENABLE;
     const key = `${flags}:${debugreg.join(",")}`;
-    if (key === this.#guestDebugKey) return; // unchanged: skip the ioctl
+    if (key === (this.#guestDebugKeys.get(index) ?? NO_GUEST_DEBUG)) return; // unchanged: skip the ioctl
     cpu.fd.setGuestDebug(flags, debugreg);
-    this.#guestDebugKey = key;
+    this.#guestDebugKeys.set(index, key);
   }
 
-  #guestDebugKey = "0:0,0,0,0,0,0,0,0";
-
-  /** Lifts the breakpoint under rip (software or hardware) for one step. */
-  #beforeResume(cpu: Vcpu): PendingStop | undefined {
+  /**
+   * Prepares a vCPU that is about to run: maps the page of a fetch-through
+   * step, or lifts the breakpoint under rip for one step. Both are done here,
+   * once the machine holds the other vCPUs, and answer `"alone"`. A vCPU
+   * steps over the breakpoint under rip when it stopped there, is selected,
+   * is being stepped, or hit it with a false condition; any other vCPU at a
+   * breakpoint (one whose hit lost the race to another stop) hits it again.
+   */
+  #beforeResume(cpu: Vcpu): "alone" | undefined {
+    const index = cpu.index;
+    const fetching = this.#fetching;
+    if (fetching?.cpu === index && !fetching.mapped) {
+      const pages = new Map(this.#protectedPages);
+      pages.delete(fetching.page);
+      this.#vm.setPageProtection(pages);
+      fetching.mapped = true;
+      this.#applyGuestDebug(cpu);
+      return "alone";
+    }
+    if (this.#steppingOver?.cpu === index) {
+      this.#applyGuestDebug(cpu);
+      return "alone";
+    }
     const rip = this.#ripLinear(cpu);
-    if (this.#fetchPending !== rip) this.#fetchPending = undefined;
+    if (this.#fetchPending?.cpu === index && this.#fetchPending.rip !== rip) this.#fetchPending = undefined;
+    const stoppedHere = this.#stoppedAt.get(index) === rip;
+    this.#stoppedAt.delete(index);
+    const passing = this.#passingOver === index;
+    this.#passingOver = undefined;
     const underRip = this.#breakpointAt(cpu, rip);
-    if (underRip !== undefined) this.#startStepOver({ ...underRip, address: rip });
-    this.#applyGuestDebug();
+    if (
+      underRip !== undefined &&
+      (stoppedHere || passing || index === this.#selected || this.#stepping?.cpu === index)
+    ) {
+      this.#startStepOver({ ...underRip, cpu: index, address: rip });
+      this.#applyGuestDebug(cpu);
+      return "alone";
+    }
+    this.#applyGuestDebug(cpu);
     return undefined;
   }
 
@@ -1033,7 +1165,7 @@ export class Debugger<M extends Machine = Machine> {
     return hardware || physical !== undefined ? { physical, hardware } : undefined;
   }
 
-  #startStepOver(target: { physical: number | undefined; hardware: boolean; address?: bigint }): void {
+  #startStepOver(target: { cpu: number; physical: number | undefined; hardware: boolean; address: bigint }): void {
     if (target.physical !== undefined) this.#vm.memory.unplant(target.physical);
     this.#steppingOver = target;
   }
@@ -1045,19 +1177,23 @@ export class Debugger<M extends Machine = Machine> {
     if (over.physical !== undefined && this.#planted.has(over.physical)) this.#vm.memory.plant(over.physical, INT3);
   }
 
-  #afterStop(): void {
+  #afterStop(stop: StopEvent): void {
     this.#endStepOver();
     // A stop in the middle of a fetch-through step (another watched page, a pause): unmap the page again.
-    if (this.#fetching !== undefined) {
+    const fetching = this.#fetching;
+    if (fetching !== undefined) {
       this.#fetching = undefined;
-      this.#vm.setPageProtection(this.#protectedPages);
+      if (fetching.mapped) this.#vm.setPageProtection(this.#protectedPages);
     }
-    this.#stepsRemaining = 0;
+    this.#stepping = undefined;
+    this.#passingOver = undefined;
+    if (this.#vm.state !== "closed") this.#stoppedAt.set(stop.cpu, this.#ripLinear(this.#vm.cpu(stop.cpu)));
+    if (stop.reason !== "paused" && stop.reason !== "timeout") this.#selected = stop.cpu;
     // The guest-debug flags are brought up to date before the next run (beforeResume): a run of single
     // steps then leaves KVM_GUESTDBG_SINGLESTEP set throughout instead of two ioctls per step.
   }
 
-  #onExit(cpu: Vcpu, exit: VcpuExit): PendingStop | "resume" | undefined {
+  #onExit(cpu: Vcpu, exit: VcpuExit): PendingStop | "resume" | "alone" | undefined {
     if (exit.kind === "mmio-read" || exit.kind === "mmio-write") {
       return this.#protectedPages.size > 0 ? this.#onWatchedAccess(cpu, exit) : undefined;
     }
@@ -1077,7 +1213,7 @@ export class Debugger<M extends Machine = Machine> {
     return undefined;
   }
 
-  #onDebugExit(cpu: Vcpu, exit: DebugExit): PendingStop | "resume" | undefined {
+  #onDebugExit(cpu: Vcpu, exit: DebugExit): PendingStop | "resume" | "alone" | undefined {
     const { exception, dr6 } = exit;
     if (exception === 1 && (dr6 & DR6_BS) !== 0n) return this.#onSingleStep(cpu, exit.pc);
     if (exception === 1 && (dr6 & 0xfn) !== 0n) {
@@ -1099,51 +1235,51 @@ export class Debugger<M extends Machine = Machine> {
       if (at?.physical !== undefined) return this.#onBreakpointHit(cpu, rip, at.physical, "software");
       // The guest's own int3: give it back to the guest.
       cpu.fd.setGuestDebug(KVM_GUESTDBG.ENABLE | KVM_GUESTDBG.INJECT_BP);
-      this.#guestDebugKey = "";
-      this.#applyGuestDebug();
+      this.#guestDebugKeys.set(cpu.index, "");
+      this.#applyGuestDebug(cpu);
       return "resume";
     }
     return undefined;
   }
 
   /** `pc` is the debug exit's linear rip after the step (kvm_run's debug.arch.pc): no register ioctl per step. */
-  #onSingleStep(cpu: Vcpu, pc: bigint): PendingStop | "resume" {
+  #onSingleStep(cpu: Vcpu, pc: bigint): PendingStop | "resume" | "alone" {
+    const index = cpu.index;
     const fetched = this.#endFetchThrough(cpu);
     if (fetched !== undefined) {
-      this.#stepsRemaining = 0;
+      this.#stepping = undefined;
       return fetched;
     }
-    const over = this.#steppingOver;
-    const wasOver = over !== undefined;
-    this.#endStepOver();
-    if (over !== undefined && this.#stepsRemaining === 0 && over.address === pc) {
+    const over = this.#steppingOver?.cpu === index ? this.#steppingOver : undefined;
+    const stepping = this.#stepping?.cpu === index && this.#stepping.remaining > 0 ? this.#stepping : undefined;
+    if (over !== undefined) this.#endStepOver();
+    if (over !== undefined && stepping === undefined && over.address === pc) {
       // A rep string instruction under the lifted breakpoint has not finished (one
       // iteration per step on hardware; this emulated host leaves rip on it with rcx 0):
-      // keep the breakpoint lifted until rip leaves it.
-      const [insn] = this.instructions(over.address, 1);
-      if (insn?.isRep) {
+      // keep the breakpoint lifted until rip leaves it, the other vCPUs still held.
+      if (this.#instructionAt(cpu, over.address)?.isRep) {
         this.#startStepOver(over);
-        this.#applyGuestDebug();
-        return "resume";
+        return "alone";
       }
     }
-    if (this.#stepsRemaining > 0) {
-      this.#stepsRemaining--;
-      cpu.fd.setSyncRegs(this.#wantSyncedRegisters());
+    if (stepping !== undefined) {
+      stepping.remaining--;
+      if (index === 0) cpu.fd.setSyncRegs(this.#wantSyncedRegisters());
       this.#onStep?.(cpu);
-      if (this.#stepsRemaining === 0) return { reason: "step", address: pc };
+      if (stepping.remaining === 0) return { reason: "step", address: pc };
+      // Only this vCPU runs while it is stepped: lifting the breakpoint ahead needs no other held.
       const mayHit = (this.#planted.size > 0 || this.#hardwareBreakpoints().length > 0) &&
         this.#breakpointAddresses().has(pc);
       const next = mayHit ? this.#breakpointAt(cpu, this.#ripLinear(cpu)) : undefined;
       if (next !== undefined) {
-        this.#startStepOver({ ...next, address: pc });
-        this.#applyGuestDebug();
-      } else if (wasOver) {
-        this.#applyGuestDebug();
+        this.#startStepOver({ ...next, cpu: index, address: pc });
+        this.#applyGuestDebug(cpu);
+      } else if (over !== undefined) {
+        this.#applyGuestDebug(cpu);
       }
       return "resume";
     }
-    this.#applyGuestDebug();
+    this.#applyGuestDebug(cpu);
     return "resume";
   }
 
@@ -1152,7 +1288,7 @@ export class Debugger<M extends Machine = Machine> {
     address: bigint,
     physical: number | undefined,
     kind: "software" | "hardware",
-  ): PendingStop | "resume" {
+  ): PendingStop | "alone" {
     const candidates = physical !== undefined
       ? [...(this.#planted.get(physical) ?? [])].filter((b) => b.enabled)
       : this.#hardwareBreakpoints().filter((b) => b.address === address);
@@ -1163,9 +1299,8 @@ export class Debugger<M extends Machine = Machine> {
       if (bp.once) this.delete(bp.id);
       return { reason: "breakpoint", id: bp.id, address, kind };
     }
-    // No condition held: execute the instruction under the breakpoint and go on.
-    this.#startStepOver({ physical, hardware: kind === "hardware", address });
-    this.#applyGuestDebug();
-    return "resume";
+    // No condition held: this vCPU executes the instruction under the breakpoint by itself (beforeResume lifts it).
+    this.#passingOver = cpu.index;
+    return "alone";
   }
 }

@@ -5,6 +5,13 @@
  * selected by `Hg`/`Hc`, whether GDB waits for a stop reply, and the memory
  * space of `m`/`M`/`X` (`monitor phys on|off`).
  *
+ * Threads are vCPUs, in all-stop mode: a stop of any vCPU stops all and
+ * names it (gdb switches to it); `g`/`G`/`m`/`M` act on the `Hg` thread; a
+ * step (`s`, `vCont;s:N`) runs only the thread it steps, the others stay
+ * stopped (gdb's scheduler-locking `step`, whatever vCont says for the
+ * others); a continue runs every thread, or only the one a `vCont;c:N`
+ * names alone (scheduler locking on).
+ *
  * Running model: `c`/`s`/`vCont` start the guest and return at once; the stop
  * reply is sent when the target reports a stop (through `vm.onStop`, so a
  * stop caused by another front end, e.g. the REPL pausing the VM, also ends
@@ -106,6 +113,8 @@ export class GdbStub {
   /** GDB sent c/s/vCont and waits for a stop reply. */
   #waiting = false;
   #gThread = 1;
+  /** The thread `Hc` chose for `c`/`s` without a thread (a number), or "all"/"any". */
+  #cThread: ThreadId = "any";
   #memorySpace: MemorySpace = "virtual";
   #peerSwbreak = false;
   #peerHwbreak = false;
@@ -313,6 +322,7 @@ export class GdbStub {
         const thread = this.#resolveThread(command.thread);
         if (thread === undefined) return ERROR_CODES.invalid;
         if (command.op === "g") this.#gThread = thread;
+        else this.#cThread = command.thread;
         return "OK";
       }
       case "threadAlive":
@@ -411,18 +421,32 @@ export class GdbStub {
     }
   }
 
-  /** Picks the action for the thread that runs (vCPU 0, thread 1) and starts the guest. */
+  /**
+   * What a resume command asks, in all-stop terms: a step of one thread (the
+   * others stay stopped), or a continue of every thread or of one.
+   */
+  #plan(actions: ResumeAction[]): { step: boolean; thread: number | undefined; address: bigint | undefined } {
+    const own = (a: ResumeAction): a is ResumeAction & { thread: number } => typeof a.thread === "number";
+    const fallbackThread = typeof this.#cThread === "number" ? this.#cThread : this.#gThread;
+    const step = actions.find((a) => a.action === "step");
+    if (step !== undefined) {
+      return { step: true, thread: own(step) ? step.thread : fallbackThread, address: step.address };
+    }
+    const everyone = actions.find((a) => !own(a));
+    if (everyone !== undefined) return { step: false, thread: undefined, address: everyone.address };
+    const named = actions.filter(own);
+    return { step: false, thread: named.length === 1 ? named[0]!.thread : undefined, address: named[0]?.address };
+  }
+
+  /** Starts the guest as the resume actions say. */
   #resume(actions: ResumeAction[]): void {
-    const runs = 1; // the run loop drives vCPU 0
-    const mine = actions.find((a) => a.thread === runs) ??
-      actions.find((a) => a.thread === undefined || a.thread === "all" || a.thread === "any") ??
-      actions[0]!;
+    const plan = this.#plan(actions);
     const target = this.#target;
     if (target.running) {
       // Another front end runs the guest (the REPL's .cont, a script). A continue joins that run: its next
       // stop ends gdb's wait. A step pauses it (that front end's stop says "paused by gdb") and then steps,
       // so gdb's stepi never waits on someone else's run.
-      if (mine.action !== "step") {
+      if (!plan.step) {
         this.#waiting = true;
         return;
       }
@@ -430,25 +454,27 @@ export class GdbStub {
       return;
     }
     this.#waiting = true;
-    if (mine.address !== undefined) {
+    if (plan.address !== undefined) {
       try {
-        target.writeRegisters(runs, { rip: mine.address });
+        target.writeRegisters(plan.thread ?? this.#gThread, { rip: plan.address });
       } catch (error) {
         this.#log(`   ${(error as Error).message}`);
       }
     }
-    target.resume(mine.action === "step").catch((error) => {
+    target.resume(plan.step, plan.thread).catch((error) => {
       // The run failed before stopping (e.g. a hook threw): tell GDB and give it back control.
       if (!this.#waiting) return;
       this.#waiting = false;
       this.#sendPacket(`O${hexEncode(`hvsh: the guest cannot run: ${(error as Error).message}\n`)}`);
-      this.#sendPacket(`T05thread:${runs.toString(16)};`);
+      this.#sendPacket(`T05thread:${(plan.thread ?? this.#gThread).toString(16)};`);
     });
   }
 
   #onStop(stop: TargetStop): void {
     if (!this.#waiting || this.#closed) return;
     this.#waiting = false;
+    // gdb switches to the thread a stop names; later packets without Hg mean that thread.
+    if (stop.kind !== "exited") this.#gThread = stop.thread;
     for (const line of this.#notes(stop)) this.#sendPacket(`O${hexEncode(line)}`);
     this.#sendPacket(this.#stopReply(stop));
   }

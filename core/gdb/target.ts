@@ -110,8 +110,13 @@ export interface GdbTarget {
   removeWatchpoint(kind: WatchKind, address: bigint, length: number): void;
   /** Removes every breakpoint and watchpoint inserted through this target. */
   removeAll(): void;
-  /** Starts the guest (continue, or step one instruction); resolves when it stops (the stop also reaches {@link onStop}). */
-  resume(step: boolean): Promise<StopEvent>;
+  /**
+   * Starts the guest; resolves when it stops (the stop also reaches
+   * {@link onStop}). A step executes one instruction of `thread` (default 1)
+   * while the others stay stopped; a continue runs every thread, or only
+   * `thread` when given.
+   */
+  resume(step: boolean, thread?: number): Promise<StopEvent>;
   /** Stops a running guest (whoever runs it); resolves once stopped. The stop says gdb paused it. */
   interrupt(): Promise<void>;
   /** Calls `observer` for every stop, whoever ran the guest. Returns an unsubscribe function. */
@@ -446,8 +451,9 @@ export class VmTarget implements GdbTarget {
     for (const key of [...this.#inserted.keys()]) this.#remove(key);
   }
 
-  resume(step: boolean): Promise<StopEvent> {
-    return step ? this.#debug.step(1) : this.#machine.run();
+  async resume(step: boolean, thread?: number): Promise<StopEvent> {
+    if (step) return await this.#debug.step(1, { cpu: this.#cpu(thread ?? 1) });
+    return await (thread === undefined ? this.#machine.run() : this.#machine.run({ only: this.#cpu(thread).index }));
   }
 
   async interrupt(): Promise<void> {

@@ -63,6 +63,7 @@ export const KVM = {
   GET_DIRTY_LOG: 0x4010ae42,
   GET_TSC_KHZ: 0xaea3,
   SET_TSC_KHZ: 0xaea2,
+  /** `_IO(KVMIO, 0xad)`: the host stopped the vCPU (for the guest's kvm-clock). */
   KVMCLOCK_CTRL: 0xaead,
 } as const;
 
@@ -92,6 +93,7 @@ export const KVM_CAP = {
   READONLY_MEM: 81,
   MAX_VCPUS: 66,
   SYNC_REGS: 74,
+  KVMCLOCK_CTRL: 76,
   IMMEDIATE_EXIT: 136,
   ADJUST_CLOCK: 39,
   VCPU_EVENTS: 41,
@@ -99,7 +101,6 @@ export const KVM_CAP = {
   XCRS: 56,
   GET_TSC_KHZ: 61,
   TSC_CONTROL: 60,
-  KVMCLOCK_CTRL: 76,
   XSAVE2: 208,
 } as const;
 

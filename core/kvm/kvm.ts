@@ -75,6 +75,7 @@ export class KvmError extends Error {
 
 const EINTR = 4;
 const EAGAIN = 11;
+const EINVAL = 22;
 /** kvm_valid_regs bits: the general and the special registers. */
 const KVM_SYNC_X86_REGS = 1n;
 const KVM_SYNC_X86_SREGS = 2n;
@@ -933,12 +934,16 @@ export class VcpuFd {
   }
 
   /**
-   * KVM_KVMCLOCK_CTRL: tells a guest using kvm-clock that it was paused, so
-   * its soft-lockup watchdog does not fire after a restore or migration.
-   * EINVAL (the guest has not enabled kvm-clock) is not an error.
+   * KVM_KVMCLOCK_CTRL: tells a guest using kvm-clock that the host paused
+   * this vCPU, so its watchdog does not report a soft lockup when it goes
+   * on. Returns false when KVM refuses because the guest has not set up
+   * kvm-clock (EINVAL), which is no error.
    */
-  kvmclockCtrl(): void {
-    sys.ioctl_int(this.#open(), KVM.KVMCLOCK_CTRL, 0n);
+  kvmclockCtrl(): boolean {
+    if (sys.ioctl(this.#open(), KVM.KVMCLOCK_CTRL, null) >= 0) return true;
+    const errno = lastErrno();
+    if (errno === EINVAL) return false;
+    throw new KvmError("KVM_KVMCLOCK_CTRL", errno, `vCPU ${this.id}`);
   }
 
   /**

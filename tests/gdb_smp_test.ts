@@ -1,0 +1,182 @@
+/**
+ * Real gdb debugging every vCPU of an SMP guest, the way a user does it:
+ * `hvsh boot --kernel smp_calls.elf --cpus N --gdb 127.0.0.1:PORT --wait` as
+ * a subprocess, and `gdb -batch` with the guest's ELF (built with -g) as
+ * another. smp_calls (tests/guests/smp_calls.c) is shaped like
+ * kvm-unit-tests' smptest: every vCPU calls `ipi_test(n)` with its number,
+ * and the guest exits with status 1 (gdb: "exited with code 01") when each
+ * call ran on the vCPU it names.
+ *
+ * Ignored (with the reason printed once) without /dev/kvm or without gdb.
+ */
+
+import assert from "node:assert/strict";
+import { guest, kvmMissingReason } from "./_helpers.ts";
+
+function probeGdb(): string | undefined {
+  try {
+    const out = new Deno.Command("gdb", { args: ["--version"], stdout: "piped", stderr: "null" }).outputSync();
+    return out.success ? undefined : "gdb --version failed";
+  } catch (error) {
+    return `no gdb on PATH (${(error as Error).message})`;
+  }
+}
+
+const gdbMissingReason = probeGdb();
+const ignoreReason = kvmMissingReason ?? gdbMissingReason;
+if (kvmMissingReason === undefined && gdbMissingReason !== undefined) {
+  console.log(`gdb SMP tests ignored: ${gdbMissingReason}`);
+}
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+const DENO = Deno.execPath();
+/** Longest a whole session (hvsh and gdb) may take before the test calls it hung. */
+const SESSION_TIMEOUT_MS = 60_000;
+
+interface Session {
+  /** gdb's stdout. */
+  gdb: string;
+  /** gdb's stderr (warnings, errors). */
+  gdbErrors: string;
+  /** What the guest printed (hvsh's stdout) and hvsh's exit status. */
+  guest: string;
+  code: number;
+}
+
+/** Boots smp_calls.elf with `cpus` vCPUs held for gdb, runs gdb with `commands`, and waits for both. */
+async function debugSmp(cpus: number, commands: string[]): Promise<Session> {
+  const elf = await guest("smp_calls.elf");
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const address = `127.0.0.1:${probe.addr.port}`;
+  probe.close();
+  const hvsh = new Deno.Command(DENO, {
+    args: [
+      "run",
+      "-q",
+      "--allow-all",
+      MAIN,
+      "boot",
+      "--kernel",
+      elf,
+      "--cpus",
+      String(cpus),
+      "--gdb",
+      address,
+      "--wait",
+    ],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(SESSION_TIMEOUT_MS),
+  }).spawn();
+  const stderr = hvsh.stderr.getReader();
+  const { value } = await stderr.read(); // "gdb server on ...": listening now
+  assert.match(new TextDecoder().decode(value), new RegExp(`gdb server on ${address}`));
+  stderr.releaseLock();
+  const args = ["-batch", "-nx", "-ex", "set confirm off"];
+  for (const command of [`file ${elf}`, `target remote ${address}`, ...commands]) args.push("-ex", command);
+  const gdb = await new Deno.Command("gdb", {
+    args,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(SESSION_TIMEOUT_MS),
+  }).output();
+  const result = await hvsh.output();
+  return {
+    gdb: new TextDecoder().decode(gdb.stdout),
+    gdbErrors: new TextDecoder().decode(gdb.stderr),
+    guest: new TextDecoder().decode(result.stdout),
+    code: result.code,
+  };
+}
+
+/** `$N = VALUE` lines of `print`, in order. */
+function printed(output: string): string[] {
+  return [...output.matchAll(/^\$\d+ = (.*)$/gm)].map((m) => m[1]!);
+}
+
+for (const cpus of [2, 3]) {
+  Deno.test({
+    name:
+      `gdb with ${cpus} vCPUs: break ipi_test is hit on every vCPU with its n; thread 2 + stepi steps vCPU 1 only; print smp_id() runs on it; delete + continue exits with code 01`,
+    ignore: ignoreReason !== undefined,
+    async fn() {
+      const more: string[] = [];
+      for (let n = 2; n < cpus; n++) more.push("continue", "print n");
+      const out = await debugSmp(cpus, [
+        "break ipi_test",
+        "continue",
+        "print n", // vCPU 0's call
+        "continue",
+        "print n", // vCPU 1's call: gdb has switched to thread 2
+        "info threads",
+        "thread 1",
+        "print/x $pc",
+        "thread 2",
+        "print/x $pc",
+        "stepi",
+        "print/x $pc",
+        "thread 1",
+        "print/x $pc",
+        "thread 2",
+        "print smp_id()",
+        "print n",
+        ...more,
+        "delete",
+        "continue",
+      ]);
+      const hits = [...out.gdb.matchAll(/Thread (\d+) hit Breakpoint 1, ipi_test \(n=(?:n@entry=)?(\d+)\)/g)]
+        .map((m) => [Number(m[1]), Number(m[2])]);
+      assert.deepEqual(hits, Array.from({ length: cpus }, (_, n) => [n + 1, n]), out.gdb + out.gdbErrors);
+      assert.match(out.gdb, /\[Switching to Thread 2\]/, "gdb follows the stop to thread 2");
+      for (let n = 0; n < cpus; n++) {
+        assert.match(out.gdb, new RegExp(`^[* ] +${n + 1} +Thread ${n + 1} \\(vCPU ${n} \\(long mode\\)\\)`, "m"));
+      }
+      const values = printed(out.gdb);
+      const [n0, n1, thread1Pc, thread2Pc, steppedPc, thread1PcAfter, smpId, n1Again, ...rest] = values;
+      assert.equal(n0, "0");
+      assert.equal(n1, "1");
+      assert.notEqual(thread2Pc, thread1Pc, "each thread has its own registers");
+      assert.equal(BigInt(steppedPc!), BigInt(thread2Pc!) + 1n, "stepi ran thread 2's push rbp");
+      assert.equal(thread1PcAfter, thread1Pc, "thread 1 did not move while thread 2 stepped");
+      assert.equal(smpId, "1", "the inferior call ran on vCPU 1");
+      assert.equal(n1Again, "1");
+      assert.deepEqual(rest, Array.from({ length: cpus - 2 }, (_, i) => String(i + 2)));
+      assert.match(out.gdb, /\[Inferior 1 \(Remote target\) exited with code 01\]/);
+      assert.doesNotMatch(out.gdb + out.gdbErrors, /SIGILL|SIGSEGV|internal error|emulation failure/);
+      assert.match(out.guest, new RegExp(`^found ${cpus} cpus\n`));
+      assert.match(out.guest, new RegExp(`nipis ${cpus}\n$`));
+      assert.doesNotMatch(out.guest, /wrong cpu/);
+      assert.equal(out.code, 1, "hvsh exits with the guest's status, (0 << 1) | 1");
+    },
+  });
+}
+
+Deno.test({
+  name: "gdb: with scheduler-locking on, finish on thread 2 runs only that thread (vCont;c:2), thread 1 stays put",
+  ignore: ignoreReason !== undefined,
+  async fn() {
+    const out = await debugSmp(2, [
+      "break ipi_test",
+      "continue",
+      "continue",
+      "delete",
+      // With scheduler locking, only thread 2 runs: it finishes ipi_test and parks; vCPU 0 waits for it.
+      "set scheduler-locking on",
+      "thread 1",
+      "print/x $pc",
+      "thread 2",
+      "finish",
+      "thread 1",
+      "print/x $pc",
+      "set scheduler-locking replay",
+      "continue",
+    ]);
+    const [before, after] = printed(out.gdb);
+    assert.equal(after, before, "thread 1 stayed stopped while thread 2 ran to its caller");
+    assert.match(out.gdb, /ap_main \(\) at .*smp_calls\.c/);
+    assert.match(out.gdb, /\[Inferior 1 \(Remote target\) exited with code 01\]/);
+    assert.equal(out.code, 1);
+  },
+});

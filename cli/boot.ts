@@ -11,6 +11,10 @@ import { Vm } from "../core/vm.ts";
 import { describeStop, type StopEvent } from "../core/stop.ts";
 import type { ImageFormat, LoadOptions } from "../core/loader/mod.ts";
 import { isLoopback, listenGdb, parseGdbAddress, serveGdbUntilEnd } from "../core/gdb/server.ts";
+import { readInitrd } from "../core/loader/linux_boot.ts";
+import { parseSystemMap } from "../core/debug/symbols.ts";
+import { hasElfMagic } from "../core/loader/elf.ts";
+import { BOOT_TIMER_ADDRESS, BOOT_TIMER_MAGIC, BootTimer } from "./boot_timer.ts";
 
 /** Exit statuses of `hvsh boot`. */
 export const BOOT_STATUS = {
@@ -29,11 +33,20 @@ export class UsageError extends Error {
 }
 
 /** The usage text of `hvsh boot`. */
-export const BOOT_USAGE = `usage: hvsh boot --kernel FILE [--format auto|flat|elf|multiboot] [--load-addr ADDR]
-                 [--append "CMDLINE"] [--initrd FILE] [--mem 64M] [--cpus N] [--timeout SECONDS]
+export const BOOT_USAGE =
+  `usage: hvsh boot --kernel FILE [--format auto|flat|elf|multiboot|bzimage|pvh] [--load-addr ADDR]
+                 [--append "CMDLINE"] [--initrd FILE|DIR] [--mem 64M] [--cpus N] [--timeout SECONDS]
                  [--cpuid-hide FEATURE,...] [--cpuid-vendor VENDOR12] [--gdb [HOST:]PORT|SOCKET-PATH [--wait]]
+                 [--symbols System.map|ELF] [--boot-timer]
 
-Runs the kernel with COM1 on this terminal. Exit status: (V << 1) | 1 when the guest
+Runs the kernel with COM1 on this terminal. A Linux bzImage boots by the Linux boot
+protocol, an ELF vmlinux with a Xen PVH note by its PVH entry (no decompression);
+--append is the kernel command line, --initrd a file or a folder (packed as a cpio
+initramfs with /dev/console). --symbols adds a System.map or an ELF's symbols for the
+debugger. --boot-timer prints where the time went, phase by phase, on stderr at the
+end: hvsh start, VM created, image loaded, first guest instruction, the kernel banner,
+"Run /init", user space (init's marker fault, or a guest write of ${BOOT_TIMER_MAGIC} to MMIO
+0x${BOOT_TIMER_ADDRESS.toString(16)}). Exit status: (V << 1) | 1 when the guest
 writes V to port 0xf4; 0 when it halts for good, powers off (ACPI S5) or asks for a
 reset (i8042 0xfe, port 0xcf9: the run ends as with QEMU's -no-reboot); 4 when it
 crashes; 124 on --timeout;
@@ -61,6 +74,10 @@ export interface BootOptions {
   gdb: { host?: string; port?: number; path?: string } | undefined;
   /** `--wait`: hold the guest until gdb continues it. */
   wait: boolean;
+  /** `--symbols`: a System.map or an ELF whose symbols the debugger gets. */
+  symbols: string | undefined;
+  /** `--boot-timer`: print the per-phase breakdown at the end. */
+  bootTimer: boolean;
 }
 
 /** Parses a number written in decimal or 0x-hex, naming the option on error. */
@@ -91,6 +108,8 @@ export function parseBootArgs(args: string[]): BootOptions {
         "cpuid-vendor": { type: "string" },
         gdb: { type: "string" },
         wait: { type: "boolean", default: false },
+        symbols: { type: "string" },
+        "boot-timer": { type: "boolean", default: false },
       },
       allowPositionals: true,
       strict: true,
@@ -104,7 +123,7 @@ export function parseBootArgs(args: string[]): BootOptions {
   if (positionals.length > (values.kernel === undefined ? 1 : 0)) {
     throw new UsageError(`Unexpected argument ${JSON.stringify(positionals.at(-1))}`);
   }
-  const formats = ["auto", "flat", "elf", "multiboot"];
+  const formats = ["auto", "flat", "elf", "multiboot", "bzimage", "pvh"];
   if (!formats.includes(values.format)) {
     throw new UsageError(`Invalid --format ${JSON.stringify(values.format)}: expected ${formats.join(", ")}`);
   }
@@ -139,11 +158,13 @@ export function parseBootArgs(args: string[]): BootOptions {
     initrd: values.initrd,
     gdb,
     wait: values.wait,
+    symbols: values.symbols,
+    bootTimer: values["boot-timer"],
   };
 }
 
 /** Creates a VM and loads the kernel as the boot options say. Closes the VM if loading fails. */
-export async function createBootVm(options: BootOptions): Promise<Vm> {
+export async function createBootVm(options: BootOptions, timer?: BootTimer): Promise<Vm> {
   const vm = await Vm.create({
     memory: options.memory,
     cpus: options.cpus,
@@ -151,23 +172,37 @@ export async function createBootVm(options: BootOptions): Promise<Vm> {
       ? { hide: options.cpuidHide }
       : { hide: options.cpuidHide, vendor: options.cpuidVendor },
   });
+  timer?.mark("vm created");
   try {
     const load = { ...options.load };
     if (options.initrd !== undefined) {
-      let data: Uint8Array;
-      try {
-        data = await Deno.readFile(options.initrd);
-      } catch (error) {
-        throw new Error(`Cannot read initrd ${options.initrd}: ${(error as Error).message}`);
-      }
-      load.modules = [{ data, cmdline: options.initrd }];
+      // A folder is packed as an initramfs; a file is used as it is.
+      load.modules = [{ data: await readInitrd(options.initrd), cmdline: options.initrd }];
     }
     await vm.load(options.kernel, load);
+    if (options.symbols !== undefined) await addSymbols(vm, options.symbols);
+    timer?.mark("image loaded");
   } catch (error) {
     await vm.close();
     throw error;
   }
   return vm;
+}
+
+/** `--symbols`: an ELF's symbol table, or a System.map (`address type name` lines). */
+async function addSymbols(vm: Vm, path: string): Promise<void> {
+  let bytes: Uint8Array;
+  try {
+    bytes = await Deno.readFile(path);
+  } catch (error) {
+    throw new Error(`Cannot read symbols ${path}: ${(error as Error).message}`);
+  }
+  if (hasElfMagic(bytes)) {
+    await vm.debug.loadSymbols(bytes);
+    return;
+  }
+  const symbols = parseSystemMap(new TextDecoder().decode(bytes), path);
+  vm.debug.symbols.add(symbols);
 }
 
 /** The exit status for a stop, as documented in {@link BOOT_USAGE}. */
@@ -277,9 +312,11 @@ export async function bootCommand(args: string[]): Promise<number> {
     console.log(BOOT_USAGE);
     return 0;
   }
+  const timer = args.includes("--boot-timer") ? new BootTimer() : undefined;
+  timer?.mark("hvsh start");
   let vm: Vm;
   try {
-    vm = await createBootVm(parseBootArgs(args));
+    vm = await createBootVm(parseBootArgs(args), timer);
   } catch (error) {
     console.error(`hvsh boot: ${(error as Error).message}`);
     if (error instanceof UsageError) console.error(BOOT_USAGE);
@@ -289,9 +326,11 @@ export async function bootCommand(args: string[]): Promise<number> {
   const stopInput = new AbortController();
   const stopOutput = pipeSerialToStdout(vm);
   const input = pumpStdin(vm, stopInput.signal);
+  timer?.watch(vm);
   try {
     const options = parseBootArgs(args);
     let stop: Awaited<ReturnType<typeof runUnderGdb>>;
+    timer?.mark("first guest instruction");
     try {
       stop = options.gdb === undefined
         ? await vm.run(timeoutMs === undefined ? {} : { timeout: timeoutMs })
@@ -310,6 +349,10 @@ export async function bootCommand(args: string[]): Promise<number> {
     }
     return status;
   } finally {
+    if (timer !== undefined) {
+      timer.detach();
+      console.error(timer.report());
+    }
     stopInput.abort();
     void input; // a pending stdin read may never end (a TTY); main exits the process
     await vm.close();

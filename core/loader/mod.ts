@@ -34,3 +34,8 @@ export * from "./elf.ts";
 export * from "./multiboot.ts";
 export * from "./detect_format.ts";
 export * from "./load_image.ts";
+export * from "./e820.ts";
+export * from "./linux.ts";
+export * from "./pvh.ts";
+export * from "./initramfs.ts";
+export * from "./linux_boot.ts";

@@ -22,7 +22,13 @@
  *
  * Usage: `deno task bench [--n 20000] [--rounds 15] [--steps 20000]
  * [--hits 48] [--debug-rounds 9] [--cold-runs 5] [--gdb-steps 800]
- * [--gdb-rounds 5] [--only exits,debug,gdb,cold]`
+ * [--gdb-rounds 5] [--linux-runs 1] [--only exits,debug,gdb,cold,linux]`
+ *
+ * The linux section (scripts/bench_linux.ts) boots the tiny kernel of
+ * `deno task linux` with `hvsh boot` and with QEMU `-M microvm`, back to
+ * back, for both the PVH and the bzImage path, and prints the time to the
+ * banner, to `Run /init` and to user space, with hvsh's `--boot-timer`
+ * breakdown; it is skipped, with a note, when the kernel is not built.
  *
  * @module
  */
@@ -35,6 +41,7 @@ import { Vm } from "../core/vm.ts";
 import type { StopEvent } from "../core/stop.ts";
 import { readElfSymbols } from "../core/loader/elf.ts";
 import { buildGuests } from "./build_guests.ts";
+import { benchLinux } from "./bench_linux.ts";
 
 /** Repository root (the launcher, tests/ and bench/ are found from here). */
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
@@ -860,9 +867,10 @@ async function main(args: string[]): Promise<void> {
       "gdb-steps": { type: "string" },
       "gdb-rounds": { type: "string" },
       only: { type: "string" },
+      "linux-runs": { type: "string" },
     },
   });
-  const sections = ["exits", "debug", "gdb", "cold"];
+  const sections = ["exits", "debug", "gdb", "cold", "linux"];
   const only = values.only === undefined ? sections : values.only.split(",");
   const unknown = only.filter((name) => !sections.includes(name));
   if (unknown.length > 0) throw new RangeError(`--only ${values.only}: expected some of ${sections.join(",")}`);
@@ -908,6 +916,11 @@ async function main(args: string[]): Promise<void> {
   if (only.includes("cold")) {
     const cold = await benchCold(guests, coldRuns);
     console.log(formatColdTable(cold.rows, cold.notes, coldRuns));
+  }
+  if (only.includes("linux")) {
+    // One boot per case by default: each takes tens of seconds on this emulated host.
+    console.log();
+    console.log(await benchLinux({ runs: positiveInt(values["linux-runs"], 1, "linux-runs") }));
   }
   console.log(`\n(bench took ${((performance.now() - started) / 1000).toFixed(1)} s)`);
 }

@@ -890,11 +890,11 @@ Deno.test({
         "vm.memory.readCString(vm.image.linux.cmdline.address)",
         ".vm new 256M",
         `.load ${tinyKernel!.bzImage} --symbols ${tinyKernel!.systemMap}`,
-        ".break start_kernel",
+        ".hbreak start_kernel",
       ]);
       assert.match(out[1]!, /^loaded .*vmlinux: pvh, protected mode, entry 0x[0-9a-f]+, \d{4,} symbols$/);
       assert.match(out[2]!, /console=ttyS0 panic=-1/);
-      assert.match(out[4]!, /^loaded .*bzImage: bzimage, long mode, entry 0x1000200, \d{4,} symbols$/);
+      assert.match(out[4]!, /^loaded .*bzImage: bzimage, long mode, entry 0x100200, \d{4,} symbols$/);
       assert.match(out[5]!, /start_kernel/);
     } finally {
       await Deno.remove(dir, { recursive: true });

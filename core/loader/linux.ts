@@ -368,9 +368,11 @@ export function loadBzImage(bytes: Uint8Array, target: LoadTarget, options: Linu
     );
   }
   const longMode = has64 && options.entry !== "32-bit";
-  // The kernel needs init_size bytes from its load address (it decompresses in place); older headers do not say.
+  // The kernel needs init_size bytes from its runtime start (it decompresses there); older headers do not say.
+  // A relocatable kernel runs where it is loaded; one that is not is loaded at 1 MiB and decompresses itself to
+  // pref_address (LOAD_PHYSICAL_ADDR), which must then be free as well.
   const reserved = Math.max(header.initSize, kernel.length);
-  const loadAddress = chooseLoadAddress(header, reserved, options.memoryMap, prefix);
+  const loadAddress = chooseLoadAddress(header, reserved, kernel.length, options.memoryMap, prefix);
 
   reserveVcpuBootAreas(plan, longMode);
   plan.reserve("the boot protocol GDT", LINUX_LAYOUT.gdt, 32);
@@ -378,7 +380,26 @@ export function loadBzImage(bytes: Uint8Array, target: LoadTarget, options: Linu
   const zeroPage = plan.reserve("the zero page (boot_params)", LINUX_LAYOUT.zeroPage, BOOT_PARAMS.size);
   const cmdline = options.cmdline ?? "";
   const cmdlineAddress = planCmdline(plan, cmdline, header.cmdlineSize, "the kernel's cmdline_size", prefix);
-  plan.reserve(`the kernel (init_size ${hex(header.initSize)})`, loadAddress, reserved);
+  if (header.relocatable || header.prefAddress <= loadAddress) {
+    plan.reserve(`the kernel (init_size ${hex(header.initSize)})`, loadAddress, reserved);
+  } else {
+    const runtimeEnd = header.prefAddress + header.initSize;
+    const imageEnd = loadAddress + kernel.length;
+    if (imageEnd >= header.prefAddress) {
+      plan.reserve(
+        `the kernel and its runtime area (init_size ${hex(header.initSize)} from pref_address)`,
+        loadAddress,
+        Math.max(runtimeEnd, imageEnd) - loadAddress,
+      );
+    } else {
+      plan.reserve("the kernel", loadAddress, kernel.length);
+      plan.reserve(
+        `the kernel's runtime area (init_size ${hex(header.initSize)} from pref_address ${hex(header.prefAddress)})`,
+        header.prefAddress,
+        header.initSize,
+      );
+    }
+  }
   plan.write(loadAddress, kernel);
 
   let initrd: LinuxBootInfo["initrd"];
@@ -451,15 +472,27 @@ export function loadBzImage(bytes: Uint8Array, target: LoadTarget, options: Linu
  * Where the protected-mode kernel goes: a relocatable kernel at
  * pref_address when [pref_address, + init_size) is RAM, else at the lowest
  * kernel_alignment-aligned RAM address above 1 MiB where it fits; a
- * kernel that is not relocatable at 0x100000.
+ * kernel that is not relocatable at 0x100000 (it moves itself to
+ * pref_address when it decompresses).
  */
-function chooseLoadAddress(header: SetupHeader, size: number, map: readonly E820Entry[], prefix: string): number {
+function chooseLoadAddress(
+  header: SetupHeader,
+  size: number,
+  imageSize: number,
+  map: readonly E820Entry[],
+  prefix: string,
+): number {
   const ram = map.filter((e) => e.type === E820_TYPE.ram);
-  const fits = (address: number) => ram.some((e) => address >= e.address && address + size <= e.address + e.size);
+  const fitsSized = (address: number, length: number) =>
+    ram.some((e) => address >= e.address && address + length <= e.address + e.size);
+  const fits = (address: number) => fitsSized(address, size);
   if (!header.relocatable) {
-    if (!fits(HIGH_MEMORY_START)) {
+    const runtime = Math.max(header.prefAddress, HIGH_MEMORY_START);
+    if (!fitsSized(HIGH_MEMORY_START, imageSize) || !fitsSized(runtime, header.initSize)) {
       throw new RangeError(
-        `${prefix}the kernel is not relocatable and needs ${hex(size)} bytes (init_size) at 0x100000: not enough RAM`,
+        `${prefix}the kernel is not relocatable: it is loaded at 0x100000 and needs init_size ${
+          hex(header.initSize)
+        } bytes from pref_address ${hex(header.prefAddress)}: not enough RAM`,
       );
     }
     return HIGH_MEMORY_START;

@@ -130,8 +130,20 @@ Deno.test("the initrd respects initrd_addr_max; a kernel without 64-bit entry ge
 });
 
 Deno.test("a kernel that is not relocatable loads at 1 MiB; one whose pref_address does not fit moves to an aligned address", () => {
-  const fixed = loadBzImage(fakeBzImage({ relocatable: false }), new FakeTarget(RAM), { memoryMap });
+  const fixed = loadBzImage(fakeBzImage({ relocatable: false }), new FakeTarget(RAM), {
+    memoryMap,
+    initrd: new Uint8Array(0x1000),
+    // initrd_addr_max in the kernel's runtime area: the initrd must go below it, not inside it.
+  });
   assert.equal(fixed.linux.loadAddress, MIB);
+  assert.equal(fixed.entry, 0x10_0200n);
+  const initrdAt = fixed.linux.initrd!.address;
+  assert.ok(initrdAt >= 0x100_0000 + 0x8_0000 || initrdAt + 0x1000 <= 0x100_0000, "clear of pref_address + init_size");
+  const pinned = loadBzImage(fakeBzImage({ relocatable: false, initrdAddrMax: 0x104_ffff }), new FakeTarget(RAM), {
+    memoryMap,
+    initrd: new Uint8Array(0x1000),
+  });
+  assert.ok(pinned.linux.initrd!.address + 0x1000 <= 0x100_0000, "below the runtime area [16 MiB, +init_size)");
   const small = 12 * MIB;
   const moved = loadBzImage(fakeBzImage({ prefAddress: 0x100_0000 }), new FakeTarget(small), {
     memoryMap: e820Map([{ base: 0, size: small }]),

@@ -35,6 +35,22 @@ export * from "./core/loader/elf.ts";
 export * from "./core/loader/multiboot.ts";
 export * from "./core/loader/detect_format.ts";
 export * from "./core/loader/load_image.ts";
+export * from "./core/loader/e820.ts";
+export {
+  BOOT_PARAMS,
+  isBzImage,
+  LINUX_LAYOUT,
+  type LinuxBootInfo,
+  type LinuxLoadOptions,
+  loadBzImage,
+  type LoadedLinux,
+  parseSetupHeader,
+  SETUP_HEADER,
+  type SetupHeader,
+} from "./core/loader/linux.ts";
+export { findPvhEntry, loadPvh, PVH_LAYOUT, XEN_ELFNOTE_PHYS32_ENTRY, XEN_HVM_START_MAGIC } from "./core/loader/pvh.ts";
+export * from "./core/loader/initramfs.ts";
+export { type LinuxBootSpec, readInitrd } from "./core/loader/linux_boot.ts";
 export type {
   /** The CPU mode an image is entered in (the vCPU's current mode is {@link CpuMode}). */
   CpuMode as BootMode,
@@ -56,6 +72,7 @@ export {
   registerMonitorCommand,
 } from "./core/gdb/mod.ts";
 export * from "./core/debug/debugger.ts";
+export { parseSystemMap } from "./core/debug/symbols.ts";
 export * from "./core/debug/expr.ts";
 export * from "./core/debug/registers.ts";
 export * from "./core/debug/telescope.ts";

@@ -23,6 +23,10 @@ import { GuestOutput } from "./_guest_output.ts";
 import { attachOptionValues } from "./_args.ts";
 import { openBootTerminal } from "./_terminal.ts";
 import { inFlightEvents } from "../core/debug/exceptions.ts";
+import { readInitrd } from "../core/loader/linux_boot.ts";
+import { parseSystemMap } from "../core/debug/symbols.ts";
+import { hasElfMagic } from "../core/loader/elf.ts";
+import { BOOT_TIMER_ADDRESS, BOOT_TIMER_MAGIC, BootTimer } from "./boot_timer.ts";
 
 /** Exit statuses of `hvsh boot`. */
 export const BOOT_STATUS = {
@@ -47,14 +51,23 @@ export class UsageError extends Error {
 }
 
 /** The usage text of `hvsh boot`. */
-export const BOOT_USAGE = `usage: hvsh boot --kernel FILE [--format auto|flat|elf|multiboot] [--load-addr ADDR]
+export const BOOT_USAGE =
+  `usage: hvsh boot --kernel FILE [--format auto|flat|elf|multiboot|bzimage|pvh] [--load-addr ADDR]
        hvsh boot --restore SNAPSHOT [--timeout SECONDS] [--gdb ...]
-                 [--append "CMDLINE"] [--initrd FILE] [--mem 64M] [--cpus N] [--timeout SECONDS]
+                 [--append "CMDLINE"] [--initrd FILE|DIR] [--mem 64M] [--cpus N] [--timeout SECONDS]
                  [--cpuid-hide FEATURE,...] [--cpuid-vendor VENDOR12]
                  [--gdb [HOST:]PORT|SOCKET-PATH [--wait] [--gdb-allow-js]]
+                 [--symbols System.map|ELF] [--boot-timer]
 ${VIRTIO_USAGE}
 
-Runs the kernel with COM1 on this terminal. Exit status: (V << 1) | 1 when the guest
+Runs the kernel with COM1 on this terminal. A Linux bzImage boots by the Linux boot
+protocol, an ELF vmlinux with a Xen PVH note by its PVH entry (no decompression);
+--append is the kernel command line, --initrd a file or a folder (packed as a cpio
+initramfs with /dev/console). --symbols adds a System.map or an ELF's symbols for the
+debugger. --boot-timer prints where the time went, phase by phase, on stderr at the
+end: hvsh start, VM created, image loaded, first guest instruction, the kernel banner,
+"Run /init", user space (init's marker fault, or a guest write of ${BOOT_TIMER_MAGIC} to MMIO
+0x${BOOT_TIMER_ADDRESS.toString(16)}). Exit status: (V << 1) | 1 when the guest
 writes V to port 0xf4; 0 when it halts for good, powers off (ACPI S5) or asks for a
 reset (i8042 0xfe, port 0xcf9: the run ends as with QEMU's -no-reboot); 4 when it
 crashes; 124 on --timeout (which also covers reading the kernel and initrd);
@@ -99,6 +112,10 @@ export interface BootOptions {
   virtio?: VirtioBootOptions;
   /** `--restore`: a snapshot file to run on instead of a kernel. */
   restore?: string;
+  /** `--symbols`: a System.map or an ELF whose symbols the debugger gets. */
+  symbols: string | undefined;
+  /** `--boot-timer`: print the per-phase breakdown at the end. */
+  bootTimer: boolean;
 }
 
 /** Parses a number written in decimal or 0x-hex, naming the option on error. */
@@ -149,6 +166,8 @@ export function parseBootArgs(args: string[]): BootOptions {
         "gdb-allow-js": { type: "boolean", default: false },
         ...VIRTIO_FLAG_OPTIONS,
         restore: { type: "string" },
+        symbols: { type: "string" },
+        "boot-timer": { type: "boolean", default: false },
       },
       allowPositionals: true,
       strict: true,
@@ -165,7 +184,7 @@ export function parseBootArgs(args: string[]): BootOptions {
   if (positionals.length > (values.kernel === undefined ? 1 : 0)) {
     throw new UsageError(`Unexpected argument ${JSON.stringify(positionals.at(-1))}`);
   }
-  const formats = ["auto", "flat", "elf", "multiboot"];
+  const formats = ["auto", "flat", "elf", "multiboot", "bzimage", "pvh"];
   if (!formats.includes(values.format)) {
     throw new UsageError(`Invalid --format ${JSON.stringify(values.format)}: expected ${formats.join(", ")}`);
   }
@@ -204,15 +223,17 @@ export function parseBootArgs(args: string[]): BootOptions {
     gdbAllowJs: values["gdb-allow-js"],
     virtio: parseVirtioFlags(values, (message) => new UsageError(message)),
     ...(values.restore === undefined ? {} : { restore: values.restore }),
+    symbols: values.symbols,
+    bootTimer: values["boot-timer"],
   };
 }
 
 /**
  * Creates a VM and loads the kernel as the boot options say. Closes the VM if loading fails. The kernel and
  * initrd are read with a size cap (devices refused); `signal` (e.g. --timeout) bounds the reading, which a
- * FIFO without a writer would otherwise block forever.
+ * FIFO without a writer would otherwise block forever. `timer` (--boot-timer) marks the phases.
  */
-export async function createBootVm(options: BootOptions, signal?: AbortSignal): Promise<Vm> {
+export async function createBootVm(options: BootOptions, signal?: AbortSignal, timer?: BootTimer): Promise<Vm> {
   if (options.restore !== undefined) return await Vm.restore(options.restore);
   const vm = await Vm.create({
     memory: options.memory,
@@ -221,6 +242,7 @@ export async function createBootVm(options: BootOptions, signal?: AbortSignal): 
       ? { hide: options.cpuidHide }
       : { hide: options.cpuidHide, vendor: options.cpuidVendor },
   });
+  timer?.mark("vm created");
   try {
     const kernel = await readImageFile(options.kernel, {
       what: "kernel image",
@@ -229,17 +251,37 @@ export async function createBootVm(options: BootOptions, signal?: AbortSignal): 
     });
     const load: LoadOptions = { ...options.load, path: options.kernel };
     if (options.initrd !== undefined) {
-      // An initrd must fit in guest RAM.
-      const data = await readImageFile(options.initrd, { what: "initrd", maxBytes: vm.memory.ramSize, signal });
+      // A folder is packed as an initramfs; a file is used as it is, and must fit in guest RAM.
+      const data = (await Deno.stat(options.initrd).then((s) => s.isDirectory, () => false))
+        ? await readInitrd(options.initrd)
+        : await readImageFile(options.initrd, { what: "initrd", maxBytes: vm.memory.ramSize, signal });
       load.modules = [{ data, cmdline: options.initrd }];
     }
     if (options.virtio !== undefined) addVirtioDevices(vm, options.virtio);
     await vm.load(kernel, load);
+    if (options.symbols !== undefined) await addSymbols(vm, options.symbols);
+    timer?.mark("image loaded");
   } catch (error) {
     await vm.close();
     throw error;
   }
   return vm;
+}
+
+/** `--symbols`: an ELF's symbol table, or a System.map (`address type name` lines). */
+async function addSymbols(vm: Vm, path: string): Promise<void> {
+  let bytes: Uint8Array;
+  try {
+    bytes = await Deno.readFile(path);
+  } catch (error) {
+    throw new Error(`Cannot read symbols ${path}: ${(error as Error).message}`);
+  }
+  if (hasElfMagic(bytes)) {
+    await vm.debug.loadSymbols(bytes);
+    return;
+  }
+  const symbols = parseSystemMap(new TextDecoder().decode(bytes), path);
+  vm.debug.symbols.add(symbols);
 }
 
 /** The exit status for a stop, as documented in {@link BOOT_USAGE}. */
@@ -330,6 +372,8 @@ export async function bootCommand(args: string[]): Promise<number> {
     console.log(BOOT_USAGE);
     return 0;
   }
+  const timer = args.includes("--boot-timer") ? new BootTimer() : undefined;
+  timer?.mark("hvsh start");
   const started = performance.now();
   let options: BootOptions;
   try {
@@ -345,7 +389,7 @@ export async function bootCommand(args: string[]): Promise<number> {
   const loadTimer = timeoutMs === undefined ? undefined : setTimeout(() => loading.abort(), timeoutMs);
   let vm: Vm;
   try {
-    vm = await createBootVm(options, loading.signal);
+    vm = await createBootVm(options, loading.signal, timer);
   } catch (error) {
     if (loading.signal.aborted) {
       console.error(
@@ -360,14 +404,20 @@ export async function bootCommand(args: string[]): Promise<number> {
     clearTimeout(loadTimer);
   }
 
-  return await runOnTerminal(vm, options, started);
+  return await runOnTerminal(vm, options, started, timer);
 }
 
 /**
  * Runs a VM with COM1 on this terminal until it ends, as `hvsh boot` does, and closes it. Returns the exit status.
- * `started` is when `--timeout` began counting (hvsh boot counts the loading too).
+ * `started` is when `--timeout` began counting (hvsh boot counts the loading too); `timer` (--boot-timer) watches the
+ * guest's phases and reports them at the end.
  */
-export async function runOnTerminal(vm: Vm, options: BootOptions, started = performance.now()): Promise<number> {
+export async function runOnTerminal(
+  vm: Vm,
+  options: BootOptions,
+  started = performance.now(),
+  timer?: BootTimer,
+): Promise<number> {
   const timeoutMs = options.timeoutMs;
   const deadline = timeoutMs === undefined ? Infinity : started + timeoutMs;
   let signalled: StopSignal | undefined;
@@ -395,8 +445,10 @@ export async function runOnTerminal(vm: Vm, options: BootOptions, started = perf
   const stopInput = new AbortController();
   const terminal = openBootTerminal(vm); // raw keys and Ctrl-A escapes on a terminal (cli/_terminal.ts)
   const input = pumpStdin(vm, stopInput.signal, terminal?.filter);
+  timer?.watch(vm);
   try {
     let stop: Awaited<ReturnType<typeof runUnderGdb>>;
+    timer?.mark("first guest instruction");
     try {
       if (inGdb) {
         stop = await runUnderGdb(vm, options);
@@ -454,6 +506,10 @@ export async function runOnTerminal(vm: Vm, options: BootOptions, started = perf
     return status;
   } finally {
     terminal?.restore();
+    if (timer !== undefined) {
+      timer.detach();
+      console.error(timer.report());
+    }
     stopInput.abort();
     void input; // a pending stdin read may never end (a TTY); main exits the process
     for (const remove of signalListeners) remove();

@@ -68,6 +68,8 @@ export async function listenCommand(args: string[]): Promise<number> {
     gdb: undefined,
     wait: false,
     gdbAllowJs: false,
+    symbols: undefined,
+    bootTimer: false,
   };
   return await runOnTerminal(vm, options);
 }

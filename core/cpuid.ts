@@ -62,6 +62,7 @@ export const CPUID_FEATURES: Record<string, FeatureBit> = {
   la57: { leaf: 7, subleaf: 0, register: "ecx", bit: 16 },
   umip: { leaf: 7, subleaf: 0, register: "ecx", bit: 2 },
   pku: { leaf: 7, subleaf: 0, register: "ecx", bit: 3 },
+  rdpid: { leaf: 7, subleaf: 0, register: "ecx", bit: 22 },
   syscall: { leaf: 0x8000_0001, subleaf: 0, register: "edx", bit: 11 },
   nx: { leaf: 0x8000_0001, subleaf: 0, register: "edx", bit: 20 },
   pdpe1gb: { leaf: 0x8000_0001, subleaf: 0, register: "edx", bit: 26 },

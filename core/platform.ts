@@ -28,6 +28,7 @@ import { buildAcpiTables } from "./firmware/acpi.ts";
 import { buildMpTable } from "./firmware/mptable.ts";
 import type { ReservedRange } from "./loader/types.ts";
 import { VirtioSlots } from "../devices/virtio/slots.ts";
+import { e820Map, packE820 } from "./loader/e820.ts";
 
 /**
  * Where the platform puts everything: ports (with how many each device
@@ -297,20 +298,7 @@ export function resetPolicy(
  * RAM above 4 GiB when there is any.
  */
 export function e820Table(memory: { readonly regions: readonly { base: number; size: number }[] }): Uint8Array {
-  const entries: [number, number, number][] = [[0, 0x9_fc00, 1], [0x9_fc00, 0x400, 2], [0xf_0000, 0x1_0000, 2]];
-  for (const region of memory.regions) {
-    const start = Math.max(region.base, 0x10_0000);
-    const end = region.base + region.size;
-    if (end > start) entries.push([start, end - start, 1]);
-  }
-  const out = new Uint8Array(entries.length * 20);
-  const view = new DataView(out.buffer);
-  entries.forEach(([address, length, type], i) => {
-    view.setBigUint64(i * 20, BigInt(address), true);
-    view.setBigUint64(i * 20 + 8, BigInt(length), true);
-    view.setUint32(i * 20 + 16, type, true);
-  });
-  return out;
+  return packE820(e820Map(memory.regions));
 }
 
 /** Where the real-mode interrupt stubs live (segment 0xf000, as SeaBIOS places its handlers). */

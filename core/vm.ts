@@ -14,9 +14,10 @@ import type { IoBus, MmioBus } from "../devices/bus.ts";
 import type { Serial16550 } from "../devices/serial.ts";
 import { MAX_KERNEL_FILE_BYTES, readImageFile } from "./loader/read_image_file.ts";
 import { FW_CFG_KEY } from "../devices/fw_cfg.ts";
-import { detectFormat, type LoadedImage, loadImage, type LoadOptions } from "./loader/mod.ts";
+import { detectFormat, e820Map, type LoadedImage, loadImage, type LoadOptions } from "./loader/mod.ts";
+import { type LinuxBootSpec, linuxLoadOptions } from "./loader/linux_boot.ts";
 import type { ImageSymbol } from "./loader/types.ts";
-import { buildPlatform, type PcPlatform, resetPolicy } from "./platform.ts";
+import { buildPlatform, PC_LAYOUT, type PcPlatform, resetPolicy } from "./platform.ts";
 import { Debugger } from "./debug/debugger.ts";
 import { attachGdb, type VmGdb } from "./gdb/server.ts";
 import type { VirtioAddOptions, VirtioSlot, VirtioSlots } from "../devices/virtio/slots.ts";
@@ -169,7 +170,12 @@ export class Vm extends Machine {
       ? detectFormat(bytes, loadOptions.path, { ...loadOptions, fromCode: loadOptions.path === undefined })
       : loadOptions.format;
     const cmdline = loadOptions.cmdline ?? "";
-    if (format !== "multiboot") delete loadOptions.cmdline;
+    const isLinux = format === "bzimage" || format === "pvh";
+    if (format !== "multiboot" && !isLinux) delete loadOptions.cmdline;
+    if (isLinux) {
+      loadOptions.memoryMap ??= e820Map(memory.regions);
+      if (this.platform?.facs !== undefined) loadOptions.rsdp ??= PC_LAYOUT.rsdp.address;
+    }
     const image = loadImage(bytes, {
       ramSize: memory.ramSize,
       isRam: (address, length) => memory.isRam(address, length),
@@ -187,6 +193,19 @@ export class Vm extends Machine {
       cpu.enterProtectedMode({ entry, registers: image.registers, ...image.bootStructures });
     } else {
       cpu.enterLongMode({ entry, registers: image.registers, ...image.bootStructures });
+    }
+    if (image.segments !== undefined) {
+      // The Linux boot protocol names its selectors (__BOOT_CS 0x10, __BOOT_DS 0x18) and the loader wrote their GDT.
+      const { gdt, gdtLimit, code, data } = image.segments;
+      const sregs = cpu.sregs;
+      const dataSegment = { ...sregs.ds, selector: data };
+      cpu.setSregs({
+        cs: { ...sregs.cs, selector: code },
+        ds: dataSegment,
+        es: dataSegment,
+        ss: dataSegment,
+        gdt: { base: BigInt(gdt), limit: gdtLimit },
+      });
     }
     this.image = image;
     this.#lastLoad = { bytes, options: { ...loadOptions, cmdline } };
@@ -206,6 +225,27 @@ export class Vm extends Machine {
       this.platform.fwCfg.setItem(FW_CFG_KEY.cmdlineSize, size);
       this.platform.fwCfg.setItem(FW_CFG_KEY.cmdlineData, data);
     }
+  }
+
+  /**
+   * Loads a Linux kernel: a bzImage (the boot protocol's 64-bit entry) or an
+   * ELF vmlinux with a PVH note (the PVH entry, no decompression), with an
+   * initrd (a path, or the bytes {@link initramfs} built) and a command line.
+   * The kernel gets the same e820 map as fw_cfg's `etc/e820`. A kernel that
+   * is neither, a truncated one or one with a boot protocol older than 2.06
+   * throws, naming the field and the value found, and loads nothing.
+   *
+   * @example
+   * ```ts ignore
+   * const initrd = await initramfs({ "/init": { mode: 0o755, file: "build/init" } });
+   * await vm.loadLinux({ kernel: "bzImage", initrd, cmdline: "console=ttyS0 panic=-1" });
+   * const stop = vm.run();
+   * await vm.serial.waitFor(/Run \/init/, { timeout: 120_000 });
+   * ```
+   */
+  async loadLinux(spec: LinuxBootSpec): Promise<LoadedImage> {
+    const { kernel, options } = await linuxLoadOptions(spec);
+    return this.load(kernel, options);
   }
 
   /**

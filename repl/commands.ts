@@ -17,6 +17,7 @@ import {
   inFlightEvents,
   isWritableRegister,
   parseSize,
+  parseSystemMap,
   readRegister,
   REGISTER_NAMES,
   type StopEvent,
@@ -280,6 +281,41 @@ registerCommand({
   },
 });
 
+/** `.load` arguments: FILE [ADDR] [--initrd FILE|DIR] [--symbols FILE] [--append CMDLINE (the rest of the line)]. */
+function parseLoadArgs(
+  args: string,
+): { file?: string; addr?: string; initrd?: string; symbols?: string; append?: string } {
+  const out: { file?: string; addr?: string; initrd?: string; symbols?: string; append?: string } = {};
+  let rest = args.trim();
+  const appendAt = rest.search(/(^|\s)--append(\s|$)/);
+  if (appendAt >= 0) {
+    out.append = rest.slice(appendAt).replace(/^\s*--append\s*/, "").replace(/^"(.*)"$/s, "$1").replace(
+      /^'(.*)'$/s,
+      "$1",
+    );
+    rest = rest.slice(0, appendAt);
+  }
+  const tokens = words(rest);
+  for (let i = 0; i < tokens.length; i++) {
+    const token = tokens[i]!;
+    if (token === "--initrd" || token === "--symbols") {
+      const value = tokens[++i];
+      if (value === undefined) throw new CommandError(`${token} needs a FILE`);
+      if (token === "--initrd") out.initrd = value;
+      else out.symbols = value;
+    } else if (token.startsWith("--")) {
+      throw new CommandError(`Unknown .load option ${quote(token)}`);
+    } else if (out.file === undefined) {
+      out.file = token;
+    } else if (out.addr === undefined) {
+      out.addr = token;
+    } else {
+      throw new CommandError(`Unexpected argument ${quote(token)}`);
+    }
+  }
+  return out;
+}
+
 registerCommand({
   name: "snapshot",
   usage: ".snapshot save FILE | .snapshot load FILE",
@@ -314,22 +350,48 @@ registerCommand({
 
 registerCommand({
   name: "load",
-  usage: ".load FILE [ADDR]",
-  help: "load a kernel image (format detected; ADDR loads a flat binary there)",
+  usage: ".load FILE [ADDR] [--initrd FILE|DIR] [--symbols System.map] [--append CMDLINE]",
+  help:
+    "load a kernel image (format detected: flat, ELF, multiboot, Linux bzImage or PVH vmlinux; ADDR loads a flat binary there); --append is the rest of the line",
   async run(args, session) {
-    const [file, addr] = words(args);
+    const { file, addr, initrd, symbols, append } = parseLoadArgs(args);
     if (file === undefined) throw new CommandError("Missing FILE");
-    const image = await session.vm.load(file, addr === undefined ? {} : { format: "flat", loadAddress: Number(addr) });
+    const vm = session.vm;
+    let image;
+    if (initrd !== undefined) {
+      image = await vm.loadLinux({ kernel: file, initrd, cmdline: append });
+    } else if (addr !== undefined) {
+      image = await vm.load(file, { format: "flat", loadAddress: Number(addr) });
+    } else {
+      image = await vm.load(file, append === undefined ? {} : { cmdline: append });
+    }
+    let symbolCount = image.symbols.length;
+    if (symbols !== undefined) {
+      const bytes = await Deno.readFile(symbols).catch((error) => {
+        throw new CommandError(`Cannot read ${symbols}: ${(error as Error).message}`);
+      });
+      const parsed = bytes[0] === 0x7f && bytes[1] === 0x45
+        ? await vm.debug.loadSymbols(bytes)
+        : (vm.debug.symbols.add(parseSystemMap(new TextDecoder().decode(bytes), symbols)), vm.debug.symbols.size);
+      symbolCount = parsed;
+    }
     session.output.print(
-      `loaded ${file}: ${image.format}, ${image.mode} mode, entry ${hex(image.entry)}, ${image.symbols.length} symbols`,
+      `loaded ${file}: ${image.format}, ${image.mode} mode, entry ${hex(image.entry)}, ${symbolCount} symbols`,
     );
   },
   complete: pathCompletions,
   script(args) {
-    const [file, addr] = words(args);
-    return addr === undefined
+    const { file, addr, initrd, append } = parseLoadArgs(args);
+    if (initrd !== undefined) {
+      const spec = [`kernel: ${quote(file ?? "")}`];
+      if (initrd !== undefined) spec.push(`initrd: ${quote(initrd)}`);
+      if (append !== undefined) spec.push(`cmdline: ${quote(append)}`);
+      return `await vm.loadLinux({ ${spec.join(", ")} });`;
+    }
+    if (addr !== undefined) return `await vm.load(${quote(file ?? "")}, { format: "flat", loadAddress: ${addr} });`;
+    return append === undefined
       ? `await vm.load(${quote(file ?? "")});`
-      : `await vm.load(${quote(file ?? "")}, { format: "flat", loadAddress: ${addr} });`;
+      : `await vm.load(${quote(file ?? "")}, { cmdline: ${quote(append)} });`;
   },
 });
 

@@ -22,10 +22,16 @@
  *
  * Usage: `deno task bench [--n 20000] [--rounds 15] [--steps 20000]
  * [--hits 48] [--debug-rounds 9] [--cold-runs 5] [--gdb-steps 800]
- * [--gdb-rounds 5] [--block-rounds 5] [--snapshot-rounds 3] [--only exits,debug,gdb,cold,block,snapshot]`
+ * [--gdb-rounds 5] [--block-rounds 5] [--snapshot-rounds 3] [--linux-runs 1]
+ * [--only exits,debug,gdb,cold,block,snapshot,linux]`
  *
  * The snapshot rows (scripts/bench_snapshot.ts) set hvsh's snapshot,
- * restore, clones, migration and fork beside QEMU's on one guest.
+ * restore, clones, migration and fork beside QEMU's on one guest. The linux
+ * section (scripts/bench_linux.ts) boots the tiny kernel of `deno task linux`
+ * with `hvsh boot` and with QEMU `-M microvm`, back to back, for both the PVH
+ * and the bzImage path, and prints the time to the banner, to `Run /init` and
+ * to user space, with hvsh's `--boot-timer` breakdown; it is skipped, with a
+ * note, when the kernel is not built.
  *
  * @module
  */
@@ -40,6 +46,7 @@ import { readElfSymbols } from "../core/loader/elf.ts";
 import { buildGuests } from "./build_guests.ts";
 import { benchBlock, formatBlockTable } from "./bench_block.ts";
 import { benchSnapshot, formatSnapshotTable } from "./bench_snapshot.ts";
+import { benchLinux } from "./bench_linux.ts";
 
 /** Repository root (the launcher, tests/ and bench/ are found from here). */
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
@@ -889,9 +896,10 @@ function parseOptions(args: string[]) {
       "snapshot-rounds": { type: "string" },
       only: { type: "string" },
       "block-rounds": { type: "string" },
+      "linux-runs": { type: "string" },
     },
   });
-  const sections = ["exits", "debug", "gdb", "cold", "block", "snapshot"];
+  const sections = ["exits", "debug", "gdb", "cold", "block", "snapshot", "linux"];
   const only = values.only === undefined ? sections : values.only.split(",");
   const unknown = only.filter((name) => !sections.includes(name));
   if (unknown.length > 0) throw new RangeError(`--only ${values.only}: expected some of ${sections.join(",")}`);
@@ -957,6 +965,11 @@ async function runBench({ values, only }: ReturnType<typeof parseOptions>): Prom
     const tools = { launcher: LAUNCHER, guest: virtio, median, run: runCommand, onPath };
     console.log();
     console.log(formatBlockTable(await benchBlock(tools, blockRounds), blockRounds));
+  }
+  if (only.includes("linux")) {
+    // One boot per case by default: each takes tens of seconds on this emulated host.
+    console.log();
+    console.log(await benchLinux({ runs: positiveInt(values["linux-runs"], 1, "linux-runs") }));
   }
   console.log(`\n(bench took ${((performance.now() - started) / 1000).toFixed(1)} s)`);
 }

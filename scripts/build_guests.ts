@@ -31,8 +31,11 @@ export const GUEST_BUILD_DIR: string = join(GUESTS_DIR, "build");
  * - `flat16` / `flat32`: ELF32 linked at `linkAddress`, then
  *   `objcopy -O binary` gives `<name>.bin`; the `<name>.elf` is kept beside it.
  * - `elf32` / `elf64`: the linked ELF itself is the output `<name>.elf`.
+ * - `user64`: a static Linux user program without libc (`gcc -static
+ *   -nostdlib`, linked where gcc links programs; `linkAddress` is unused),
+ *   e.g. the /init of the Linux boot tests.
  */
-type GuestKind = "flat16" | "flat32" | "elf32" | "elf64";
+type GuestKind = "flat16" | "flat32" | "elf32" | "elf64" | "user64";
 
 /** One row of the guest table. */
 interface GuestSpec {
@@ -171,6 +174,7 @@ const GUESTS: GuestSpec[] = [
     sources: ["lib/start32.S", "reset.c"],
     linkAddress: MIB,
   },
+  { name: "linux_init", kind: "user64", sources: ["linux_init.c"], linkAddress: 0 },
 ];
 
 /** Flags for C sources (both widths). */
@@ -196,7 +200,7 @@ const CFLAGS = [
 
 /** Returns true when `kind` produces 64-bit code. */
 function is64(kind: GuestKind): boolean {
-  return kind === "elf64";
+  return kind === "elf64" || kind === "user64";
 }
 
 /** Returns true when `kind` is packaged as a flat binary. */
@@ -267,6 +271,25 @@ async function buildOne(
   tmp: string,
 ): Promise<string[]> {
   const bits64 = is64(g.kind);
+  if (g.kind === "user64") {
+    const elf = join(tmp, `${g.name}.elf`);
+    await run("gcc", [
+      "-static",
+      "-nostdlib",
+      "-fno-pic",
+      "-no-pie",
+      "-fno-stack-protector",
+      "-fcf-protection=none",
+      "-O1",
+      "-Wall",
+      "-Wextra",
+      "-Wl,--build-id=none",
+      "-o",
+      elf,
+      ...g.sources.map((s) => join(GUESTS_DIR, s)),
+    ]);
+    return [elf];
+  }
   const objs: string[] = [];
   for (const [i, src] of g.sources.entries()) {
     const obj = join(tmp, `${i}.o`);

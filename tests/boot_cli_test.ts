@@ -216,3 +216,20 @@ kvmTest(
     }
   },
 );
+kvmTest("hvsh boot --boot-timer prints the phases it saw on stderr, and a dash for those it did not", async () => {
+  const run = await boot(["--kernel", await guest("hello64.elf"), "--boot-timer"]);
+  assert.equal(run.code, 1, run.stderr);
+  assert.equal(run.stdout, "hello\n");
+  const lines = run.stderr.trimEnd().split("\n");
+  assert.equal(lines[0], "hvsh boot timer (ms since process start, +ms since the previous phase):");
+  const seen = ["hvsh start", "vm created", "image loaded", "first guest instruction"];
+  const at = seen.map((phase) => {
+    const line = lines.find((l) => l.startsWith(`  ${phase} `));
+    assert.ok(line, `${phase} in:\n${run.stderr}`);
+    return Number(/ (\d+\.\d) +\+/.exec(line)![1]);
+  });
+  assert.deepEqual([...at].sort((a, b) => a - b), at, "phases in time order");
+  for (const phase of ["kernel banner", "Run /init", "user space", "guest mark"]) {
+    assert.ok(lines.some((l) => new RegExp(`^  ${phase.replace("/", "\\/")} +—$`).test(l)), `${phase} not seen`);
+  }
+});

@@ -15,6 +15,7 @@ import { join } from "node:path";
 import { readElfSymbols } from "../core/loader/elf.ts";
 import { guest, kvmAvailable, kvmMissingReason } from "./_helpers.ts";
 import { loadedOccurrences, returnSite } from "./_elf_facts.ts";
+import { findTinyKernel } from "../scripts/build_linux.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const HVSH = join(ROOT, "hvsh");
@@ -140,7 +141,7 @@ Deno.test(".help lists every dot command with its usage; .help CMD shows one; un
     const usage of [
       ".help [COMMAND]",
       ".vm new [MEMORY]|list|use NAME|close [NAME]",
-      ".load FILE [ADDR]",
+      ".load FILE [ADDR] [--initrd FILE|DIR] [--symbols System.map] [--append CMDLINE]",
       ".regs [NAME...|NAME=VALUE]",
       ".sregs",
       ".x/NFU [ADDR]",
@@ -1007,3 +1008,29 @@ kvmTest(
     }
   },
 );
+const tinyKernel = await findTinyKernel();
+Deno.test({
+  name:
+    ".load takes a Linux kernel: a vmlinux by PVH with --initrd DIR and --append, a bzImage with --symbols System.map",
+  ignore: !kvmAvailable || tinyKernel === undefined,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "hvsh-repl-linux-" });
+    try {
+      await Deno.writeTextFile(join(dir, "init"), "not run\n");
+      const { out } = await steps(["--empty"], [
+        ".vm new 256M",
+        `.load ${tinyKernel!.vmlinux} --initrd ${dir} --append console=ttyS0 panic=-1`,
+        "vm.memory.readCString(vm.image.linux.cmdline.address)",
+        ".vm new 256M",
+        `.load ${tinyKernel!.bzImage} --symbols ${tinyKernel!.systemMap}`,
+        ".hbreak start_kernel",
+      ]);
+      assert.match(out[1]!, /^loaded .*vmlinux: pvh, protected mode, entry 0x[0-9a-f]+, \d{4,} symbols$/);
+      assert.match(out[2]!, /console=ttyS0 panic=-1/);
+      assert.match(out[4]!, /^loaded .*bzImage: bzimage, long mode, entry 0x100200, \d{4,} symbols$/);
+      assert.match(out[5]!, /start_kernel/);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

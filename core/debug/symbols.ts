@@ -100,3 +100,32 @@ export class SymbolTable {
     return this.#sorted;
   }
 }
+
+/**
+ * Symbols of a Linux `System.map` (or `nm` output): `ADDRESS TYPE NAME`
+ * lines. Types t/T are functions, d/D/b/B/r/R objects, the rest "other";
+ * sizes are unknown (0). Throws a SyntaxError naming the first line that is
+ * not in that form.
+ *
+ * @example
+ * ```ts
+ * import { parseSystemMap } from "./symbols.ts";
+ * const [symbol] = parseSystemMap("ffffffff81000000 T startup_64\n");
+ * symbol?.address; // 0xffffffff81000000n
+ * ```
+ */
+export function parseSystemMap(text: string, path = "System.map"): ImageSymbol[] {
+  const symbols: ImageSymbol[] = [];
+  const lines = text.split("\n");
+  for (const [i, line] of lines.entries()) {
+    if (line.trim() === "") continue;
+    const match = /^([0-9a-fA-F]{1,16})\s+([a-zA-Z?])\s+(\S+)/.exec(line);
+    if (match === null) {
+      throw new SyntaxError(`${path} line ${i + 1} is not "ADDRESS TYPE NAME": ${JSON.stringify(line.slice(0, 80))}`);
+    }
+    const type = match[2]!.toLowerCase();
+    const kind = type === "t" || type === "w" ? "function" : "dbr".includes(type) ? "object" : "other";
+    symbols.push({ name: match[3]!, address: BigInt(`0x${match[1]}`), size: 0, kind });
+  }
+  return symbols;
+}

@@ -7,11 +7,11 @@
 import { hasElfMagic } from "./elf.ts";
 import { findMultibootHeader } from "./multiboot.ts";
 import { errorPrefix } from "./_plan.ts";
+import { isBzImage } from "./linux.ts";
+import { findPvhEntry } from "./pvh.ts";
 import type { ImageFormat } from "./types.ts";
 
 /** Offset of the Linux boot protocol's "HdrS" magic in a bzImage (Documentation/arch/x86/boot.rst). */
-const LINUX_HEADER_MAGIC_OFFSET = 0x202;
-const LINUX_HEADER_MAGIC = "HdrS";
 
 /** What a file without a bootable signature holds, for the error message. */
 function describeUnknown(bytes: Uint8Array): string {
@@ -33,13 +33,6 @@ export function hasBootSignature(bytes: Uint8Array): boolean {
   return bytes.length >= 512 && bytes[510] === 0x55 && bytes[511] === 0xaa;
 }
 
-/** Whether the bytes carry the Linux x86 boot protocol's header ("HdrS" at 0x202): a bzImage. */
-export function isLinuxBzImage(bytes: Uint8Array): boolean {
-  if (bytes.length < LINUX_HEADER_MAGIC_OFFSET + 4) return false;
-  const magic = new TextDecoder().decode(bytes.subarray(LINUX_HEADER_MAGIC_OFFSET, LINUX_HEADER_MAGIC_OFFSET + 4));
-  return magic === LINUX_HEADER_MAGIC;
-}
-
 /** What {@link detectFormat} may assume beyond the bytes. */
 export interface DetectOptions {
   /** An address to load a flat image at: given, a file with no signature is taken as flat. */
@@ -52,16 +45,17 @@ export interface DetectOptions {
 }
 
 /**
- * Detects an image's format: `"multiboot"` if it has a valid Multiboot 1
+ * Detects an image's format: `"bzimage"` for a Linux bzImage (0xAA55 at
+ * 0x1fe and "HdrS" at 0x202), `"multiboot"` if it has a valid Multiboot 1
  * header (this beats the ELF magic: a multiboot ELF kernel is booted as
- * multiboot), else `"elf"` if it starts with the ELF magic, else `"flat"`
- * when it looks like a boot sector (512 bytes or more, 55 AA at offset 510)
- * or a `loadAddress` says where flat bytes go.
+ * multiboot), `"bzimage"` for a Linux bzImage ("HdrS" at 0x202), `"pvh"`
+ * for an ELF with a Xen PVH entry note (a Linux vmlinux: the PVH entry skips
+ * decompression), else `"elf"` if it starts with the ELF magic, else
+ * `"flat"` when it looks like a boot sector (512 bytes or more, 55 AA at
+ * offset 510) or a `loadAddress` says where flat bytes go.
  *
- * Anything else is refused rather than run as code: a `TypeError` for a
- * Linux bzImage ("HdrS" at 0x202; Linux boot is not supported yet) and a
- * `SyntaxError` naming what was found otherwise. `format: "flat"` loads any
- * bytes.
+ * Anything else is refused rather than run as code: a `SyntaxError` naming
+ * what was found. `format: "flat"` loads any bytes.
  *
  * Throws a `SyntaxError` (from {@linkcode findMultibootHeader}) when the
  * image carries the multiboot magic but no valid header.
@@ -84,15 +78,10 @@ export interface DetectOptions {
  * ```
  */
 export function detectFormat(bytes: Uint8Array, path?: string, options: DetectOptions = {}): ImageFormat {
-  if (findMultibootHeader(bytes, path) !== undefined) return "multiboot";
-  if (hasElfMagic(bytes)) return "elf";
   // A bzImage also ends its first sector with 55 AA: look for its header first.
-  if (isLinuxBzImage(bytes)) {
-    throw new TypeError(
-      `${errorPrefix("load", "image", path)}a Linux bzImage: Linux boot is not supported yet ` +
-        `(a multiboot or ELF kernel boots; --format flat runs it as a boot sector anyway)`,
-    );
-  }
+  if (isBzImage(bytes)) return "bzimage";
+  if (findMultibootHeader(bytes, path) !== undefined) return "multiboot";
+  if (hasElfMagic(bytes)) return findPvhEntry(bytes) === undefined ? "elf" : "pvh";
   if (hasBootSignature(bytes) || options.loadAddress !== undefined || options.fromCode) return "flat";
   throw new SyntaxError(
     `${errorPrefix("load", "image", path)}no ELF, multiboot or boot-sector signature ` +

@@ -18,6 +18,10 @@ import { planMultibootInfo } from "./_multiboot_info.ts";
 import { planElfSegments } from "./_load_elf.ts";
 import { errorPrefix, hex, LoadPlan } from "./_plan.ts";
 import type { BootStructures, ImageFormat, LoadedImage, LoadOptions, LoadTarget, MultibootModule } from "./types.ts";
+import { loadBzImage } from "./linux.ts";
+import { loadPvh } from "./pvh.ts";
+import { type E820Entry, e820Map } from "./e820.ts";
+import { PCI_HOLE_START } from "../memory.ts";
 
 /**
  * Where a flat image is loaded when no `loadAddress` is given.
@@ -32,7 +36,7 @@ import type { BootStructures, ImageFormat, LoadedImage, LoadOptions, LoadTarget,
  */
 export const DEFAULT_FLAT_LOAD_ADDRESS = 0x7c00;
 
-const FORMATS: readonly string[] = ["auto", "flat", "elf", "multiboot"];
+const FORMATS: readonly string[] = ["auto", "flat", "elf", "multiboot", "bzimage", "pvh"];
 const ET_EXEC = 2;
 const ET_DYN = 3;
 const ET_NAMES: Record<number, string> = {
@@ -51,6 +55,8 @@ const PREFIX_WHAT: Record<ImageFormat, string> = {
   flat: "flat image",
   elf: "ELF image",
   multiboot: "multiboot image",
+  bzimage: "bzImage",
+  pvh: "PVH kernel",
 };
 
 /**
@@ -124,12 +130,13 @@ export function loadImage(
     throw new TypeError(
       `${errorPrefix("load", "image", options.path)}option format is ${
         JSON.stringify(requested)
-      } (want "auto", "flat", "elf" or "multiboot")`,
+      } (want "auto", "flat", "elf", "multiboot", "bzimage" or "pvh")`,
     );
   }
   const format = requested === "auto" ? detectFormat(bytes, options.path, options) : requested;
   const prefix = errorPrefix("load", PREFIX_WHAT[format], options.path);
   checkOptions(format, options, prefix);
+  if (format === "bzimage" || format === "pvh") return loadLinuxImage(format, bytes, target, options);
   const plan = new LoadPlan(target, prefix);
   let image: LoadedImage;
   switch (format) {
@@ -190,16 +197,20 @@ function checkOptions(format: ImageFormat, options: LoadOptions, prefix: string)
       `${prefix}option loadAddress (${hex(options.loadAddress)}) applies only to flat images`,
     );
   }
-  if ((options.cmdline ?? "") !== "" && format !== "multiboot") {
+  const takesCmdline = format === "multiboot" || format === "bzimage" || format === "pvh";
+  if ((options.cmdline ?? "") !== "" && !takesCmdline) {
     throw new TypeError(
-      `${prefix}option cmdline (${JSON.stringify(options.cmdline)}) applies only to multiboot images`,
+      `${prefix}option cmdline (${JSON.stringify(options.cmdline)}) applies only to multiboot, bzImage and PVH kernels`,
     );
   }
   const modules = options.modules ?? [];
-  if (modules.length > 0 && format !== "multiboot") {
+  if (modules.length > 0 && format !== "multiboot" && format !== "pvh" && format !== "bzimage") {
     throw new TypeError(
-      `${prefix}option modules (${modules.length}) applies only to multiboot images`,
+      `${prefix}option modules (${modules.length}) applies only to multiboot, bzImage and PVH kernels`,
     );
+  }
+  if (modules.length > 1 && format === "bzimage") {
+    throw new TypeError(`${prefix}option modules has ${modules.length} entries; a bzImage takes one, the initrd`);
   }
   for (const [i, m] of modules.entries()) {
     if (!(m.data instanceof Uint8Array)) {
@@ -209,6 +220,34 @@ function checkOptions(format: ImageFormat, options: LoadOptions, prefix: string)
       throw new TypeError(`${prefix}module ${i} cmdline is not a string`);
     }
   }
+}
+
+/** The memory map of `ramSize` bytes of RAM from 0, split around the PCI hole as GuestMemory does. */
+function defaultMemoryMap(ramSize: number): E820Entry[] {
+  const regions = ramSize <= PCI_HOLE_START
+    ? [{ base: 0, size: ramSize }]
+    : [{ base: 0, size: PCI_HOLE_START }, { base: 0x1_0000_0000, size: ramSize - PCI_HOLE_START }];
+  return e820Map(regions);
+}
+
+/** A bzImage or a PVH vmlinux: the first module is the initrd. */
+function loadLinuxImage(
+  format: "bzimage" | "pvh",
+  bytes: Uint8Array,
+  target: LoadTarget,
+  options: LoadOptions,
+): LoadedImage {
+  const [initrd, ...rest] = options.modules ?? [];
+  const linuxOptions = {
+    memoryMap: options.memoryMap ?? defaultMemoryMap(target.ramSize),
+    cmdline: options.cmdline,
+    initrd: initrd?.data,
+    path: options.path,
+    rsdp: options.rsdp,
+  };
+  return format === "bzimage"
+    ? loadBzImage(bytes, target, linuxOptions)
+    : loadPvh(bytes, target, { ...linuxOptions, modules: rest });
 }
 
 function planFlat(

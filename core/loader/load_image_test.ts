@@ -347,7 +347,11 @@ Deno.test("loadImage() rejects options the image format cannot use", () => {
       { loadAddress: 0x7c00 },
       /^Cannot load ELF image: option loadAddress \(0x7c00\) applies only to flat images$/,
     ],
-    [elf, { cmdline: "quiet" }, /^Cannot load ELF image: option cmdline \("quiet"\) applies only to multiboot images$/],
+    [
+      elf,
+      { cmdline: "quiet" },
+      /^Cannot load ELF image: option cmdline \("quiet"\) applies only to multiboot, bzImage and PVH kernels$/,
+    ],
     [
       new Uint8Array(CODE),
       { format: "flat", modules: [{ data: new Uint8Array(1), cmdline: "m" }] },

@@ -35,3 +35,8 @@ export * from "./multiboot.ts";
 export * from "./detect_format.ts";
 export * from "./load_image.ts";
 export * from "./read_image_file.ts";
+export * from "./e820.ts";
+export * from "./linux.ts";
+export * from "./pvh.ts";
+export * from "./initramfs.ts";
+export * from "./linux_boot.ts";

@@ -6,6 +6,8 @@
  * @module
  */
 
+import type { E820Entry } from "./e820.ts";
+
 /**
  * Guest physical memory as a loader sees it. The machine implements it; a
  * loader only asks which ranges are RAM and copies or fills bytes.
@@ -91,6 +93,8 @@ export interface BootStructures {
  * - `"flat"`: raw bytes copied to one address and entered in real mode.
  * - `"elf"`: an ELF32 or ELF64 x86 executable, loaded by its PT_LOAD segments.
  * - `"multiboot"`: a Multiboot 1 kernel (ELF or a.out kludge).
+ * - `"bzimage"`: a Linux bzImage, booted by the Linux x86 boot protocol.
+ * - `"pvh"`: an ELF kernel with a Xen PVH entry note (a Linux vmlinux), entered at that note.
  *
  * @example
  * ```ts
@@ -99,7 +103,7 @@ export interface BootStructures {
  * const format: ImageFormat = "multiboot";
  * ```
  */
-export type ImageFormat = "flat" | "elf" | "multiboot";
+export type ImageFormat = "flat" | "elf" | "multiboot" | "bzimage" | "pvh";
 
 /**
  * The CPU mode an image must be entered in.
@@ -162,13 +166,21 @@ export interface LoadOptions {
   loadAddress?: number | undefined;
   /**
    * The kernel command line. Multiboot hands the kernel `"<path> <cmdline>"`
-   * (argv[0] is the image path, as QEMU does).
+   * (argv[0] is the image path, as QEMU does); a bzImage gets it through
+   * boot_params, a PVH kernel through hvm_start_info.
    */
   cmdline?: string | undefined;
   /** The image path, used in error messages and as multiboot argv[0]. */
   path?: string | undefined;
-  /** Multiboot modules (e.g. an initrd), in order. */
+  /** Multiboot or PVH modules, in order; for a bzImage, at most one: the initrd. */
   modules?: readonly MultibootModule[] | undefined;
+  /**
+   * The memory map a Linux kernel is given (bzImage and PVH); by default the
+   * map of `ramSize` bytes of RAM from address 0 ({@linkcode e820Map}).
+   */
+  memoryMap?: readonly E820Entry[] | undefined;
+  /** Where the platform put the ACPI RSDP, for a Linux kernel (bzImage and PVH). */
+  rsdp?: number | undefined;
 }
 
 /**
@@ -231,8 +243,14 @@ export interface LoadedImage {
   lowest: number;
   /** End (exclusive) of the image in physical memory, BSS included. */
   end: number;
-  /** The multiboot info area (struct, strings, memory map and modules). */
+  /** The multiboot info area (struct, strings, memory map and modules), or Linux's boot_params / hvm_start_info. */
   bootInfo?: { address: number; size: number };
   /** Where the machine must write its boot GDT and page tables (absent for real mode). */
   bootStructures?: BootStructures;
+  /**
+   * A GDT the entry needs in place of the vCPU's boot GDT (the Linux boot
+   * protocol's `__BOOT_CS` 0x10 and `__BOOT_DS` 0x18): its address and limit
+   * and the code and data selectors to load.
+   */
+  segments?: { gdt: number; gdtLimit: number; code: number; data: number };
 }

@@ -83,5 +83,6 @@ export { formatTranslation, type Translation, type WalkLevel } from "./core/debu
 export * from "./core/platform.ts";
 export * from "./devices/bus.ts";
 export * from "./devices/serial.ts";
+export { type ExecOptions, type ExpectOptions, SerialWaitError } from "./devices/serial_reader.ts";
 export * from "./devices/debug_exit.ts";
 export * from "./devices/virtio/mod.ts";

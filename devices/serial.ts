@@ -8,7 +8,7 @@
 
 import type { IoDevice } from "./bus.ts";
 import { StateReader, toBase64 } from "./_state.ts";
-import { type ExpectOptions, SerialReader, type StopSource } from "./serial_reader.ts";
+import { type ExecOptions, type ExpectOptions, SerialReader, type StopSource } from "./serial_reader.ts";
 
 const RBR_THR = 0; // DLL when DLAB
 const IER = 1; // DLM when DLAB
@@ -319,6 +319,20 @@ export class Serial16550 implements IoDevice {
    */
   expect(pattern: RegExp | string, options: ExpectOptions = {}): Promise<RegExpExecArray> {
     return this.#reader.expect(pattern, options);
+  }
+
+  /**
+   * Runs `command` at a shell on this port: sends it with a newline, waits for
+   * its echo and the next prompt (`prompt`; by default a last line ending in `$ `, `# ` or `> `), and resolves
+   * with what it printed in between. `transcript` keeps the whole exchange.
+   *
+   * @example
+   * ```ts ignore
+   * const version = await vm.serial.exec("uname -r", { prompt: "# ", timeout: 30_000 });
+   * ```
+   */
+  exec(command: string, options: ExecOptions = {}): Promise<string> {
+    return this.#reader.exec(command, (text) => this.send(text), options);
   }
 
   /** Waits for every pattern after the cursor, in any order; the cursor moves past the last match. */

@@ -26,6 +26,18 @@ export interface ExpectOptions {
   timeout?: number;
 }
 
+/** Options of {@link SerialReader.exec}. */
+export interface ExecOptions extends ExpectOptions {
+  /**
+   * The shell's prompt, which ends the command's output: a RegExp, or a
+   * string matched literally. Default: a last line that ends in `$ `, `# `
+   * or `> ` with nothing after it yet (`/(?:^|\n)[^\n]*[$#>] $/`).
+   */
+  prompt?: RegExp | string;
+}
+
+const DEFAULT_PROMPT = /(?:^|\n)[^\n]*[$#>] $/;
+
 /** What the reader listens to: the port's bytes. */
 export interface SerialSource {
   /** Calls `observer` with each chunk of bytes the guest transmits; returns an unsubscribe function. */
@@ -184,6 +196,27 @@ export class SerialReader {
       return this.#text.slice(from, end);
     });
     return match.endsWith("\r") ? match.slice(0, -1) : match;
+  }
+
+  /**
+   * Runs `command` at a shell on the port (console automation, as expect
+   * scripts do it): `send`s the command and a newline, waits for the echo,
+   * then for the next prompt, and resolves with what the command printed in
+   * between: line ends as "\n", without the echo, the prompt or the final
+   * line end. `timeout` covers the whole exchange; a timeout or a stop
+   * rejects as {@link expect} does, with the output so far in the error.
+   */
+  async exec(command: string, send: (text: string) => void, options: ExecOptions = {}): Promise<string> {
+    if (/[\r\n]/.test(command)) {
+      throw new RangeError(`Cannot exec ${JSON.stringify(command)}: one line at a time (no CR or LF)`);
+    }
+    const deadline = performance.now() + (options.timeout ?? DEFAULT_TIMEOUT_MS);
+    const left = () => ({ timeout: Math.max(0, deadline - performance.now()) });
+    const prompt = toRegExp(options.prompt ?? DEFAULT_PROMPT);
+    send(`${command}\n`);
+    await this.expect(command, left());
+    const reply = await this.expect(new RegExp(`([\\s\\S]*?)(?:${prompt.source})`, prompt.flags), left());
+    return reply[1]!.replace(/\r\n/g, "\n").replace(/^\n/, "").replace(/\r?\n?$/, "");
   }
 
   /**

@@ -91,6 +91,7 @@ const GUESTS: GuestSpec[] = [
   },
   { name: "halt", kind: "elf32", sources: ["halt.S"], linkAddress: MIB },
   { name: "echo", kind: "elf32", sources: ["echo.S"], linkAddress: MIB },
+  { name: "toy_shell", kind: "elf32", sources: ["lib/start32.S", "toy_shell.c"], linkAddress: MIB },
   { name: "pattern", kind: "elf64", sources: ["pattern.S"], linkAddress: MIB },
   { name: "watch_sites", kind: "elf64", sources: ["watch_sites.S"], linkAddress: MIB },
   { name: "spin", kind: "elf64", sources: ["spin.S"], linkAddress: MIB },

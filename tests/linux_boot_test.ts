@@ -206,3 +206,35 @@ linuxTest(
     }
   },
 );
+
+linuxTest(
+  "a Linux guest snapshotted mid-boot (after its memory report) and restored into a new VM boots on to user space",
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "hvsh-linux-snap-" });
+    try {
+      const initrd = await initramfs({ "/init": { file: await guest("linux_init.elf"), mode: 0o755 } });
+      const file = join(dir, "mid-boot.hvsnap");
+      {
+        await using vm = await Vm.create({ memory: MEMORY });
+        await vm.loadLinux({ kernel: kernel!.vmlinux, initrd, cmdline: TINY_CMDLINE });
+        const run = vm.run({ timeout: BOOT_LIMIT_MS });
+        await vm.serial.expect(/Memory: \d+K\/\d+K available/, { timeout: BOOT_LIMIT_MS });
+        await vm.pause();
+        await run;
+        assert.doesNotMatch(vm.serial.output, /Run \/init/, "paused before user space");
+        await vm.snapshot(file);
+      }
+      await using copy = await Vm.restore(file);
+      const run = copy.run({ timeout: BOOT_LIMIT_MS });
+      await copy.serial.expect(INIT_MARKER, { timeout: BOOT_LIMIT_MS });
+      await copy.pause();
+      await run;
+      const log = copy.serial.output;
+      assert.doesNotMatch(log, /Linux version/, "the restored kernel goes on; it does not boot again");
+      assert.match(log, /Run \/init as init process/);
+      assert.doesNotMatch(log, /soft lockup|BUG:|Oops/);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);

@@ -22,8 +22,12 @@
  *
  * Usage: `deno task bench [--n 20000] [--rounds 15] [--steps 20000]
  * [--hits 48] [--debug-rounds 9] [--cold-runs 5] [--gdb-steps 800]
- * [--gdb-rounds 5] [--block-rounds 5] [--snapshot-rounds 3] [--linux-runs 1]
- * [--only exits,debug,gdb,cold,block,snapshot,linux]`
+ * [--gdb-rounds 5] [--block-rounds 5] [--snapshot-rounds 3] [--linux-runs 1] [--process-rounds 5]
+ * [--only exits,debug,gdb,cold,block,snapshot,linux,process]`
+ *
+ * The process rows (scripts/bench_process.ts) time hvsh as users run it:
+ * whole `hvsh boot` processes (per-exit cost, cold start, peak RSS) beside
+ * the C loop and QEMU `-M microvm`.
  *
  * The snapshot rows (scripts/bench_snapshot.ts) set hvsh's snapshot,
  * restore, clones, migration and fork beside QEMU's on one guest. The linux
@@ -47,6 +51,7 @@ import { buildGuests } from "./build_guests.ts";
 import { benchBlock, formatBlockTable } from "./bench_block.ts";
 import { benchSnapshot, formatSnapshotTable } from "./bench_snapshot.ts";
 import { benchLinux } from "./bench_linux.ts";
+import { benchProcess, formatProcessTable } from "./bench_process.ts";
 
 /** Repository root (the launcher, tests/ and bench/ are found from here). */
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
@@ -860,10 +865,12 @@ function positiveInt(value: string | undefined, fallback: number, name: string):
 }
 
 const BENCH_USAGE = `usage: hvsh bench [--n 20000] [--rounds 15] [--steps 20000] [--hits 48] [--debug-rounds 9]
-                  [--cold-runs 5] [--gdb-steps 800] [--gdb-rounds 5] [--only exits,debug,gdb,cold]
+                  [--cold-runs 5] [--gdb-steps 800] [--gdb-rounds 5] [--process-rounds 5]
+                  [--only exits,debug,gdb,cold,block,snapshot,process]
 
 Measures hvsh against C baselines (and QEMU where installed): exit round trips, single-step
-and breakpoint rates, gdb stepi and memory dumps, cold start. Prints ratios; never fails.`;
+and breakpoint rates, gdb stepi and memory dumps, cold start; whole hvsh boot processes (per-exit cost, start,
+peak RSS) against the C loop and QEMU -M microvm, with the load average. Prints ratios; never fails.`;
 
 async function main(args: string[]): Promise<number> {
   if (args.includes("--help") || args.includes("-h")) {
@@ -897,9 +904,10 @@ function parseOptions(args: string[]) {
       only: { type: "string" },
       "block-rounds": { type: "string" },
       "linux-runs": { type: "string" },
+      "process-rounds": { type: "string" },
     },
   });
-  const sections = ["exits", "debug", "gdb", "cold", "block", "snapshot", "linux"];
+  const sections = ["exits", "debug", "gdb", "cold", "block", "snapshot", "linux", "process"];
   const only = values.only === undefined ? sections : values.only.split(",");
   const unknown = only.filter((name) => !sections.includes(name));
   if (unknown.length > 0) throw new RangeError(`--only ${values.only}: expected some of ${sections.join(",")}`);
@@ -930,6 +938,15 @@ async function runBench({ values, only }: ReturnType<typeof parseOptions>): Prom
   if (spin === undefined || demo === undefined) throw new Error("buildGuests() lacks spin.elf or demo.elf");
 
   const started = performance.now();
+  if (only.includes("process")) {
+    const mbHello = guests.get("mb_hello.elf");
+    if (mbHello === undefined) throw new Error("buildGuests() lacks mb_hello.elf");
+    // 5 rounds: each is ≈1.5 s of hvsh and ≈1.2 s of C exits plus 6 short processes, ≈20 s in all here.
+    const processRounds = positiveInt(values["process-rounds"], 5, "process-rounds");
+    const tools = { root: ROOT, launcher: LAUNCHER, cExitBench: C_BINARY, benchPio: pio, mbHello, median, onPath };
+    console.log(formatProcessTable(await benchProcess(tools, processRounds), processRounds));
+    console.log();
+  }
   if (only.includes("exits")) {
     const results = [await benchExits("PIO", pio, n, rounds), await benchExits("MMIO", mmio, n, rounds)];
     console.log(formatExitTable(results, n, rounds));

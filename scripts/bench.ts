@@ -865,8 +865,8 @@ function positiveInt(value: string | undefined, fallback: number, name: string):
 }
 
 const BENCH_USAGE = `usage: hvsh bench [--n 20000] [--rounds 15] [--steps 20000] [--hits 48] [--debug-rounds 9]
-                  [--cold-runs 5] [--gdb-steps 800] [--gdb-rounds 5] [--process-rounds 5]
-                  [--only exits,debug,gdb,cold,block,snapshot,process]
+                  [--cold-runs 5] [--gdb-steps 800] [--gdb-rounds 5] [--block-rounds 5] [--snapshot-rounds 3]
+                  [--linux-runs 1] [--process-rounds 5] [--only exits,debug,gdb,cold,block,snapshot,linux,process]
 
 Measures hvsh against C baselines (and QEMU where installed): exit round trips, single-step
 and breakpoint rates, gdb stepi and memory dumps, cold start; whole hvsh boot processes (per-exit cost, start,

@@ -401,6 +401,29 @@ Deno.test("virtioVsock() closes the host client when the guest refuses its CONNE
   });
 });
 
+Deno.test("virtioVsock({ connectTimeout }) closes a host client whose CONNECT the guest never answers, and RSTs the guest", async () => {
+  await withSocketDir(async (uds) => {
+    const guest = new Guest(virtioVsock({ cid: 3, uds, connectTimeout: 20 }));
+    const host = await Deno.connect({ transport: "unix", path: uds });
+    try {
+      await host.write(encoder.encode("CONNECT 9\n"));
+      const request = await guest.next(VIRTIO_VSOCK_OP.request, "the REQUEST");
+      // The guest stays silent: the host client is closed when the time is up, and the guest hears RST.
+      assert.equal(await host.read(new Uint8Array(4)), null);
+      const rst = await guest.next(VIRTIO_VSOCK_OP.rst, "RST");
+      assert.deepEqual([rst.header.srcPort, rst.header.dstPort], [request.header.srcPort, 9]);
+      // A late RESPONSE finds no connection: RST again.
+      guest.send({ srcPort: 9, dstPort: request.header.srcPort, op: VIRTIO_VSOCK_OP.response });
+      await guest.next(VIRTIO_VSOCK_OP.rst, "RST to the late RESPONSE");
+      assert.deepEqual(guest.device.connections, []);
+      assert.throws(() => virtioVsock({ cid: 3, uds: `${uds}2`, connectTimeout: 0 }), /connectTimeout 0/);
+    } finally {
+      host.close();
+      await guest.close();
+    }
+  });
+});
+
 /** A guest with one guest-initiated connection to a host listener at PATH_5000. */
 async function connected(uds: string) {
   const guest = new Guest(virtioVsock({ cid: 3, uds }));

@@ -7,7 +7,8 @@
  *   writes `CONNECT <port>\n`; the device sends the guest a REQUEST to that
  *   port, and on the guest's RESPONSE writes `OK <host port>\n` back, after
  *   which the Unix stream is the connection. A RST (or no answer within
- *   {@link VSOCK_CONNECT_TIMEOUT_MS}) closes the Unix stream instead.
+ *   `connectTimeout`, 2 s by default) closes the Unix stream instead, and
+ *   the guest gets a RST should it answer later.
  * - Guest-initiated: a guest connecting to host (CID 2) port P is connected
  *   to the Unix socket `${uds}_${P}`, where a host program listens; no
  *   listener there and the guest gets a RST (connection refused).
@@ -250,6 +251,8 @@ export interface VirtioVsockOptions {
   cid: number;
   /** The host Unix socket hvsh listens on; guest connections to port P go to `${uds}_${P}`. */
   uds: string;
+  /** How long a host-initiated connection waits for the guest's RESPONSE, in ms (default {@link VSOCK_CONNECT_TIMEOUT_MS}). */
+  connectTimeout?: number;
 }
 
 /** What the device has done, for listings and tests. */
@@ -283,6 +286,7 @@ export class VirtioVsock implements VirtioDevice {
   readonly uds: string;
   readonly counters: VsockCounters = { connections: 0, bytesFromGuest: 0, bytesToGuest: 0, dropped: 0 };
   readonly #listener: Deno.UnixListener;
+  readonly #connectTimeout: number;
   readonly #connections = new Map<string, Connection>();
   /** Headers owed to the guest outside any connection (RST to a packet for no connection). */
   #replies: VsockHeader[] = [];
@@ -314,8 +318,13 @@ export class VirtioVsock implements VirtioDevice {
         } fits a Unix socket address`,
       );
     }
+    const timeout = options.connectTimeout ?? VSOCK_CONNECT_TIMEOUT_MS;
+    if (!Number.isInteger(timeout) || timeout < 1 || timeout > 3_600_000) {
+      throw new RangeError(`Invalid virtio-vsock connectTimeout ${timeout}: expected whole milliseconds, 1-3600000`);
+    }
     this.cid = cid;
     this.uds = uds;
+    this.#connectTimeout = timeout;
     try {
       this.#listener = Deno.listen({ transport: "unix", path: uds });
     } catch (error) {
@@ -598,8 +607,10 @@ export class VirtioVsock implements VirtioDevice {
     c.sendRequest = true;
     c.timer = setTimeout(() => {
       c.timer = undefined;
-      if (!c.closed && c.state === "connecting") this.#drop(c, true);
-    }, VSOCK_CONNECT_TIMEOUT_MS);
+      if (c.closed || c.state !== "connecting") return;
+      this.#drop(c, true);
+      this.#pump();
+    }, this.#connectTimeout);
     this.#connections.set(c.key, c);
     this.#pump();
   }

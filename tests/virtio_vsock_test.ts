@@ -21,7 +21,8 @@ import {
 } from "../devices/virtio/vsock.ts";
 import { VIRTIO_ID, VIRTIO_STATUS } from "../devices/virtio/device.ts";
 import { VIRTIO_MMIO } from "../devices/virtio/mmio.ts";
-import { kvmAvailable, kvmMissingReason } from "./_helpers.ts";
+import { guest as guestImage, kvmAvailable, kvmMissingReason } from "./_helpers.ts";
+import { Vm } from "../core/vm.ts";
 
 const GUEST_CID = 3n;
 const HOST_CID = 2n;
@@ -604,7 +605,6 @@ Deno.test({
   async fn() {
     if (!kvmAvailable) console.log(`ignored: ${kvmMissingReason}`);
     const { parseVirtioFlags, addVirtioDevices } = await import("../cli/virtio_flags.ts");
-    const { Vm } = await import("../core/vm.ts");
     await withSocketDir(async (uds) => {
       const options = parseVirtioFlags({ vsock: `5,${uds}` }, (message) => new Error(message));
       assert.deepEqual(options.vsock, { cid: 5, path: uds });
@@ -619,6 +619,40 @@ Deno.test({
       }
       // Closing the VM closed the device and its socket.
       await assert.rejects(Deno.connect({ transport: "unix", path: uds }));
+    });
+  },
+});
+
+Deno.test({
+  name: "a tiny guest's vsock driver under KVM accepts a host CONNECT, echoes the bytes and closes (virtio-mmio)",
+  ignore: !kvmAvailable,
+  async fn() {
+    await withSocketDir(async (uds) => {
+      await using vm = await Vm.create({ memory: "64M" });
+      const logs: string[] = [];
+      // The host may connect before the guest's driver is up: the REQUEST waits for it.
+      vm.add(virtioVsock({ cid: 3, uds, connectTimeout: 30_000 }), { log: (line) => logs.push(line) });
+      await vm.load(await guestImage("virtio.elf"), { cmdline: "vsock" });
+      const running = vm.run({ timeout: 60_000 });
+      const host = await Deno.connect({ transport: "unix", path: uds });
+      try {
+        await host.write(encoder.encode("CONNECT 52\n"));
+        assert.equal(await readLine(host), `OK ${VSOCK_FIRST_HOST_PORT}\n`);
+        await host.write(encoder.encode("hello"));
+        assert.equal(decoder.decode(await readExactly(host, 5)), "HELLO");
+        await host.closeWrite();
+        // The guest answers the SHUTDOWN with its own; the device's RST closes the Unix stream.
+        assert.equal(await host.read(new Uint8Array(1)), null);
+      } finally {
+        host.close();
+      }
+      const stop = await running;
+      assert.equal(stop.reason, "exit", `stopped: ${stop.reason}; output ${vm.serial.output}`);
+      assert.equal(
+        vm.serial.output,
+        `vsock cid=3 request 2:${VSOCK_FIRST_HOST_PORT} -> 52\necho hello\nshutdown flags=2\nrst\nvsock done\n`,
+      );
+      assert.deepEqual(logs, []);
     });
   },
 });

@@ -616,6 +616,9 @@ Deno.test({
         assert.equal(slot!.transport, "pci");
         assert.equal((slot!.device as VirtioVsock).cid, 5);
         assert.equal((await Deno.lstat(uds)).isSocket, true);
+        const { formatDevices } = await import("../repl/devices_view.ts");
+        assert.match(formatDevices(vm), /vsock0 +virtio-vsock, pci/);
+        assert.match(formatDevices(vm), new RegExp(`CID 5, ${uds}, 0 connections`));
       }
       // Closing the VM closed the device and its socket.
       await assert.rejects(Deno.connect({ transport: "unix", path: uds }));

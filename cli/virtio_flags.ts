@@ -11,6 +11,7 @@ import { virtioBlock } from "../devices/virtio/block.ts";
 import { virtioRng } from "../devices/virtio/rng.ts";
 import { virtioConsole } from "../devices/virtio/console.ts";
 import { virtioNet } from "../devices/virtio/net.ts";
+import { virtioVsock } from "../devices/virtio/vsock.ts";
 import type { VirtioTransport } from "../devices/virtio/slots.ts";
 
 /** What the virtio flags asked for. */
@@ -94,7 +95,5 @@ export function addVirtioDevices(vm: Vm, options: VirtioBootOptions): void {
     });
   }
   if (options.rng) vm.add(virtioRng(), transport);
-  if (options.vsock !== undefined) {
-    throw new Error(`Cannot add --vsock ${options.vsock.cid},${options.vsock.path}: virtio-vsock is not built yet`);
-  }
+  if (options.vsock !== undefined) vm.add(virtioVsock({ cid: options.vsock.cid, uds: options.vsock.path }), transport);
 }

@@ -41,9 +41,16 @@ export class TestDriver {
     this.transport.write(BigInt(register), 4, BigInt(value));
   }
 
-  /** Status, features (VERSION_1 plus `low`), every queue, DRIVER_OK. */
+  /** Resets the device, then status, features (VERSION_1 plus `low`), every queue (rings zeroed), DRIVER_OK. */
   start(low = 0): void {
     this.write(VIRTIO_MMIO.status, 0);
+    // A restart begins with empty rings, as a driver's fresh allocation would.
+    this.#availIdx.clear();
+    this.#usedSeen.clear();
+    this.#nextBuffer.clear();
+    for (let q = 0; q < this.transport.core.queues.length; q++) {
+      this.memory.write(this.#area(q), new Uint8Array(0x3000));
+    }
     this.write(VIRTIO_MMIO.status, 3);
     this.write(VIRTIO_MMIO.driverFeaturesSel, 0);
     this.write(VIRTIO_MMIO.driverFeatures, low);

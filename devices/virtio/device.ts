@@ -53,6 +53,8 @@ export interface VirtioContext {
   configChanged(): void;
   /** Puts the device in NEEDS_RESET with one log line (for errors found off the notify path, e.g. on input). */
   fail(reason: string): void;
+  /** Logs one line about the device (a dropped packet) where NEEDS_RESET lines go, prefixed with the device's name. */
+  log(line: string): void;
 }
 
 /** A virtio back end, independent of its transport. */
@@ -258,6 +260,7 @@ export class VirtioCore {
         this.raise(2);
       },
       fail: (reason) => this.fail(reason),
+      log: (line) => this.#log(`hvsh: ${this.name}: ${line}`),
     };
   }
 

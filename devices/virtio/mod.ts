@@ -24,3 +24,4 @@ export * from "./rng.ts";
 export * from "./console.ts";
 export * from "./net.ts";
 export * from "./slots.ts";
+export * from "./vsock.ts";

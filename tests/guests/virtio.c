@@ -19,6 +19,12 @@
  *   loop     descriptors 0 and 1 link to each other
  *   oob      a read into a buffer at 0xfffff000, outside RAM
  *   qsize    queue size 6 (not a power of two)
+ *   vsock    socket device (id 19, three queues): serves one connection
+ *            on guest port 52 that the host opens with "CONNECT 52\n":
+ *            answers the REQUEST, echoes the bytes uppercased, and on the
+ *            host's SHUTDOWN closes with SHUTDOWN(3) and waits for the RST.
+ *            Prints "vsock cid=<cid> request 2:<port> -> 52\n",
+ *            "echo <bytes>\n", "shutdown flags=<f>\n", "rst\n", "vsock done\n"
  *   early    notify before DRIVER_OK
  *            each hostile mode then prints "status=<hex> status-byte=<hex>\n"
  *            (the device status after the notify, and the request's status
@@ -270,6 +276,159 @@ static void bench(unsigned long size, unsigned long count) {
   puts("bench done\n");
 }
 
+/* ---- vsock: rx (0), tx (1) and event (2) queues, each with its own rings */
+
+#define VQ_SIZE 8
+#define VQ_RX_BUFFERS 4
+#define VSOCK_HDR 44
+#define VSOCK_PAYLOAD 256
+
+struct vsock_hdr {
+  unsigned long long src_cid;
+  unsigned long long dst_cid;
+  unsigned int src_port;
+  unsigned int dst_port;
+  unsigned int len;
+  unsigned short type;
+  unsigned short op;
+  unsigned int flags;
+  unsigned int buf_alloc;
+  unsigned int fwd_cnt;
+} __attribute__((packed));
+
+static struct desc vq_desc[3][256] __attribute__((aligned(4096))); /* a page each */
+static volatile unsigned short vq_avail[3][2048] __attribute__((aligned(4096)));
+static volatile unsigned int vq_used[3][1024] __attribute__((aligned(4096)));
+static unsigned short vq_avail_idx[3];
+static unsigned short vq_used_seen[3];
+static unsigned char vs_rx[VQ_RX_BUFFERS][VSOCK_HDR + VSOCK_PAYLOAD] __attribute__((aligned(16)));
+static unsigned char vs_tx[VSOCK_HDR + VSOCK_PAYLOAD] __attribute__((aligned(16)));
+static unsigned long long vs_cid;
+static unsigned int vs_host_port;
+static unsigned int vs_fwd_cnt;
+
+static void vq_setup(unsigned int q) {
+  wr(R_QUEUE_SEL, q);
+  wr(R_QUEUE_NUM, VQ_SIZE);
+  wr(R_QUEUE_DESC_LOW, (unsigned int)vq_desc[q]);
+  wr(R_QUEUE_DESC_HIGH, 0);
+  wr(R_QUEUE_DRIVER_LOW, (unsigned int)vq_avail[q]);
+  wr(R_QUEUE_DRIVER_HIGH, 0);
+  wr(R_QUEUE_DEVICE_LOW, (unsigned int)vq_used[q]);
+  wr(R_QUEUE_DEVICE_HIGH, 0);
+  wr(R_QUEUE_READY, 1);
+}
+
+static void vq_submit(unsigned int q, unsigned short head) {
+  vq_avail[q][2 + (vq_avail_idx[q] % VQ_SIZE)] = head;
+  __asm__ volatile("" ::: "memory");
+  vq_avail_idx[q]++;
+  vq_avail[q][1] = vq_avail_idx[q];
+  __asm__ volatile("" ::: "memory");
+  wr(R_QUEUE_NOTIFY, q);
+}
+
+/* Waits for a used entry on queue q; each turn reads a register, so each is an exit the host can use. */
+static int vq_wait(unsigned int q, unsigned int *id) {
+  for (unsigned long spin = 0; spin < 5000000; spin++) {
+    if ((unsigned short)(vq_used[q][0] >> 16) != vq_used_seen[q]) {
+      *id = vq_used[q][1 + 2 * (vq_used_seen[q] % VQ_SIZE)];
+      vq_used_seen[q]++;
+      return 1;
+    }
+    unsigned int isr = rd(R_INTERRUPT_STATUS);
+    if (isr) wr(R_INTERRUPT_ACK, isr);
+    if (rd(R_STATUS) & 0x40) return 0; /* DEVICE_NEEDS_RESET */
+  }
+  return 0;
+}
+
+/* The next packet the device put in an rx buffer (copied to `out`), the buffer given back at once. */
+static int vs_receive(struct vsock_hdr *out, unsigned char *payload) {
+  unsigned int id;
+  if (!vq_wait(0, &id) || id >= VQ_RX_BUFFERS) return 0;
+  const struct vsock_hdr *h = (const struct vsock_hdr *)vs_rx[id];
+  *out = *h;
+  for (unsigned int i = 0; i < h->len && i < VSOCK_PAYLOAD; i++) payload[i] = vs_rx[id][VSOCK_HDR + i];
+  vq_submit(0, (unsigned short)id);
+  return 1;
+}
+
+static int vs_send(unsigned short op, unsigned int flags, const unsigned char *payload, unsigned int len) {
+  struct vsock_hdr *h = (struct vsock_hdr *)vs_tx;
+  h->src_cid = vs_cid;
+  h->dst_cid = 2;
+  h->src_port = 52;
+  h->dst_port = vs_host_port;
+  h->len = len;
+  h->type = 1;
+  h->op = op;
+  h->flags = flags;
+  h->buf_alloc = VSOCK_PAYLOAD * VQ_RX_BUFFERS;
+  h->fwd_cnt = vs_fwd_cnt;
+  for (unsigned int i = 0; i < len; i++) vs_tx[VSOCK_HDR + i] = payload[i];
+  fill(&vq_desc[1][0], (unsigned int)vs_tx, VSOCK_HDR + len, 0, 0);
+  vq_submit(1, 0);
+  unsigned int id;
+  return vq_wait(1, &id);
+}
+
+static void vsock_test(void) {
+  wr(R_STATUS, 0);
+  wr(R_STATUS, S_ACKNOWLEDGE | S_DRIVER);
+  wr(R_DRIVER_FEATURES_SEL, 0);
+  wr(R_DRIVER_FEATURES, 0);
+  wr(R_DRIVER_FEATURES_SEL, 1);
+  wr(R_DRIVER_FEATURES, 1); /* VIRTIO_F_VERSION_1 */
+  wr(R_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
+  for (unsigned int q = 0; q < 3; q++) vq_setup(q);
+  wr(R_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+  vs_cid = (unsigned long long)rd(R_CONFIG) | ((unsigned long long)rd(R_CONFIG + 4) << 32);
+  for (unsigned short i = 0; i < VQ_RX_BUFFERS; i++) {
+    fill(&vq_desc[0][i], (unsigned int)vs_rx[i], VSOCK_HDR + VSOCK_PAYLOAD, DESC_F_WRITE, 0);
+    vq_submit(0, i);
+  }
+  struct vsock_hdr h;
+  unsigned char payload[VSOCK_PAYLOAD];
+  if (!vs_receive(&h, payload) || h.op != 1 || h.dst_port != 52) {
+    puts("vsock no request\n");
+    return;
+  }
+  vs_host_port = h.src_port;
+  puts("vsock cid=");
+  put_dec((unsigned long)vs_cid);
+  puts(" request 2:");
+  put_dec(h.src_port);
+  puts(" -> 52\n");
+  vs_send(2, 0, 0, 0); /* RESPONSE */
+  /* Echo data until the host shuts down. */
+  for (;;) {
+    if (!vs_receive(&h, payload)) {
+      puts("vsock stalled\n");
+      return;
+    }
+    if (h.op == 5) { /* RW */
+      puts("echo ");
+      for (unsigned int i = 0; i < h.len; i++) {
+        putc((char)payload[i]);
+        if (payload[i] >= 'a' && payload[i] <= 'z') payload[i] = (unsigned char)(payload[i] - 32);
+      }
+      putc('\n');
+      vs_fwd_cnt += h.len;
+      vs_send(5, 0, payload, h.len);
+    } else if (h.op == 4) { /* SHUTDOWN */
+      puts("shutdown flags=");
+      put_dec(h.flags);
+      putc('\n');
+      break;
+    }
+  }
+  vs_send(4, 3, 0, 0); /* SHUTDOWN, both ways: the device answers RST */
+  while (vs_receive(&h, payload) && h.op != 3) {
+  }
+  puts(h.op == 3 ? "rst\nvsock done\n" : "vsock no rst\n");
+}
+
 static void hostile(const char *mode) {
   status_byte = 0xff;
   if (word_is(mode, "qsize")) {
@@ -314,14 +473,14 @@ void mb_main(unsigned int magic, unsigned int info) {
   const char *cmdline = "";
   if (magic == 0x2BADB002 && (*(unsigned int *)info & 4)) cmdline = (const char *)*(unsigned int *)(info + 16);
   /* QEMU passes the kernel's path first: skip words until a known mode. */
-  static const char *modes[] = {"blk", "blk-ev", "rng", "bench", "loop", "oob", "qsize", "early", 0};
+  static const char *modes[] = {"blk", "blk-ev", "rng", "vsock", "bench", "loop", "oob", "qsize", "early", 0};
   for (;;) {
     int known = 0;
     for (int i = 0; modes[i]; i++) known |= word_is(cmdline, modes[i]);
     if (known || *cmdline == 0) break;
     cmdline = next_word(cmdline);
   }
-  unsigned int want = word_is(cmdline, "rng") ? 4 : 2;
+  unsigned int want = word_is(cmdline, "rng") ? 4 : word_is(cmdline, "vsock") ? 19 : 2;
   if (!find_device(want)) {
     puts("no virtio device ");
     put_dec(want);
@@ -331,6 +490,7 @@ void mb_main(unsigned int magic, unsigned int info) {
   if (word_is(cmdline, "blk")) blk_test(0);
   else if (word_is(cmdline, "blk-ev")) blk_test(1);
   else if (word_is(cmdline, "rng")) rng_test();
+  else if (word_is(cmdline, "vsock")) vsock_test();
   else if (word_is(cmdline, "bench")) {
     const char *size = next_word(cmdline);
     bench(parse_dec(size), parse_dec(next_word(size)));

@@ -111,6 +111,28 @@ interface BootResult {
   neigh?: string;
   rxPackets?: number;
   txPackets?: number;
+  /** The ext2 superblock's mount count (s_mnt_count) in the image after the boot: mkfs leaves 0. */
+  mountCount?: number;
+}
+
+/** s_mnt_count of the ext2 filesystem in the disk's partition: the superblock is 1024 bytes in, the count at 52. */
+async function mountCount(disk: string): Promise<number> {
+  const file = await Deno.open(disk);
+  try {
+    const superblock = new Uint8Array(1024);
+    await file.seek(PART_START * SECTOR + 1024, Deno.SeekMode.Start);
+    let read = 0;
+    while (read < superblock.length) {
+      const n = await file.read(superblock.subarray(read));
+      if (n === null) throw new Error(`${disk}: short read of the ext2 superblock`);
+      read += n;
+    }
+    const view = new DataView(superblock.buffer);
+    assert.equal(view.getUint16(56, true), 0xef53, "ext2 magic in the partition's superblock");
+    return view.getUint16(52, true);
+  } finally {
+    file.close();
+  }
 }
 
 /** Lines the kernel prints when each device works. */
@@ -130,6 +152,7 @@ async function bootVirtio(transport: "mmio" | "pci"): Promise<BootResult> {
     await Deno.copyFile(await guest("linux_init.elf"), join(root, "init"));
     await Deno.chmod(join(root, "init"), 0o755);
     const disk = await makeDisk(dir, root);
+    assert.equal(await mountCount(disk), 0);
     const withNet = noNamespace === undefined;
     // console=hvc0 alone: COM1 keeps only the early console. No panic=-1 with a network: the kernel answers while it
     // waits in panic(), and the namespace script stops hvsh; without one, init's death resets the guest and ends it.
@@ -178,6 +201,7 @@ async function bootVirtio(transport: "mmio" | "pci"): Promise<BootResult> {
       const stdout = new TextDecoder().decode(out.stdout).trim();
       assert.ok(out.success, `namespace script failed: ${stdout} ${new TextDecoder().decode(out.stderr)}`);
       const result = JSON.parse(stdout.split("\n").at(-1)!) as BootResult;
+      result.mountCount = await mountCount(disk);
       console.log(`${transport}: boot and checks in ${((performance.now() - started) / 1000).toFixed(1)} s`);
       return result;
     }
@@ -187,6 +211,7 @@ async function bootVirtio(transport: "mmio" | "pci"): Promise<BootResult> {
       stdout: new TextDecoder().decode(out.stdout),
       stderr: new TextDecoder().decode(out.stderr),
       times: {},
+      mountCount: await mountCount(disk),
     };
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -207,6 +232,8 @@ function check(result: BootResult, transport: "mmio" | "pci"): void {
     assert.doesNotMatch(commandLine, /virtio_mmio/, context);
     assert.match(stdout, /virtio-pci 0000:00:0\d\.0/, context);
   }
+  // The rw mount wrote the superblock back through virtio-blk (ext2 counts mounts).
+  assert.equal(result.mountCount, 1, "s_mnt_count after the rw mount");
   // The log after the early console went away came through virtio-console: ttyS0 is not a console.
   const hvc = stdout.search(/console \[hvc0\] enabled/);
   const bootconsoleOff = stdout.search(/bootconsole \[earlyser0\] disabled/);

@@ -169,8 +169,12 @@ export class Vm extends Machine {
     const format = loadOptions.format === undefined || loadOptions.format === "auto"
       ? detectFormat(bytes, loadOptions.path, { ...loadOptions, fromCode: loadOptions.path === undefined })
       : loadOptions.format;
-    const cmdline = loadOptions.cmdline ?? "";
     const isLinux = format === "bzimage" || format === "pvh";
+    // Linux finds virtio-mmio devices only through `virtio_mmio.device=` (with acpi=off there is no DSDT to read).
+    const cmdline = isLinux
+      ? withKernelParameters(loadOptions.cmdline ?? "", this.virtioKernelParameters())
+      : loadOptions.cmdline ?? "";
+    if (isLinux) loadOptions.cmdline = cmdline;
     if (format !== "multiboot" && !isLinux) delete loadOptions.cmdline;
     if (isLinux) {
       loadOptions.memoryMap ??= e820Map(memory.regions);
@@ -279,7 +283,8 @@ export class Vm extends Machine {
 
   /**
    * Kernel command-line parameters that announce the virtio-mmio devices
-   * (`virtio_mmio.device=512@0xfeb00000:5`), for a Linux loader to append.
+   * (`virtio_mmio.device=512@0xfeb00000:5`). Loading a Linux kernel (bzImage
+   * or PVH vmlinux) appends those its command line lacks.
    */
   virtioKernelParameters(): string[] {
     return this.#virtio.kernelParameters();
@@ -543,4 +548,19 @@ export class Vm extends Machine {
       apply: (machine, state) => machine.#applyState(state, options),
     }, options.onListening);
   }
+}
+
+/**
+ * `cmdline` with each of `params` it does not already hold appended, before a
+ * ` -- ` (what follows it goes to init, not to the kernel). Idempotent, so a
+ * reset or a restore that loads the same command line again adds nothing.
+ */
+export function withKernelParameters(cmdline: string, params: readonly string[]): string {
+  const split = cmdline.search(/(^|\s)--(\s|$)/);
+  const kernel = split < 0 ? cmdline : cmdline.slice(0, split);
+  const rest = split < 0 ? "" : cmdline.slice(split).replace(/^(?=--)/, " ");
+  const words = new Set(kernel.split(/\s+/));
+  const missing = params.filter((param) => !words.has(param));
+  if (missing.length === 0) return cmdline;
+  return [kernel.trimEnd(), ...missing].filter((part) => part !== "").join(" ") + rest;
 }

@@ -3,7 +3,8 @@
 // hvsh running and the device in NEEDS_RESET with one log line.
 
 import assert from "node:assert/strict";
-import { Vm } from "../core/vm.ts";
+import { Vm, withKernelParameters } from "../core/vm.ts";
+import { findTinyKernel } from "../scripts/build_linux.ts";
 import { virtioBlock } from "../devices/virtio/block.ts";
 import { virtioRng } from "../devices/virtio/rng.ts";
 import { VIRTIO_STATUS } from "../devices/virtio/device.ts";
@@ -176,6 +177,37 @@ Deno.test({
         "rng0 mmio 10",
         "rng1 pci 11",
       ]);
+    } finally {
+      await Deno.remove(path);
+    }
+  },
+});
+
+Deno.test("withKernelParameters() appends the parameters a command line lacks, before a ` -- `", () => {
+  const mmio = "virtio_mmio.device=512@0xfeb00000:5";
+  assert.equal(withKernelParameters("", [mmio]), mmio);
+  assert.equal(withKernelParameters("console=hvc0 ", [mmio]), `console=hvc0 ${mmio}`);
+  assert.equal(withKernelParameters(`quiet ${mmio}`, [mmio]), `quiet ${mmio}`);
+  assert.equal(withKernelParameters("quiet -- init-arg", [mmio]), `quiet ${mmio} -- init-arg`);
+  assert.equal(withKernelParameters("-- init-arg", [mmio]), `${mmio} -- init-arg`);
+  assert.equal(withKernelParameters("quiet", []), "quiet");
+});
+
+const tinyKernel = await findTinyKernel();
+Deno.test({
+  name: "loading a Linux kernel appends vm.virtioKernelParameters() to its command line, once across a reload",
+  ignore: ignore || tinyKernel === undefined,
+  async fn() {
+    const path = await diskImage();
+    await using vm = await Vm.create({ memory: "64M" });
+    try {
+      vm.add(virtioBlock({ path }));
+      vm.add(virtioRng(), { transport: "pci" });
+      const cmdlineOf = (image: unknown) => (image as { linux: { cmdline: { text: string } } }).linux.cmdline.text;
+      const image = await vm.loadLinux({ kernel: tinyKernel!.bzImage, cmdline: "console=hvc0 -- x" });
+      assert.equal(cmdlineOf(image), "console=hvc0 virtio_mmio.device=512@0xfeb00000:5 -- x");
+      const again = await vm.load(tinyKernel!.bzImage, { cmdline: cmdlineOf(image) });
+      assert.equal(cmdlineOf(again), cmdlineOf(image));
     } finally {
       await Deno.remove(path);
     }

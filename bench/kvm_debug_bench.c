@@ -23,7 +23,8 @@
  *       VM, the guest's own pace with no debugger: the breakpoint removed and
  *       guest debugging off, run to the end of the next COM1 line, then time
  *       M more lines (demo.elf prints "tick <n>" every 16 loop iterations,
- *       so that is 16*M iterations). Prints
+ *       so that is 16*M iterations; M = 0 skips this phase, for a guest that
+ *       prints nothing, as spin.elf with the int3 on its `jmp .`). Prints
  *       {"hits": K, "seconds": s, "lines": M, "loopSeconds": s2}.
  *
  * A software breakpoint is recognised on both paths (see shared DESIGN.md):
@@ -387,6 +388,7 @@ static void run_to_newline(struct machine *m) {
  * `lines` more.
  */
 static double bench_lines(struct machine *m, uint64_t address, uint8_t original, uint64_t lines) {
+    if (lines == 0) return 0;
     m->ram[address] = original;
     set_guest_debug(m, 0);
     run_to_newline(m);

@@ -123,6 +123,8 @@ export type KernelDevice = IrqchipName | "pit";
 
 /** How often the run loop yields to the event loop (the kick timer's period too). */
 const TICK_MS = 10;
+/** Stopped time after which a run tells the guest's kvm-clock it was paused (see Machine's #tellKvmClockOfStop). */
+const KVMCLOCK_TELL_MS = 1000;
 const KVM_MP_STATE_HALTED = 3;
 const RFLAGS_IF = 0x200n;
 
@@ -203,6 +205,10 @@ export class Machine {
   /** The vCPU the interceptor asked to run by itself for now (`"alone"`), the others held. */
   #alone: Vcpu | undefined;
   readonly #kvmclockCtrl: boolean;
+  /** When the last run stopped (performance.now()), or undefined while running or before the first run. */
+  #stoppedAt: number | undefined;
+  /** Stopped time the guest's kvm-clock has not been told of yet (ms). */
+  #untoldStopMs = 0;
   #pauseRequested = false;
   /** Who asked for the pause, for the stop event. */
   #pausedBy: string | undefined;
@@ -624,6 +630,7 @@ export class Machine {
     const timeout = options.timeout;
     if (timeout !== undefined && !(timeout >= 0)) throw new RangeError(`Invalid timeout ${timeout}: expected ms >= 0`);
     const only = options.only === undefined ? undefined : this.cpu(options.only);
+    this.#tellKvmClockOfStop();
     this.#running = true;
     this.memory.noteGuestWrites();
     this.#pauseRequested = false;
@@ -647,7 +654,7 @@ export class Machine {
         this.#only = undefined;
         this.#alone = undefined;
         this.#pendingStop = undefined;
-        if (parked) this.#tellKvmClock();
+        if (parked) this.#stoppedAt = performance.now();
         if (stopped === undefined) {
           // run() is rejecting (a hook threw): a pending pause() still gets an answer.
           const paused = this.#closed ? undefined : this.#withContext(only ?? this.cpu(0), { reason: "paused" });
@@ -664,12 +671,21 @@ export class Machine {
   }
 
   /**
-   * KVM_KVMCLOCK_CTRL on each vCPU while the VM stays stopped, so a Linux
-   * guest's kvm-clock does not take the pause for a soft lockup. KVM refuses
-   * it (EINVAL) until the guest has set up kvm-clock; that is fine.
+   * KVM_KVMCLOCK_CTRL on each vCPU before it runs again, so a Linux guest's
+   * kvm-clock does not take the stop for a soft lockup. KVM only raises a
+   * request that the vCPU's next entry applies, so asking as the run starts
+   * tells the guest what asking as it stopped did. It is asked once the
+   * stops since the last time add up to {@link KVMCLOCK_TELL_MS}, not on
+   * each: a breakpoint hit or a gdb stepi paid ~2.5 µs per vCPU for it here
+   * (mostly refused: EINVAL until the guest sets up kvm-clock), and stops
+   * shorter than that in all cannot look like a lockup (Linux waits 20 s).
    */
-  #tellKvmClock(): void {
-    if (!this.#kvmclockCtrl || this.#closed) return;
+  #tellKvmClockOfStop(): void {
+    if (this.#stoppedAt === undefined) return;
+    this.#untoldStopMs += performance.now() - this.#stoppedAt;
+    this.#stoppedAt = undefined;
+    if (!this.#kvmclockCtrl || this.#untoldStopMs < KVMCLOCK_TELL_MS) return;
+    this.#untoldStopMs = 0;
     for (const cpu of this.cpus) cpu.fd.kvmclockCtrl();
   }
 

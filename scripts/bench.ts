@@ -51,7 +51,7 @@ import { buildGuests } from "./build_guests.ts";
 import { benchBlock, formatBlockTable } from "./bench_block.ts";
 import { benchSnapshot, formatSnapshotTable } from "./bench_snapshot.ts";
 import { benchLinux } from "./bench_linux.ts";
-import { benchProcess, formatProcessTable } from "./bench_process.ts";
+import { benchProcess, environmentLine, formatProcessTable } from "./bench_process.ts";
 
 /** Repository root (the launcher, tests/ and bench/ are found from here). */
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
@@ -66,6 +66,8 @@ const RATIO_BAR = 1.05;
 const STEP_RATE_BAR = 0.9;
 /** demo.elf prints one line every this many loop iterations (tests/guests/demo.c PRINT_EVERY). */
 const DEMO_PRINT_EVERY = 16;
+/** The issue's bar for a breakpoint hit's cost relative to C's. */
+const HIT_BAR = 1.5;
 /** A stuck subprocess must not hang the bench. */
 const SUBPROCESS_TIMEOUT_MS = 20_000;
 
@@ -311,6 +313,31 @@ async function runHvshBreak(g: DebugGuests, k: number, lines: number): Promise<B
   }
 }
 
+/** C: µs per hit + resume round trip with spin.elf's `jmp spin_here` under the breakpoint (no guest work between hits). */
+async function runCBareHit(g: DebugGuests, k: number): Promise<number> {
+  const r = await runCDebug(["break", g.spin, `0x${g.spinHere.toString(16)}`, String(k), "0"]);
+  if (r.hits !== k) throw new Error(`C bare hit bench timed ${r.hits} hits, expected ${k}`);
+  return r.seconds! * 1e6 / k;
+}
+
+/** hvsh: the same through the public API, `vm.debug.break("spin_here")` and `k` timed `vm.run()`s after an untimed one. */
+async function runHvshBareHit(g: DebugGuests, k: number): Promise<number> {
+  const vm = await Vm.create({ memory: "64M" });
+  try {
+    await vm.load(g.spin);
+    vm.debug.break("spin_here");
+    await vm.run();
+    const t0 = performance.now();
+    for (let hit = 0; hit < k; hit++) {
+      const stop = await vm.run();
+      if (stop.reason !== "breakpoint") throw new Error(`hvsh bare hit bench stopped with ${stop.reason}`);
+    }
+    return (performance.now() - t0) * 1000 / k;
+  } finally {
+    await vm.close();
+  }
+}
+
 /** Medians of the debugger rows (rates in steps/s, times in µs). */
 export interface DebugResult {
   steps: number;
@@ -329,6 +356,11 @@ export interface DebugResult {
   /** Median of each run's µs per hit minus its own µs per loop iteration: what a hit adds to the guest's work. */
   cOverUs: number;
   hvshOverUs: number;
+  /** Hits of the bare row (spin.elf, no guest work between hits) and its medians, µs per hit. */
+  bareHits: number;
+  cBareUs: number;
+  hvshBareUs: number;
+  barePaired: number;
 }
 
 /**
@@ -337,16 +369,20 @@ export interface DebugResult {
  */
 async function benchDebug(g: DebugGuests, steps: number, hits: number, rounds: number): Promise<DebugResult> {
   const lines = Math.max(1, Math.round(hits / DEMO_PRINT_EVERY));
-  const c = { step: [] as number[], hit: [] as number[], loop: [] as number[] };
-  const hvsh = { step: [] as number[], hit: [] as number[], loop: [] as number[] };
+  // 20x the demo hits: with no guest work between them, these take about as long as the demo ones.
+  const bareHits = hits * 20;
+  const c = { step: [] as number[], hit: [] as number[], loop: [] as number[], bare: [] as number[] };
+  const hvsh = { step: [] as number[], hit: [] as number[], loop: [] as number[], bare: [] as number[] };
   const cRound = async () => {
     c.step.push(steps / await runCStep(g, steps));
+    c.bare.push(await runCBareHit(g, bareHits));
     const { hitUs, loopUs } = await runCBreak(g, hits, lines);
     c.hit.push(hitUs);
     c.loop.push(loopUs);
   };
   const hvshRound = async () => {
     hvsh.step.push(steps / await runHvshStep(g, steps));
+    hvsh.bare.push(await runHvshBareHit(g, bareHits));
     const { hitUs, loopUs } = await runHvshBreak(g, hits, lines);
     hvsh.hit.push(hitUs);
     hvsh.loop.push(loopUs);
@@ -355,6 +391,8 @@ async function benchDebug(g: DebugGuests, steps: number, hits: number, rounds: n
   await runHvshStep(g, steps);
   await runCBreak(g, hits, lines);
   await runHvshBreak(g, hits, lines);
+  await runCBareHit(g, bareHits);
+  await runHvshBareHit(g, bareHits);
   for (let round = 0; round < rounds; round++) {
     if (round % 2 === 0) {
       await cRound();
@@ -377,6 +415,10 @@ async function benchDebug(g: DebugGuests, steps: number, hits: number, rounds: n
     hvshLoopUs: median(hvsh.loop),
     cOverUs: median(c.hit.map((us, round) => us - c.loop[round]!)),
     hvshOverUs: median(hvsh.hit.map((us, round) => us - hvsh.loop[round]!)),
+    bareHits,
+    cBareUs: median(c.bare),
+    hvshBareUs: median(hvsh.bare),
+    barePaired: median(hvsh.bare.map((us, round) => us / c.bare[round]!)),
   };
 }
 
@@ -400,9 +442,14 @@ function formatDebugTable(r: DebugResult, rounds: number): string {
     `${row(`breakpoint hit+resume, K = ${r.hits} (µs)`, r.cHitUs, r.hvshHitUs, 0, r.hitPaired)}  (no bar)`,
     row("  guest loop alone, no bp (µs/iter)", r.cLoopUs, r.hvshLoopUs, 0),
     row("  hit cost over the loop (µs/hit)", r.cOverUs, r.hvshOverUs, 0),
+    `${row(`bare hit+resume, K = ${r.bareHits} (µs)`, r.cBareUs, r.hvshBareUs, 1, r.barePaired)}  bar ≤ ${
+      HIT_BAR.toFixed(2)
+    } ${r.hvshBareUs / r.cBareUs <= HIT_BAR ? "PASS" : "MISS"}`,
     "(step: spin.elf's `jmp .` stepped N times; hit: demo.elf, breakpoint on tick, ~5k guest instructions between",
     " hits; loop alone: the same VM after its hits, breakpoint removed, timed over its serial lines (16 iterations",
-    " each); hit cost over the loop: median of each run's hit minus its own loop time)",
+    " each); hit cost over the loop: median of each run's hit minus its own loop time; bare hit: spin.elf with the",
+    " breakpoint on its `jmp .`, so each hit is the debugger's own round trip with no guest work to subtract)",
+    environmentLine(),
   ];
   return lines.join("\n");
 }
@@ -840,6 +887,7 @@ function formatExitTable(results: ExitResult[], n: number, rounds: number): stri
     lines.push(`${cells.join("")}  ${ratio <= RATIO_BAR ? "PASS" : "MISS"}`);
   }
   lines.push("(hvsh/C: ratio of the medians; paired: median of each round's ratio, C and hvsh run back to back)");
+  lines.push(environmentLine());
   return lines.join("\n");
 }
 

@@ -138,11 +138,18 @@ export function decodeRegister(info: RegisterInfo, bytes: Uint8Array): RegisterV
  * ```
  */
 export function encodeRegisters(values: X86Registers): Uint8Array {
+  // Stored in place, not through encodeRegister's array per register: a `g` reply took ~30 µs that way here.
   const out = new Uint8Array(REGISTERS_SIZE);
+  const view = new DataView(out.buffer);
   let at = 0;
   for (const info of X86_64_REGISTERS) {
-    out.set(encodeRegister(info, values[info.name] ?? 0n), at);
-    at += info.bits / 8;
+    const size = info.bits / 8;
+    const value = values[info.name] ?? 0n;
+    if (value instanceof Uint8Array) out.set(value.subarray(0, size), at);
+    else if (size === 8) view.setBigUint64(at, BigInt.asUintN(64, value), true);
+    else if (size === 4) view.setUint32(at, Number(BigInt.asUintN(32, value)), true);
+    else out.set(encodeRegister(info, value), at);
+    at += size;
   }
   return out;
 }

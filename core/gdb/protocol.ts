@@ -136,7 +136,10 @@ export function encodePacket(payload: string | Uint8Array): Uint8Array {
   out[0] = DOLLAR;
   out.set(body, 1);
   out[body.length + 1] = HASH;
-  out.set(encoder.encode(hex2(checksum(body))), body.length + 2);
+  // Two digits stored directly: a TextEncoder call here cost about as much as the rest of a short packet.
+  const sum = HEX_PAIRS[checksum(body)]!;
+  out[body.length + 2] = sum & 0xff;
+  out[body.length + 3] = sum >> 8;
   return out;
 }
 
@@ -175,9 +178,19 @@ for (let b = 0; b < 256; b++) {
   HEX_PAIRS[b] = digit(b >> 4) | (digit(b & 15) << 8);
 }
 
+/** "00" to "ff", for short inputs to {@link hexEncode}. */
+const HEX_STRINGS = Array.from({ length: 256 }, (_, b) => b.toString(16).padStart(2, "0"));
+/** Up to this many bytes, concatenating strings beats a TextDecoder call (~1.5 µs each: a stop reply made 24). */
+const SHORT_HEX = 64;
+
 /** Bytes as lowercase hex, two digits each (a table lookup per byte: 8 KiB in ~30 µs instead of ~180). */
 export function hexEncode(bytes: Uint8Array | string): string {
   const data = typeof bytes === "string" ? encoder.encode(bytes) : bytes;
+  if (data.length <= SHORT_HEX) {
+    let text = "";
+    for (let i = 0; i < data.length; i++) text += HEX_STRINGS[data[i]!]!;
+    return text;
+  }
   const out = new Uint16Array(data.length);
   for (let i = 0; i < data.length; i++) out[i] = HEX_PAIRS[data[i]!]!;
   return latin1.decode(new Uint8Array(out.buffer));

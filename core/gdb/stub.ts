@@ -286,7 +286,9 @@ export class GdbStub {
       case "readRegister": {
         const info = X86_64_REGISTERS[command.regnum];
         if (info === undefined) return ERROR_CODES.invalid;
-        return hexEncode(encodeRegister(info, target.readRegisters(this.#gThread)[info.name] ?? 0n));
+        // A general register, rip, eflags or a selector comes from the cached state; the rest need the FPU's ioctl.
+        const core = target.readCoreRegisters(this.#gThread)[info.name];
+        return hexEncode(encodeRegister(info, core ?? target.readRegisters(this.#gThread)[info.name] ?? 0n));
       }
       case "writeRegister": {
         const info = X86_64_REGISTERS[command.regnum];

@@ -89,15 +89,22 @@ export class KickTimer {
     this.#created = true;
   }
 
+  /** The two itimerspecs this timer is ever set to, built once: every run arms and disarms it. */
+  #specs = new Map<number, Uint8Array>();
+
   #set(intervalNs: number): void {
-    const spec = new Uint8Array(32);
-    const view = new DataView(spec.buffer);
-    const seconds = BigInt(Math.floor(intervalNs / 1e9));
-    const nanos = BigInt(intervalNs % 1e9);
-    view.setBigInt64(0, seconds, true);
-    view.setBigInt64(8, nanos, true);
-    view.setBigInt64(16, seconds, true);
-    view.setBigInt64(24, nanos, true);
+    let spec = this.#specs.get(intervalNs);
+    if (spec === undefined) {
+      spec = new Uint8Array(32);
+      const view = new DataView(spec.buffer);
+      const seconds = BigInt(Math.floor(intervalNs / 1e9));
+      const nanos = BigInt(intervalNs % 1e9);
+      view.setBigInt64(0, seconds, true);
+      view.setBigInt64(8, nanos, true);
+      view.setBigInt64(16, seconds, true);
+      view.setBigInt64(24, nanos, true);
+      this.#specs.set(intervalNs, spec);
+    }
     if (sys.timer_settime(this.#timer, 0, spec, null) !== 0) {
       throw new KvmError("timer_settime", lastErrno());
     }

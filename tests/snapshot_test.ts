@@ -29,8 +29,11 @@ function assertContiguous(text: string, from = 0): number[] {
  * `to` (or `to + 1`, when the guest had not yet counted past that line).
  */
 function assertJumpedTo(output: string, to: number): void {
-  const lines = output.split("\n").slice(1);
+  const lines = output.split("\n");
   lines.pop();
+  // The copy may have stopped in the middle of printing an old count: that tail ends the first line. It may as well
+  // have stopped at a line boundary, so the first line is dropped only when it is not one of the counts expected.
+  if (Number(lines[0]) !== to && Number(lines[0]) !== to + 1) lines.shift();
   const first = Number(lines[0]);
   assert.ok(first === to || first === to + 1, `the count went on from ${lines[0]}, expected ${to} or ${to + 1}`);
   assertContiguous(lines.join("\n") + "\n", first);

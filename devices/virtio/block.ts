@@ -248,12 +248,7 @@ export class VirtioBlock implements VirtioDevice {
     const context = this.#context;
     if (context === undefined) return;
     const queue = context.queues[0]!;
-    do {
-      for (let chain = queue.pop(); chain !== undefined; chain = queue.pop()) {
-        const written = this.#serve(queue, chain);
-        queue.push(chain.head, written);
-      }
-    } while (queue.hasMore());
+    queue.drain((chain) => this.#serve(queue, chain));
     context.usedBuffers(0);
   }
 

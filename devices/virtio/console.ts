@@ -231,13 +231,10 @@ export class VirtioConsole implements VirtioDevice {
       const id = queue === 1 ? 0 : (queue - 1) / 2 - 1;
       const port = this.ports[id];
       const q = context.queues[queue]!;
-      do {
-        for (let chain = q.pop(); chain !== undefined; chain = q.pop()) {
-          const bytes = q.readAll(chain);
-          port?.deliver(bytes);
-          q.push(chain.head, 0);
-        }
-      } while (q.hasMore());
+      q.drain((chain) => {
+        port?.deliver(q.readAll(chain));
+        return 0;
+      });
       context.usedBuffers(queue);
     }
     this.#pump();

@@ -95,16 +95,14 @@ export class VirtioNet implements VirtioDevice {
     if (context === undefined) return;
     if (queue === 1) {
       const tx = context.queues[1]!;
-      do {
-        for (let chain = tx.pop(); chain !== undefined; chain = tx.pop()) {
-          const packet = tx.readAll(chain, VIRTIO_NET_HDR_SIZE + MAX_FRAME);
-          if (packet.length > VIRTIO_NET_HDR_SIZE) {
-            this.tap.write(packet.subarray(VIRTIO_NET_HDR_SIZE));
-            this.counters.txFrames++;
-          }
-          tx.push(chain.head, 0);
+      tx.drain((chain) => {
+        const packet = tx.readAll(chain, VIRTIO_NET_HDR_SIZE + MAX_FRAME);
+        if (packet.length > VIRTIO_NET_HDR_SIZE) {
+          this.tap.write(packet.subarray(VIRTIO_NET_HDR_SIZE));
+          this.counters.txFrames++;
         }
-      } while (tx.hasMore());
+        return 0;
+      });
       context.usedBuffers(1);
     }
     this.#deliver();

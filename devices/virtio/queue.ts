@@ -300,6 +300,20 @@ export class SplitQueue {
     return ((current - usedEvent - 1) & 0xffff) < ((current - previous) & 0xffff);
   }
 
+  /**
+   * Serves every chain the driver has made available: `serve` handles one
+   * and returns how many bytes it wrote into the chain's buffers, then the
+   * chain goes on the used ring. With event index, chains that arrive while
+   * the device publishes how far it read are served too, so none waits for
+   * a notification that will not come. A `serve` that throws (a malformed
+   * chain) leaves that chain unused and ends the drain.
+   */
+  drain(serve: (chain: DescriptorChain) => number): void {
+    do {
+      for (let chain = this.pop(); chain !== undefined; chain = this.pop()) this.push(chain.head, serve(chain));
+    } while (this.hasMore());
+  }
+
   /** With event index: publishes how far the device has read, then says whether more arrived meanwhile. */
   hasMore(): boolean {
     const avail = this.#avail;

@@ -47,21 +47,19 @@ export class VirtioRng implements VirtioDevice {
     const context = this.#context;
     if (context === undefined) return;
     const queue = context.queues[0]!;
-    do {
-      for (let chain = queue.pop(); chain !== undefined; chain = queue.pop()) {
-        let left = Math.min(chain.writableLength, MAX_REQUEST);
-        let given = 0;
-        for (const view of queue.views(chain.writable)) {
-          if (left === 0) break;
-          const part = view.subarray(0, Math.min(view.length, left));
-          getRandom(part);
-          left -= part.length;
-          given += part.length;
-        }
-        this.bytesGiven += given;
-        queue.push(chain.head, given);
+    queue.drain((chain) => {
+      let left = Math.min(chain.writableLength, MAX_REQUEST);
+      let given = 0;
+      for (const view of queue.views(chain.writable)) {
+        if (left === 0) break;
+        const part = view.subarray(0, Math.min(view.length, left));
+        getRandom(part);
+        left -= part.length;
+        given += part.length;
       }
-    } while (queue.hasMore());
+      this.bytesGiven += given;
+      return given;
+    });
     context.usedBuffers(0);
   }
 

@@ -375,13 +375,11 @@ export class VirtioVsock implements VirtioDevice {
     if (context === undefined) return;
     if (queue === 1) {
       const tx = context.queues[1]!;
-      do {
-        for (let chain = tx.pop(); chain !== undefined; chain = tx.pop()) {
-          // A chain the device cannot parse throws a VirtqueueError: the core puts the device in NEEDS_RESET.
-          this.#receive(tx, chain);
-          tx.push(chain.head, 0);
-        }
-      } while (tx.hasMore());
+      // A chain the device cannot parse throws a VirtqueueError: the core puts the device in NEEDS_RESET.
+      tx.drain((chain) => {
+        this.#receive(tx, chain);
+        return 0;
+      });
       context.usedBuffers(1);
     } else if (queue === 2) {
       this.#postEvent();

@@ -33,6 +33,23 @@ const RECIPE_VERSION = 1;
  */
 export type AssembleFormat = "multiboot" | "elf32" | "elf64" | "flat";
 
+/**
+ * ld flags for a freestanding kernel image: no libc, static, no build-id
+ * note, 4 KiB segment alignment, no executable-stack or RWX-segment notes
+ * (one PT_LOAD that is read, write and execute). The test guests' build
+ * uses them too.
+ */
+export const STANDALONE_LINK_FLAGS: readonly string[] = [
+  "-nostdlib",
+  "-static",
+  "--build-id=none",
+  "-z",
+  "max-page-size=0x1000",
+  "-z",
+  "noexecstack",
+  "--no-warn-rwx-segments",
+];
+
 /** Options of {@link assemble}. */
 export interface AssembleOptions {
   /** What to build. Default `"multiboot"`. */
@@ -218,14 +235,7 @@ export async function assemble(
       "-T",
       join(work, "link.ld"),
       `-Ttext=0x${linkAddress.toString(16)}`,
-      "-nostdlib",
-      "-static",
-      "--build-id=none",
-      "-z",
-      "max-page-size=0x1000",
-      "-z",
-      "noexecstack",
-      "--no-warn-rwx-segments",
+      ...STANDALONE_LINK_FLAGS,
       "-o",
       elf,
       ...objects,

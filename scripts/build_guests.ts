@@ -16,6 +16,7 @@
 import { mkdir, mkdtemp, readdir, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { STANDALONE_LINK_FLAGS } from "../kit/assemble.ts";
 
 /** Absolute path of this script. */
 const SCRIPT_PATH = fileURLToPath(import.meta.url);
@@ -311,14 +312,7 @@ async function buildOne(
     "-T",
     join(LIB_DIR, bits64 ? "link64.ld" : "link32.ld"),
     `-Ttext=0x${g.linkAddress.toString(16)}`,
-    "-nostdlib",
-    "-static",
-    "--build-id=none",
-    "-z",
-    "max-page-size=0x1000",
-    "-z",
-    "noexecstack",
-    "--no-warn-rwx-segments",
+    ...STANDALONE_LINK_FLAGS,
     "-o",
     elf,
     ...objs,

@@ -90,6 +90,12 @@ export interface RunOptions {
    * scheduler locking. The debugger steps one vCPU this way.
    */
   only?: number;
+  /**
+   * An internal run (reverse execution's replays): its stop reaches no
+   * {@link Machine.onStop} observer, no waiter of {@link Machine.pause}, and
+   * does not become {@link Machine.lastStop}; the caller reports the outcome.
+   */
+  quiet?: boolean;
 }
 
 /**
@@ -116,6 +122,8 @@ export interface ExitInterceptor {
   onExit(cpu: Vcpu, exit: VcpuExit): PendingStop | "resume" | "alone" | undefined;
   /** Names an address in stop events (`symbol+offset`). */
   describe?(address: bigint): string | undefined;
+  /** A run begins (once per {@link Machine.run}, before any {@link beforeResume}). */
+  onRun?(options: RunOptions): void;
 }
 
 /** The kernel devices whose state {@link Machine.kernelDeviceState} reads. */
@@ -233,6 +241,13 @@ export class Machine {
   readonly #stopObservers = new Set<(stop: StopEvent) => void>();
   readonly #runWaiters: ((stop: StopEvent) => void)[] = [];
   readonly #closers = new Set<() => void | Promise<void>>();
+  /** A callback to run once the current exit is complete, before the guest re-enters (see requestSafePoint). */
+  #safePoint: (() => void) | undefined;
+  /** True while a safe-point callback runs: the machine's state may be captured mid-run. */
+  #atSafePoint = false;
+  #irqObserver: ((irq: number, level: boolean) => void) | undefined;
+  /** Eventfds bound to guest writes or interrupt lines (virtio's queues): their traffic never exits to hvsh. */
+  #eventfdBindings = 0;
 
   /** Opens KVM and creates the VM, its RAM and its vCPUs; closes what it made when a step fails. */
   protected static open(options: MachineOptions, ram?: GuestMemory): MachineParts {
@@ -327,7 +342,58 @@ export class Machine {
     if (!this.#irqchip) {
       throw new Error(`Cannot raise IRQ ${irq}: this VM has no irqchip (Vm.create({ irqchip: true }))`);
     }
+    this.#irqObserver?.(irq, level);
     this.#vmFd.irqLine(irq, level);
+  }
+
+  /**
+   * Calls `observer` with every interrupt line change hvsh makes (a
+   * recording logs them); one observer at a time. Returns the undo.
+   */
+  observeIrqLines(observer: (irq: number, level: boolean) => void): () => void {
+    if (this.#irqObserver !== undefined) throw new Error(`Cannot observe ${this.name}'s interrupt lines twice`);
+    this.#irqObserver = observer;
+    return () => {
+      if (this.#irqObserver === observer) this.#irqObserver = undefined;
+    };
+  }
+
+  /**
+   * Routes every port and MMIO access the run loop emulates through
+   * `wrap(current handlers)` from the next run on (a recording logs what the
+   * devices answer; a replay answers from the log). Returns the undo.
+   */
+  interposeHandlers(wrap: (inner: ExitHandlers) => ExitHandlers): () => void {
+    const inner = this.#handlers;
+    const wrapped = wrap(inner);
+    this.#handlers = wrapped;
+    return () => {
+      if (this.#handlers === wrapped) this.#handlers = inner;
+    };
+  }
+
+  /** How many eventfds are bound to guest writes or interrupt lines (virtio queues, whose traffic bypasses hvsh). */
+  get eventfdBindings(): number {
+    return this.#eventfdBindings;
+  }
+
+  /** The stop a device or hook asked for during the current exit, if any. */
+  get pendingStop(): PendingStop | undefined {
+    return this.#pendingStop;
+  }
+
+  /**
+   * Runs `callback` on the run loop's thread once vCPU 0's current exit is
+   * complete and before the guest re-enters: the machine's state is then
+   * consistent and {@link captureState} works mid-run (a recording's
+   * checkpoints). Outside a run, `callback` runs at once.
+   */
+  requestSafePoint(callback: () => void): void {
+    if (!this.#running) {
+      callback();
+      return;
+    }
+    this.#safePoint = callback;
   }
 
   /**
@@ -496,7 +562,7 @@ export class Machine {
    * must be stopped; guest memory and device models are not in it.
    */
   captureState(): MachineState {
-    this.#assertIdle("capture the machine state");
+    if (!this.#atSafePoint) this.#assertIdle("capture the machine state");
     this.#settleAps();
     return captureMachine(this.#vmFd, this.#vcpuFds, this.#capabilities());
   }
@@ -523,11 +589,13 @@ export class Machine {
    */
   bindIoeventfd(eventFd: number, address: bigint, length: number, unbind = false): void {
     this.#vmFd.ioeventfd(eventFd, address, length, { deassign: unbind });
+    this.#eventfdBindings += unbind ? -1 : 1;
   }
 
   /** Binds an eventfd to an interrupt line (KVM_IRQFD): each write to it raises GSI `gsi` as an edge. */
   bindIrqfd(eventFd: number, gsi: number, unbind = false): void {
     this.#vmFd.irqfd(eventFd, gsi, unbind);
+    this.#eventfdBindings += unbind ? -1 : 1;
   }
 
   /** KVM_CHECK_EXTENSION on this machine's KVM handle. */
@@ -638,6 +706,7 @@ export class Machine {
     this.#stopCpu = undefined;
     this.#only = only;
     this.#alone = undefined;
+    this.#interceptor?.onRun?.(options);
     let stopped: Stopped | undefined;
     mainThreadKick.acquire();
     try {
@@ -664,10 +733,25 @@ export class Machine {
     }
     // Read once every vCPU is out of KVM_RUN: a vCPU's registers cannot be read while it runs.
     const stop = this.#withContext(stopped.cpu, stopped.pending);
+    if (options.quiet) return stop;
+    return this.#announce(stop);
+  }
+
+  #announce(stop: StopEvent): StopEvent {
     this.lastStop = stop;
     for (const waiter of this.#runWaiters.splice(0)) waiter(stop);
     for (const observer of this.#stopObservers) observer(stop);
     return stop;
+  }
+
+  /**
+   * Tells every front end of a stop that no run of theirs produced: where
+   * reverse execution (a series of quiet runs) left the guest. The machine
+   * must be stopped.
+   */
+  reportStop(cpu: number, pending: PendingStop): StopEvent {
+    this.#assertIdle("report a stop");
+    return this.#announce(this.#withContext(this.cpu(cpu), pending));
   }
 
   /**
@@ -812,6 +896,7 @@ export class Machine {
         restart();
         continue;
       }
+      if (this.#safePoint !== undefined) this.#runSafePoint(cpu, interrupted);
       if (this.#pendingStop !== undefined) {
         this.#completeExit(cpu);
         return { cpu: this.#stopCpu ?? cpu, pending: this.#takePendingStop()! };
@@ -972,6 +1057,19 @@ export class Machine {
       }
       return true;
     });
+  }
+
+  #runSafePoint(cpu: Vcpu, interrupted: boolean): void {
+    const callback = this.#safePoint!;
+    this.#safePoint = undefined;
+    if (interrupted) cpu.invalidate();
+    else this.#completeExit(cpu);
+    this.#atSafePoint = true;
+    try {
+      callback();
+    } finally {
+      this.#atSafePoint = false;
+    }
   }
 
   #noteStop(cpu: Vcpu, outcome: PendingStop): void {

@@ -68,6 +68,17 @@ export interface TimeoutStop extends StopContext {
   reason: "timeout";
 }
 
+/**
+ * Reverse execution reached the start of the recorded history (gdb's "No
+ * more reverse-execution history"): the guest is where recording began.
+ */
+export interface HistoryStop extends StopContext {
+  reason: "history";
+  edge: "begin";
+  /** Why there is no history to go back into, when not simply its start (e.g. nothing is recorded). */
+  detail?: string;
+}
+
 /** A port access nobody claimed, when the VM stops on those. */
 export interface UnhandledIoStop extends StopContext {
   reason: "unhandled-io";
@@ -121,6 +132,7 @@ export type StopEvent =
   | InternalErrorStop
   | PausedStop
   | TimeoutStop
+  | HistoryStop
   | UnhandledIoStop
   | UnhandledMmioStop
   | DebugStop;
@@ -157,6 +169,8 @@ export function describeStop(stop: StopEvent): string {
       return `paused${stop.by === undefined ? "" : ` by ${stop.by}`} at ${where}`;
     case "timeout":
       return `timed out at ${where}`;
+    case "history":
+      return `${stop.detail ?? "reached the start of the recorded history"} at ${where}`;
     case "unhandled-io":
       return `unhandled port ${stop.direction} 0x${stop.port.toString(16)} (${stop.size} bytes${
         stop.data === undefined ? "" : `, data 0x${stop.data.toString(16)}`

@@ -117,6 +117,12 @@ const GUESTS: GuestSpec[] = [
     linkAddress: MIB,
   },
   {
+    name: "rloop",
+    kind: "elf64",
+    sources: ["lib/start64.S", "rloop.c"],
+    linkAddress: MIB,
+  },
+  {
     name: "demo",
     kind: "elf64",
     sources: ["lib/start64.S", "demo.c"],

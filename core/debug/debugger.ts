@@ -35,7 +35,7 @@
 import type { Machine } from "../machine.ts";
 import type { Vcpu } from "../vcpu.ts";
 import type { Registers } from "../kvm/structs.ts";
-import type { DebugStop, PendingStop, StopEvent } from "../stop.ts";
+import { type DebugStop, describeStop, type PendingStop, type StopEvent } from "../stop.ts";
 import { KVM_GUESTDBG } from "../kvm/ioctls.ts";
 import {
   type DebugExit,
@@ -59,6 +59,16 @@ import { hex } from "../hex.ts";
 import { evaluateAddress } from "./expr.ts";
 import { type Hook, type HookCallbacks, hookFunction } from "./hooks.ts";
 import type { BreakCondition, Breakpoint, BreakpointOptions, WatchAccess, Watchpoint } from "./types.ts";
+import type { RunOptions } from "../machine.ts";
+import {
+  comparePositions,
+  formatPosition,
+  History,
+  type HistoryInfo,
+  type Position,
+  type RecordOptions,
+  ReplayDivergenceError,
+} from "./history.ts";
 
 export type { BreakCondition, Breakpoint, BreakpointOptions, WatchAccess, Watchpoint } from "./types.ts";
 
@@ -118,6 +128,33 @@ function registerValue(name: string | undefined, regs: Registers): bigint {
 /** The debugger attached to each machine: `Debugger.for(machine)` shares it. */
 const attached = new WeakMap<Machine, Debugger<Machine>>();
 
+/** A step(N) in progress: the vCPU stepped, the steps left and taken, and a condition that ends it early. */
+interface Stepping {
+  cpu: number;
+  remaining: number;
+  taken: number;
+  until?: ((cpu: Vcpu) => boolean) | undefined;
+  matched?: boolean;
+}
+
+/** Port I/O opcodes (in, out, ins, outs); the imm8 forms are two bytes. */
+const PORT_IO_OPCODES = new Set([0xe4, 0xe5, 0xe6, 0xe7, 0xec, 0xed, 0xee, 0xef, 0x6c, 0x6d, 0x6e, 0x6f]);
+const PREFIXES = new Set([0x66, 0x67, 0xf2, 0xf3, 0x2e, 0x36, 0x3e, 0x26, 0x64, 0x65]);
+
+/** The length of the port I/O instruction `bytes` start with, or undefined when they start with another. */
+function portIoLength(bytes: Uint8Array): number | undefined {
+  let i = 0;
+  while (i < bytes.length && (PREFIXES.has(bytes[i]!) || (bytes[i]! & 0xf0) === 0x40)) i++;
+  const opcode = bytes[i];
+  if (opcode === undefined || !PORT_IO_OPCODES.has(opcode)) return undefined;
+  return i + (opcode >= 0xe4 && opcode <= 0xe7 ? 2 : 1);
+}
+
+/** At most this many instructions are single-stepped to find a moment again (tens of seconds here). */
+const MAX_REPLAY_STEPS = 2_000_000;
+/** A replay run that takes longer than this has diverged (checkpoints are milliseconds of running apart). */
+const REPLAY_TIMEOUT_MS = 60_000;
+
 /** Which vCPU an operation acts on: its index or the vCPU itself; default the selected one ({@link Debugger.cpu}). */
 export type CpuChoice = number | Vcpu;
 
@@ -150,7 +187,11 @@ export class Debugger<M extends Machine = Machine> {
   /** vCPU index -> the rip where it reported its last stop: resuming steps it over a breakpoint there. */
   #stoppedAt = new Map<number, bigint>();
   /** The vCPU being stepped (it runs alone) and the instructions left. */
-  #stepping: { cpu: number; remaining: number } | undefined;
+  #stepping: Stepping | undefined;
+  /** The recording reverse execution replays (see {@link record}). */
+  #history: History | undefined;
+  /** Reverse execution replays: every breakpoint and watchpoint is passed over, none stops the run. */
+  #silenced = false;
   /** A vCPU whose breakpoint hit was not a stop (its condition was false): it steps over the breakpoint alone. */
   #passingOver: number | undefined;
   #onStep: ((cpu: Vcpu) => void) | undefined;
@@ -201,6 +242,7 @@ export class Debugger<M extends Machine = Machine> {
     this.#detach = [
       vm.interceptExits({
         beforeResume: (cpu) => this.#beforeResume(cpu),
+        onRun: () => this.#history?.noteResume(this.#stepping?.cpu === 0),
         onExit: (cpu, exit) => this.#onExit(cpu, exit),
         describe: (address) => this.symbols.describe(address),
       }),
@@ -601,7 +643,7 @@ export class Debugger<M extends Machine = Machine> {
     const at = Number(address);
     const memory = this.#vm.memory;
     const hits = [...this.#watchpoints.values()].filter((wp) =>
-      wp.enabled && (isWrite ? wp.access !== "read" : wp.access !== "write") &&
+      !this.#silenced && wp.enabled && (isWrite ? wp.access !== "read" : wp.access !== "write") &&
       at < wp.physical + wp.length && wp.physical < at + size
     );
     const before = hits.map((wp) => memory.readRaw(wp.physical, Math.min(wp.length, 8)));
@@ -669,7 +711,9 @@ export class Debugger<M extends Machine = Machine> {
       const range = this.#operandRange(cpu, insn!, access);
       if (range === undefined) continue;
       for (const wp of this.#watchpoints.values()) {
-        if (!wp.enabled || !(range.at < wp.physical + wp.length && wp.physical < range.at + range.size)) continue;
+        if (
+          this.#silenced || !wp.enabled || !(range.at < wp.physical + wp.length && wp.physical < range.at + range.size)
+        ) continue;
         const reads = access.kind !== "write" && wp.access !== "write";
         const writes_ = access.kind !== "read" && wp.access !== "read";
         if (reads && pending !== rip) {
@@ -828,7 +872,7 @@ export class Debugger<M extends Machine = Machine> {
   step(count = 1, options: { cpu?: CpuChoice } = {}): Promise<StopEvent> {
     if (!Number.isInteger(count) || count < 1) throw new RangeError(`Invalid step count ${count}: expected >= 1`);
     const cpu = this.#cpuOf(options.cpu);
-    this.#stepping = { cpu: cpu.index, remaining: count };
+    this.#stepping = { cpu: cpu.index, remaining: count, taken: 0 };
     return this.#vm.run({ only: cpu.index }).catch((error) => {
       this.#stepping = undefined;
       throw error;
@@ -858,6 +902,405 @@ export class Debugger<M extends Machine = Machine> {
   /** Runs (every vCPU) until a vCPU (default the selected one) reaches `location` (a temporary breakpoint). */
   until(location: bigint | number | string, options: { cpu?: CpuChoice } = {}): Promise<StopEvent> {
     return this.#runTo(this.resolve(location), this.#cpuOf(options.cpu), undefined, {});
+  }
+
+  // ---------------------------------------------------------------- reverse execution
+
+  /**
+   * Starts recording the guest's run so it can be run backwards
+   * ({@link reverseStep}, {@link reverseContinue}, {@link reverseNext},
+   * {@link reverseFinish}); the start of the history is the current state.
+   * Needs a VM with one vCPU and no virtio devices (see core/debug/history.ts
+   * for what a recording can and cannot reproduce).
+   *
+   * @example
+   * ```ts ignore
+   * vm.debug.record();
+   * vm.debug.break("tick");
+   * await vm.run(); await vm.run(); // the second hit of tick
+   * await vm.debug.reverseContinue(); // back at the first, memory as it was then
+   * await vm.debug.reverseStep(); // the instruction before it
+   * ```
+   */
+  record(options: RecordOptions = {}): HistoryInfo {
+    if (this.#history !== undefined && !this.#history.closed) {
+      throw new Error(`Already recording ${this.#vm.name} (stopRecording() first)`);
+    }
+    if (this.#vm.running) throw new Error(`Cannot start recording: ${this.#vm.name} is running (pause it first)`);
+    this.#history = new History(this.#vm, options);
+    this.#applyGuestDebug();
+    return this.#history.info();
+  }
+
+  /** What the recording holds, or undefined when nothing is recorded. */
+  get recording(): HistoryInfo | undefined {
+    return this.#history === undefined || this.#history.closed ? undefined : this.#history.info();
+  }
+
+  /**
+   * Stops recording and drops the history. When the guest is in the past,
+   * it first goes back to where the recording ended (the devices are there).
+   */
+  stopRecording(): void {
+    const history = this.#history;
+    if (history === undefined || history.closed) return;
+    if (this.#vm.running) throw new Error(`Cannot stop recording: ${this.#vm.name} is running (pause it first)`);
+    this.#history = undefined;
+    try {
+      if (history.replaying) history.restore(history.checkpointCount - 1);
+    } finally {
+      history.close();
+      this.#applyGuestDebug();
+    }
+  }
+
+  /**
+   * Runs backwards `count` instructions of the guest (vCPU 0): registers and
+   * memory become what they were before them. At the start of the history
+   * the stop is `{ reason: "history", edge: "begin" }`.
+   */
+  reverseStep(count = 1): Promise<StopEvent> {
+    if (!Number.isInteger(count) || count < 1) throw new RangeError(`Invalid step count ${count}: expected >= 1`);
+    return this.#reverse(async (history) => {
+      for (let i = 0; i < count; i++) {
+        const at = await this.#leaveLiveEnd(history);
+        const back = await this.#instructionBefore(history, at);
+        if (back === undefined) return { reason: "history", edge: "begin" };
+        await this.#goTo(history, back);
+      }
+      return { reason: "step", address: this.#ripLinear(this.#vm.cpu(0)) };
+    });
+  }
+
+  /**
+   * Runs backwards until a breakpoint would have stopped the guest, or a
+   * write watchpoint's memory changed: "who last wrote this?" stops before
+   * the instruction that wrote it, with rip on it. Without either, or when
+   * nothing matches, it stops at the start of the history.
+   */
+  reverseContinue(): Promise<StopEvent> {
+    return this.#reverse((history) => this.#reverseSearch(history, undefined));
+  }
+
+  /**
+   * Runs backwards one instruction, over calls: when the instruction before
+   * is a callee's `ret`, it goes back to the call.
+   */
+  reverseNext(): Promise<StopEvent> {
+    return this.#reverse(async (history) => {
+      const cpu = this.#vm.cpu(0);
+      const at = await this.#leaveLiveEnd(history);
+      const returnAddress = this.#ripLinear(cpu);
+      const rspAfter = cpu.regs.rsp;
+      const back = await this.#instructionBefore(history, at);
+      if (back === undefined) return { reason: "history", edge: "begin" };
+      await this.#goTo(history, back);
+      const insn = this.#instructionAt(cpu, this.#ripLinear(cpu));
+      if (insn?.isReturn !== true) return { reason: "step", address: this.#ripLinear(cpu) };
+      const callSite = this.#callBefore(cpu, returnAddress);
+      return await this.#reverseSearch(
+        history,
+        (c) => c.regs.rsp === rspAfter && (callSite === undefined || this.#ripLinear(c) === callSite),
+      );
+    });
+  }
+
+  /** Runs backwards to the call of the current function (gdb's `reverse-finish`). */
+  reverseFinish(): Promise<StopEvent> {
+    return this.#reverse(async (history) => {
+      const cpu = this.#vm.cpu(0);
+      await this.#leaveLiveEnd(history);
+      const { returnAddress, frameRsp } = this.#currentReturn(cpu);
+      const callSite = this.#callBefore(cpu, returnAddress);
+      if (callSite === undefined) {
+        throw new Error(`Cannot find the call before the return address ${hex(returnAddress)}`);
+      }
+      const rspAtCall = frameRsp + 8n;
+      return await this.#reverseSearch(history, (c) => this.#ripLinear(c) === callSite && c.regs.rsp === rspAtCall);
+    });
+  }
+
+  /** Runs a reverse command: the machine must be stopped and recording; a divergence puts the guest back at the end. */
+  async #reverse(action: (history: History) => Promise<PendingStop>): Promise<StopEvent> {
+    const history = this.#history;
+    if (history === undefined || history.closed) {
+      throw new Error(
+        `Cannot run ${this.#vm.name} backwards: it is not being recorded (vm.debug.record(), .record in the REPL, ` +
+          "monitor record in gdb, or hvsh boot --record)",
+      );
+    }
+    if (history.broken !== undefined) throw new Error(`Cannot run ${this.#vm.name} backwards: ${history.broken}`);
+    if (this.#vm.running) throw new Error(`Cannot run ${this.#vm.name} backwards: it is running (pause it first)`);
+    let pending: PendingStop;
+    try {
+      pending = await action(history);
+    } catch (error) {
+      if (error instanceof ReplayDivergenceError || history.broken !== undefined) {
+        // Back to where the recording ended: the devices are in that moment's state.
+        if (history.checkpointCount > 0) history.restore(history.checkpointCount - 1);
+        this.#vm.reportStop(0, { reason: "paused", by: "history" });
+      }
+      throw error;
+    }
+    return this.#vm.reportStop(0, pending);
+  }
+
+  /**
+   * The exact position; first, at the end of the log, a checkpoint of this
+   * moment (going forward again, or a divergence, comes back to it).
+   */
+  async #leaveLiveEnd(history: History): Promise<Position> {
+    const exact = history.position;
+    if (history.replaying) return exact ?? await this.#resolvePosition(history);
+    const last = history.checkpointPosition(history.checkpointCount - 1);
+    if (exact !== undefined && comparePositions(last, exact) === 0) return exact;
+    const index = history.checkpointHere(exact);
+    if (exact !== undefined) return exact;
+    const found = await this.#resolvePosition(history);
+    history.placeCheckpoint(index, found);
+    return found;
+  }
+
+  /**
+   * Finds the exact position after a free run: replays from the last exact
+   * position and single-steps until the guest is where it is now (the same
+   * arrival at a breakpoint address, or the same registers).
+   */
+  async #resolvePosition(history: History): Promise<Position> {
+    const cpu = this.#vm.cpu(0);
+    const { base, hits } = history.unresolved();
+    const rip = this.#ripLinear(cpu);
+    const regs = { ...cpu.regs };
+    const arrivals = hits.get(rip);
+    const sameRegisters = (c: Vcpu) => {
+      const now = c.regs;
+      for (const name of Object.keys(regs) as (keyof Registers)[]) if (now[name] !== regs[name]) return false;
+      return true;
+    };
+    await this.#goTo(history, base);
+    if (arrivals === undefined && sameRegisters(cpu)) return base;
+    let seen = 0;
+    const found = await this.#quietStep(
+      MAX_REPLAY_STEPS,
+      arrivals !== undefined ? (c) => this.#ripLinear(c) === rip && ++seen === arrivals : sameRegisters,
+    );
+    const position = history.position;
+    if (!found || position === undefined) {
+      throw new ReplayDivergenceError(
+        `replay did not come back to rip ${hex(rip)} within ${MAX_REPLAY_STEPS} instructions of ${
+          formatPosition(base)
+        }: the guest's run is not deterministic here`,
+      );
+    }
+    return position;
+  }
+
+  /** The position one instruction before `at`, or undefined at the start of the history. */
+  async #instructionBefore(history: History, at: Position): Promise<Position | undefined> {
+    if (at.steps > 0) return { events: at.events, steps: at.steps - 1 };
+    if (at.events === 0) return undefined;
+    // `at` is just after an exit: the instruction before made it; count the stretch that led to it.
+    const first = history.exitStart(at.events);
+    await this.#goTo(history, { events: first, steps: 0 });
+    let taken = 0;
+    const found = await this.#quietStep(MAX_REPLAY_STEPS, () => (++taken, history.events > first));
+    if (!found) throw new ReplayDivergenceError(`replay did not reach access #${first} again`);
+    return { events: first, steps: taken - 1 };
+  }
+
+  /** Puts the guest at `target`: the checkpoint before it, then a silent replay. */
+  async #goTo(history: History, target: Position): Promise<void> {
+    const index = history.checkpointAtOrBefore(target);
+    history.restore(index);
+    this.#stoppedAt.delete(0);
+    const from = history.checkpointPosition(index);
+    if (target.events > from.events) {
+      history.stopAfter(target.events);
+      history.reproduceStops(false);
+      let stop: StopEvent;
+      try {
+        stop = await this.#quietRun({ timeout: REPLAY_TIMEOUT_MS });
+      } finally {
+        history.stopAfter(undefined);
+        history.reproduceStops(true);
+      }
+      if (history.events !== target.events || history.position?.steps !== 0) {
+        throw new ReplayDivergenceError(
+          `replay stopped at access #${history.events} (${describeStop(stop)}), not #${target.events}`,
+        );
+      }
+    }
+    const steps = target.steps - (target.events === from.events ? from.steps : 0);
+    if (steps > 0 && !(await this.#quietStep(steps))) {
+      throw new ReplayDivergenceError(`replay could not step ${steps} instructions on to ${formatPosition(target)}`);
+    }
+    const now = history.position;
+    if (now === undefined || comparePositions(now, target) !== 0) {
+      throw new ReplayDivergenceError(
+        `replay reached ${now === undefined ? "an unknown position" : formatPosition(now)}, not ${
+          formatPosition(target)
+        }`,
+      );
+    }
+  }
+
+  /**
+   * The last moment before the current one where a breakpoint (enabled,
+   * condition true) would stop, a write watchpoint's memory changed (the
+   * moment before the instruction that wrote it), or `extra` holds: searched
+   * one checkpoint's stretch at a time, backwards, single-stepping.
+   */
+  async #reverseSearch(history: History, extra: ((cpu: Vcpu) => boolean) | undefined): Promise<PendingStop> {
+    const cpu = this.#vm.cpu(0);
+    const end = await this.#leaveLiveEnd(history);
+    const unwatchable = [...this.#watchpoints.values()].find((wp) => wp.enabled && wp.access !== "write");
+    if (unwatchable !== undefined) {
+      throw new Error(
+        `Cannot run backwards to watchpoint ${unwatchable.id} (${unwatchable.access}): reverse execution finds ` +
+          "writes only (disable it, or use a write watchpoint)",
+      );
+    }
+    const breakpoints = [...this.#breakpoints.values()].filter((bp) => bp.enabled);
+    const watchpoints = [...this.#watchpoints.values()].filter((wp) => wp.enabled);
+    const memory = this.#vm.memory;
+    let segmentEnd = end;
+    for (let index = history.checkpointAtOrBefore(end); index >= 0; index--) {
+      const start = history.checkpointPosition(index);
+      if (comparePositions(start, segmentEnd) >= 0) continue;
+      await this.#goTo(history, start);
+      let found = undefined as { position: Position; stop: PendingStop } | undefined;
+      let values = watchpoints.map((wp) => memory.read(wp.physical, wp.length));
+      let previous: Position = start;
+      let previousRip = this.#ripLinear(cpu);
+      const check = (c: Vcpu): boolean => {
+        const position = history.position!;
+        if (comparePositions(position, segmentEnd) >= 0) return true;
+        const rip = this.#ripLinear(c);
+        if (extra?.(c)) found = { position, stop: { reason: "step", address: rip } };
+        for (const bp of breakpoints) {
+          if (bp.address !== rip) continue;
+          if (bp.condition !== undefined && !this.#evaluate(bp.condition, c, `breakpoint ${bp.id}`)) continue;
+          found = { position, stop: { reason: "breakpoint", id: bp.id, address: rip, kind: bp.kind } };
+          break;
+        }
+        return false;
+      };
+      const afterStep = (c: Vcpu): boolean => {
+        if (watchpoints.length > 0) {
+          const now = watchpoints.map((wp) => memory.read(wp.physical, wp.length));
+          watchpoints.forEach((wp, i) => {
+            const before = values[i]!;
+            const after = now[i]!;
+            if (before.every((b, j) => b === after[j])) return;
+            const toValue = (bytes: Uint8Array) =>
+              bytes.subarray(0, 8).reduceRight((v, b) => (v << 8n) | BigInt(b), 0n);
+            found = {
+              position: previous,
+              stop: {
+                reason: "watchpoint",
+                id: wp.id,
+                address: wp.address,
+                access: "write",
+                dataAddress: BigInt(wp.physical),
+                size: wp.length,
+                oldValue: toValue(before),
+                newValue: toValue(after),
+                pc: previousRip,
+              } as PendingStop,
+            };
+          });
+          values = now;
+        }
+        const done = check(c);
+        previous = history.position!;
+        previousRip = this.#ripLinear(c);
+        return done;
+      };
+      // The checkpoint's own moment counts; the end of the stretch does not.
+      check(cpu);
+      if (comparePositions(start, segmentEnd) < 0) {
+        const reached = await this.#quietStep(MAX_REPLAY_STEPS, afterStep);
+        if (!reached) throw new ReplayDivergenceError(`replay did not reach ${formatPosition(segmentEnd)}`);
+      }
+      if (found !== undefined) {
+        await this.#goTo(history, found.position);
+        const stop = found.stop;
+        if (stop.reason === "breakpoint" && stop.id !== undefined) {
+          const bp = this.#breakpoints.get(stop.id);
+          if (bp !== undefined) bp.hits++;
+        }
+        return stop;
+      }
+      segmentEnd = start;
+    }
+    await this.#goTo(history, { events: 0, steps: 0 });
+    return { reason: "history", edge: "begin" };
+  }
+
+  /**
+   * Whether a single step's debug exit at `pc` is the one of the
+   * instruction that made the recorded access just before: rip is then just
+   * past it (or still on it, a rep string instruction). A port write's rip
+   * is already past it at the exit, and KVM reports no step for it: a debug
+   * exit anywhere else is the next instruction's.
+   */
+  #completesAccess(cpu: Vcpu, pc: bigint): boolean {
+    const access = this.#history?.stepAccess;
+    if (access === undefined || access.rip === undefined) return true;
+    const at = access.rip;
+    const base = this.#ripLinear(cpu) - cpu.regs.rip;
+    const linear = at + base;
+    let length: number | undefined;
+    if (access.port) {
+      length = portIoLength(this.#readCode(cpu, linear));
+      if (length === undefined) return pc === linear; // rip was already past the port write
+    } else {
+      length = this.#instructionAt(cpu, linear)?.length;
+      if (length === undefined) return true;
+    }
+    return pc === linear || pc === linear + BigInt(length);
+  }
+
+  #readCode(cpu: Vcpu, linear: bigint): Uint8Array {
+    try {
+      return this.readVirtual(linear, 15, cpu);
+    } catch {
+      return new Uint8Array(0);
+    }
+  }
+
+  /** The call instruction that ends at `returnAddress` (the bytes before it decoded as each possible call length). */
+  #callBefore(cpu: Vcpu, returnAddress: bigint): bigint | undefined {
+    for (const length of [5, 6, 2, 3, 7, 4]) {
+      const insn = this.#instructionAt(cpu, returnAddress - BigInt(length));
+      if (insn?.isCall && insn.length === length) return returnAddress - BigInt(length);
+    }
+    return undefined;
+  }
+
+  /** A run of hvsh's own: nobody is told of its stop, and every breakpoint and watchpoint is passed over. */
+  async #quietRun(options: RunOptions): Promise<StopEvent> {
+    this.#silenced = true;
+    let stop: StopEvent;
+    try {
+      stop = await this.#vm.run({ ...options, quiet: true });
+    } catch (error) {
+      this.#stepping = undefined;
+      throw error;
+    } finally {
+      this.#silenced = false;
+    }
+    this.#afterStop(stop);
+    return stop;
+  }
+
+  /** Single-steps vCPU 0 silently, at most `count` instructions or until `until` holds after one; true when it did. */
+  async #quietStep(count: number, until?: (cpu: Vcpu) => boolean): Promise<boolean> {
+    const stepping: Stepping = { cpu: 0, remaining: count, taken: 0, until };
+    this.#stepping = stepping;
+    const stop = await this.#quietRun({ only: 0, timeout: REPLAY_TIMEOUT_MS });
+    if (stop.reason !== "step") return false;
+    return until === undefined ? stepping.remaining === 0 : stepping.matched === true;
   }
 
   /**
@@ -1094,6 +1537,8 @@ export class Debugger<M extends Machine = Machine> {
    * processor's registers are read through ioctls: its exits are decoded on another thread.)
    */
   #wantSyncedRegisters(): boolean {
+    // A recording compares rip at every port and MMIO exit: kvm_run must hold it.
+    if (this.#history !== undefined && !this.#history.closed) return true;
     const steps = this.#stepping?.cpu === 0 ? this.#stepping.remaining : 0;
     return steps === 1 || (steps === 0 && (this.#planted.size > 0 || this.#hardwareBreakpoints().length > 0));
   }
@@ -1201,6 +1646,7 @@ export class Debugger<M extends Machine = Machine> {
   }
 
   #afterStop(stop: StopEvent): void {
+    this.#history?.noteStop();
     this.#endStepOver();
     // A stop in the middle of a fetch-through step (another watched page, a pause): unmap the page again.
     const fetching = this.#fetching;
@@ -1268,6 +1714,7 @@ export class Debugger<M extends Machine = Machine> {
   /** `pc` is the debug exit's linear rip after the step (kvm_run's debug.arch.pc): no register ioctl per step. */
   #onSingleStep(cpu: Vcpu, pc: bigint): PendingStop | "resume" | "alone" {
     const index = cpu.index;
+    if (index === 0 && this.#history !== undefined) this.#history.noteStep(this.#completesAccess(cpu, pc));
     const fetched = this.#endFetchThrough(cpu);
     if (fetched !== undefined) {
       this.#stepping = undefined;
@@ -1287,8 +1734,13 @@ export class Debugger<M extends Machine = Machine> {
     }
     if (stepping !== undefined) {
       stepping.remaining--;
+      stepping.taken++;
       if (index === 0) cpu.fd.setSyncRegs(this.#wantSyncedRegisters());
       this.#onStep?.(cpu);
+      if (stepping.until?.(cpu)) {
+        stepping.matched = true;
+        return { reason: "step", address: pc };
+      }
       if (stepping.remaining === 0) return { reason: "step", address: pc };
       // Only this vCPU runs while it is stepped: lifting the breakpoint ahead needs no other held.
       const mayHit = (this.#planted.size > 0 || this.#hardwareBreakpoints().length > 0) &&
@@ -1312,6 +1764,11 @@ export class Debugger<M extends Machine = Machine> {
     physical: number | undefined,
     kind: "software" | "hardware",
   ): PendingStop | "alone" {
+    if (cpu.index === 0) this.#history?.noteHit(address);
+    if (this.#silenced) {
+      this.#passingOver = cpu.index;
+      return "alone";
+    }
     const candidates = physical !== undefined
       ? [...(this.#planted.get(physical) ?? [])].filter((b) => b.enabled)
       : this.#hardwareBreakpoints().filter((b) => b.address === address);

@@ -64,6 +64,7 @@ export type {
 export {
   attachGdb,
   defaultMonitorRegistry,
+  formatRecording,
   type GdbListenOptions,
   type GdbServer,
   listenGdb,
@@ -72,6 +73,14 @@ export {
   registerMonitorCommand,
 } from "./core/gdb/mod.ts";
 export * from "./core/debug/debugger.ts";
+export {
+  comparePositions,
+  formatPosition,
+  type HistoryInfo,
+  type Position,
+  type RecordOptions,
+  ReplayDivergenceError,
+} from "./core/debug/history.ts";
 export { parseSystemMap } from "./core/debug/symbols.ts";
 export * from "./core/debug/expr.ts";
 export * from "./core/debug/registers.ts";

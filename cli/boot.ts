@@ -56,7 +56,7 @@ export const BOOT_USAGE =
        hvsh boot --restore SNAPSHOT [--timeout SECONDS] [--gdb ...]
                  [--append "CMDLINE"] [--initrd FILE|DIR] [--mem 64M] [--cpus N] [--timeout SECONDS]
                  [--cpuid-hide FEATURE,...] [--cpuid-vendor VENDOR12]
-                 [--gdb [HOST:]PORT|SOCKET-PATH [--wait] [--gdb-allow-js]]
+                 [--gdb [HOST:]PORT|SOCKET-PATH [--wait] [--gdb-allow-js] [--record]]
                  [--symbols System.map|ELF] [--boot-timer]
 ${VIRTIO_USAGE}
 
@@ -89,7 +89,10 @@ to gdb and ends the run when gdb detaches. gdb's detach lets the guest run on; g
 kill stops it: hvsh prints "hvsh: killed by gdb" and exits with status 0. A Unix socket
 path another program listens on is refused; a stale socket file there is replaced.
 gdb's "monitor js EXPR" runs JavaScript inside hvsh, so it is off unless --gdb-allow-js
-is given (anyone who can connect to the gdb address could then run code as hvsh).`;
+is given (anyone who can connect to the gdb address could then run code as hvsh).
+--record records the run from the first instruction so gdb can run it backwards
+(reverse-stepi, reverse-continue, reverse-finish; "monitor record" starts it later):
+one vCPU, no virtio devices.`;
 
 /** Parsed `hvsh boot` options, shared with the REPL's `--kernel`. */
 export interface BootOptions {
@@ -108,6 +111,8 @@ export interface BootOptions {
   wait: boolean;
   /** `--gdb-allow-js`: let gdb's `monitor js` run host code. */
   gdbAllowJs: boolean;
+  /** `--record`: record from the first instruction for reverse execution. */
+  record?: boolean;
   /** The virtio devices (`--disk`, `--net`, `--console`, `--rng`, `--vsock`, `--virtio`). */
   virtio?: VirtioBootOptions;
   /** `--restore`: a snapshot file to run on instead of a kernel. */
@@ -164,6 +169,7 @@ export function parseBootArgs(args: string[]): BootOptions {
         gdb: { type: "string" },
         wait: { type: "boolean", default: false },
         "gdb-allow-js": { type: "boolean", default: false },
+        record: { type: "boolean", default: false },
         ...VIRTIO_FLAG_OPTIONS,
         restore: { type: "string" },
         symbols: { type: "string" },
@@ -221,6 +227,7 @@ export function parseBootArgs(args: string[]): BootOptions {
     gdb,
     wait: values.wait,
     gdbAllowJs: values["gdb-allow-js"],
+    record: values.record,
     virtio: parseVirtioFlags(values, (message) => new UsageError(message)),
     ...(values.restore === undefined ? {} : { restore: values.restore }),
     symbols: values.symbols,
@@ -402,6 +409,15 @@ export async function bootCommand(args: string[]): Promise<number> {
     return BOOT_STATUS.usage;
   } finally {
     clearTimeout(loadTimer);
+  }
+  if (options.record) {
+    try {
+      vm.debug.record();
+    } catch (error) {
+      console.error(`hvsh boot: --record: ${(error as Error).message}`);
+      await vm.close();
+      return BOOT_STATUS.usage;
+    }
   }
 
   return await runOnTerminal(vm, options, started, timer);

@@ -575,7 +575,11 @@ export class Machine {
   restoreState(state: MachineState): void {
     this.#assertIdle("restore the machine state");
     restoreMachine(this.#vmFd, this.#vcpuFds, state, this.#capabilities());
-    for (const cpu of this.cpus) cpu.invalidate();
+    for (const cpu of this.cpus) {
+      // kvm_run's synced copy is of the last exit, from before the restore: read the registers from KVM.
+      cpu.fd.syncedGeneration = -1;
+      cpu.invalidate();
+    }
   }
 
   /** True when the host can make pages read-only for the guest (KVM_CAP_READONLY_MEM). */

@@ -13,6 +13,7 @@ import {
   DISPLAY_REGISTER_ORDER,
   evaluateAddress,
   ExceptionHistory,
+  formatRecording,
   formatTranslation,
   inFlightEvents,
   isWritableRegister,
@@ -766,6 +767,63 @@ registerCommand(
     "run until a location is reached",
     (s, a) => s.vm.debug.until(toBreakLocation(s, a)),
     (a) => `await vm.debug.until(${quote(a.trim())});`,
+  ),
+);
+
+registerCommand({
+  name: "record",
+  usage: ".record [on|off|status]",
+  help: "record the guest so it can run backwards (.rstep, .rnext, .rcont, .rfinish); status: what is recorded",
+  run(args, session) {
+    const text = args.trim();
+    const debug = session.vm.debug;
+    if (text === "on" || text === "") {
+      if (debug.recording === undefined) debug.record();
+    } else if (text === "off") {
+      debug.stopRecording();
+      session.output.print("recording stopped");
+      return;
+    } else if (text !== "status") {
+      throw new CommandError(`Invalid argument ${quote(text)}: expected on, off or status`);
+    }
+    session.output.print(formatRecording(debug.recording).trimEnd());
+  },
+  script: (a) => a.trim() === "off" ? "vm.debug.stopRecording();" : "vm.debug.record();",
+});
+registerCommand(
+  runCommand(
+    "rstep",
+    ".rstep [N]",
+    "run backwards N instructions (default 1): registers and memory as they were",
+    (s, a) => s.vm.debug.reverseStep(count(a, 1)),
+    (a) => `await vm.debug.reverseStep(${count(a, 1)});`,
+  ),
+);
+registerCommand(
+  runCommand(
+    "rnext",
+    ".rnext",
+    "run backwards one instruction, over calls",
+    (s) => s.vm.debug.reverseNext(),
+    () => "await vm.debug.reverseNext();",
+  ),
+);
+registerCommand(
+  runCommand(
+    "rcont",
+    ".rcont",
+    "run backwards to the last breakpoint hit or write to a watched location (or the start of the recording)",
+    (s) => s.vm.debug.reverseContinue(),
+    () => "await vm.debug.reverseContinue();",
+  ),
+);
+registerCommand(
+  runCommand(
+    "rfinish",
+    ".rfinish",
+    "run backwards to the call of the current function",
+    (s) => s.vm.debug.reverseFinish(),
+    () => "await vm.debug.reverseFinish();",
   ),
 );
 

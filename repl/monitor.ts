@@ -5,8 +5,9 @@
  * `monitor tele $rsp`). Used by the REPL's `.gdb` and by `hvsh boot --gdb`.
  *
  * Left out: commands that run or stop the guest (`.step`, `.next`,
- * `.finish`, `.cont`, `.until`, `.pause`: gdb's own `stepi`, `next`,
- * `finish`, `continue` keep gdb's view in step), and commands that need the
+ * `.finish`, `.cont`, `.until`, `.pause`, and backwards `.rstep`, `.rnext`,
+ * `.rcont`, `.rfinish`: gdb's own `stepi`, `next`, `finish`, `continue`
+ * and their `reverse-` forms keep gdb's view in step), and commands that need the
  * REPL's terminal or change which VM is debugged (`.console`, `.exit`,
  * `.gdb`, `.vm`).
  *
@@ -29,6 +30,10 @@ export const NOT_MONITOR_COMMANDS: ReadonlySet<string> = new Set([
   "cont",
   "until",
   "pause",
+  "rstep",
+  "rnext",
+  "rcont",
+  "rfinish",
 ]);
 
 /**

@@ -640,6 +640,7 @@ export class Debugger<M extends Machine = Machine> {
     if (!this.#protectedPages.has(page)) return undefined;
     const size = exit.size;
     const isWrite = exit.kind === "mmio-write";
+    if (isWrite && cpu.index === 0) this.#history?.noteEmulatedWrite(cpu.regs.rip);
     const at = Number(address);
     const memory = this.#vm.memory;
     const hits = [...this.#watchpoints.values()].filter((wp) =>
@@ -1238,27 +1239,32 @@ export class Debugger<M extends Machine = Machine> {
   }
 
   /**
-   * Whether a single step's debug exit at `pc` is the one of the
-   * instruction that made the recorded access just before: rip is then just
-   * past it (or still on it, a rep string instruction). A port write's rip
-   * is already past it at the exit, and KVM reports no step for it: a debug
-   * exit anywhere else is the next instruction's.
+   * How many instructions a single step's debug exit at `pc` stands for,
+   * after an exit the step made (see History.stepExit): KVM completes a
+   * port write or an MMIO write before the exit and then reports no
+   * single-step for it, so the debug exit comes after the next instruction.
+   * The exiting instruction's end tells which: rip is on a port read or an
+   * MMIO read at the exit (its end is rip plus its length), past a port
+   * write or an MMIO write.
    */
-  #completesAccess(cpu: Vcpu, pc: bigint): boolean {
-    const access = this.#history?.stepAccess;
-    if (access === undefined || access.rip === undefined) return true;
-    const at = access.rip;
-    const base = this.#ripLinear(cpu) - cpu.regs.rip;
-    const linear = at + base;
-    let length: number | undefined;
-    if (access.port) {
-      length = portIoLength(this.#readCode(cpu, linear));
-      if (length === undefined) return pc === linear; // rip was already past the port write
-    } else {
-      length = this.#instructionAt(cpu, linear)?.length;
-      if (length === undefined) return true;
+  #stepInstructions(cpu: Vcpu, pc: bigint): number {
+    const exit = this.#history?.stepExit;
+    if (exit === undefined) return 1;
+    // A logged access began a new stretch (its instruction is not counted); an emulated write did not.
+    const own = exit.emulated ? 1 : 0;
+    if (exit.rip === undefined) return own;
+    const linear = exit.rip + (this.#ripLinear(cpu) - cpu.regs.rip);
+    let end = linear;
+    if (exit.kind === "port") {
+      const length = portIoLength(this.#readCode(cpu, linear));
+      if (length !== undefined) end = linear + BigInt(length);
+    } else if (exit.kind === "mmio-read") {
+      const length = this.#instructionAt(cpu, linear)?.length;
+      if (length === undefined) return own;
+      end = linear + BigInt(length);
     }
-    return pc === linear || pc === linear + BigInt(length);
+    // Still on the instruction: a rep string instruction's iteration.
+    return pc === end || pc === linear ? own : own + 1;
   }
 
   #readCode(cpu: Vcpu, linear: bigint): Uint8Array {
@@ -1714,7 +1720,7 @@ export class Debugger<M extends Machine = Machine> {
   /** `pc` is the debug exit's linear rip after the step (kvm_run's debug.arch.pc): no register ioctl per step. */
   #onSingleStep(cpu: Vcpu, pc: bigint): PendingStop | "resume" | "alone" {
     const index = cpu.index;
-    if (index === 0 && this.#history !== undefined) this.#history.noteStep(this.#completesAccess(cpu, pc));
+    if (index === 0 && this.#history !== undefined) this.#history.noteStep(this.#stepInstructions(cpu, pc));
     const fetched = this.#endFetchThrough(cpu);
     if (fetched !== undefined) {
       this.#stepping = undefined;

@@ -147,8 +147,9 @@ export class History {
   /** Breakpoint address -> hits since {@link #base}: which arrival a breakpoint stop was. */
   readonly #hits = new Map<bigint, number>();
   /** An access happened in the current instruction: its single-step exit does not count as another step. */
-  #justAccessed = false;
-  #skipped: bigint | undefined;
+  /** The exit of the current single step that the count depends on (see {@link stepExit}). */
+  #stepExit: { kind: "port" | "mmio-read" | "mmio-write"; rip: bigint | undefined; emulated: boolean } | undefined;
+  #skipped: { position: Position; rip: bigint } | undefined;
   #stepRun = false;
   #lastCheckpointAt = 0;
   #stopAfter: number | undefined;
@@ -276,7 +277,7 @@ export class History {
   /** A run starts: a run that is not single-stepped makes the position inexact. */
   noteResume(stepping: boolean): void {
     this.#stepRun = stepping;
-    this.#justAccessed = false;
+    this.#stepExit = undefined;
     if (stepping || this.#steps === undefined) return;
     this.#base = { events: this.#cursor, steps: this.#steps };
     this.#hits.clear();
@@ -284,51 +285,69 @@ export class History {
   }
 
   /**
-   * The access the current single step made, if it made one: its kind
-   * (port or MMIO) and rip at the exit, for the debugger to tell whether
-   * the step's debug exit is that instruction's (see {@link noteStep}).
+   * The exit the current single step made, if it made one the step count
+   * depends on: a logged access, or (`emulated`) a write hvsh emulated
+   * for a watched page. `kind` tells where rip was at the exit: a port
+   * read, port write or MMIO read leave it on or past the instruction as
+   * the debugger decodes; an MMIO write always past it.
    */
-  get stepAccess(): { port: boolean; rip: bigint | undefined } | undefined {
-    if (!this.#justAccessed) return undefined;
-    const entry = this.#log[this.#cursor - 1];
-    return entry === undefined ? undefined : { port: entry.op <= PORT_OUT, rip: entry.rip };
+  get stepExit():
+    | { kind: "port" | "mmio-read" | "mmio-write"; rip: bigint | undefined; emulated: boolean }
+    | undefined {
+    return this.#stepExit;
   }
 
   /**
-   * vCPU 0 single-stepped. After an access, `completesAccess` says whether
-   * this debug exit is the accessing instruction's own (the access already
-   * began a new stretch: not a step) or the next one's: KVM completes a port
-   * write before the exit and then reports no single-step for it (seen on
-   * this nested host), so the step ran one more instruction.
+   * vCPU 0 wrote a watched page in the current instruction, which hvsh
+   * emulated (the write completed at the exit, rip past it): not an access
+   * of the log, but the next debug exit may or may not be this
+   * instruction's own (see {@link noteStep}).
    */
-  noteStep(completesAccess = true): void {
+  noteEmulatedWrite(rip: bigint | undefined): void {
+    this.#stepExit = { kind: "mmio-write", rip, emulated: true };
+  }
+
+  /**
+   * vCPU 0 single-stepped: `instructions` ran since the last count (the
+   * debugger decides from where the debug exit's rip is: KVM reports no
+   * single-step for an instruction it completed before an exit, such as a
+   * port write, so the step ran one more). After a logged access the count
+   * starts again at the access.
+   */
+  noteStep(instructions = 1): void {
+    const exit = this.#stepExit;
+    this.#stepExit = undefined;
     this.#skipped = undefined;
-    if (this.#justAccessed) {
-      this.#justAccessed = false;
-      if (completesAccess) return;
-      this.#skipped = this.#log[this.#cursor - 1]?.rip;
+    if (this.#steps === undefined) return;
+    if (exit !== undefined && instructions > (exit.emulated ? 1 : 0) && exit.rip !== undefined) {
+      // The moment right after the instruction that exited had no debug exit of its own.
+      this.#skipped = {
+        position: { events: this.#cursor, steps: this.#steps + (exit.emulated ? 1 : 0) },
+        rip: exit.rip,
+      };
     }
-    if (this.#steps !== undefined) this.#steps++;
+    this.#steps += instructions;
   }
 
   /**
-   * When the last single step ran past the moment just after an access
-   * without a debug exit there (see {@link noteStep}): that moment's rip
-   * (its position is `{ events, steps: 0 }`), which a search checks too.
+   * When the last single step ran past the moment right after an exit
+   * without a debug exit there (see {@link noteStep}): that moment and its
+   * rip, which a search checks too.
    */
-  get skipped(): bigint | undefined {
+  get skipped(): { position: Position; rip: bigint } | undefined {
     return this.#skipped;
   }
 
   /** vCPU 0 hit a breakpoint at `address` (whether or not it stopped). */
   noteHit(address: bigint): void {
-    this.#justAccessed = false;
+    this.#stepExit = undefined;
     this.#hits.set(address, (this.#hits.get(address) ?? 0) + 1);
   }
 
-  /** The run stopped. */
+  /** The run stopped. A step that a watched write ended (no debug exit came) still ran its instruction. */
   noteStop(): void {
-    this.#justAccessed = false;
+    if (this.#stepExit?.emulated && this.#steps !== undefined) this.#steps++;
+    this.#stepExit = undefined;
   }
 
   // ---------------------------------------------------------------- replay control
@@ -427,7 +446,7 @@ export class History {
     this.#steps = checkpoint.position.steps;
     this.#base = { ...checkpoint.position };
     this.#hits.clear();
-    this.#justAccessed = false;
+    this.#stepExit = undefined;
   }
 
   /** Page `page`'s bytes at checkpoint `index` (undefined: zero). */
@@ -597,7 +616,12 @@ export class History {
     this.#steps = this.#stepRun || this.#machine.pendingStop !== undefined ? 0 : undefined;
     this.#base = { events: this.#cursor, steps: 0 };
     this.#hits.clear();
-    this.#justAccessed = true;
+    const entry = this.#log[this.#cursor - 1]!;
+    this.#stepExit = {
+      kind: entry.op <= PORT_OUT ? "port" : entry.op === MMIO_READ ? "mmio-read" : "mmio-write",
+      rip: entry.rip,
+      emulated: false,
+    };
   }
 
   #onIrqLine(irq: number, level: boolean): void {

@@ -22,6 +22,7 @@ import { formatTranslation } from "../debug/paging.ts";
 import type { MemorySpace } from "./target.ts";
 import { DISPLAY_REGISTER_ORDER } from "../kvm/structs.ts";
 import { hex } from "../hex.ts";
+import { formatPosition, type HistoryInfo } from "../debug/history.ts";
 
 /** What a monitor command can see and change. */
 export interface MonitorContext {
@@ -153,6 +154,22 @@ export function formatRegisters(cpu: Vcpu, symbolize?: (address: bigint) => stri
   return lines.join("\n") + "\n";
 }
 
+/** The `monitor record status` text (the REPL's `.record` prints the same). */
+export function formatRecording(info: HistoryInfo | undefined): string {
+  if (info === undefined) return "not recording\n";
+  const at = info.position === undefined ? `after access #${info.events}` : `at ${formatPosition(info.position)}`;
+  const lines = [
+    `recording: ${info.events} port/MMIO accesses logged, ${info.checkpoints} checkpoints (${
+      (info.checkpointBytes / 1024).toFixed(0)
+    } KiB of pages)`,
+    `the guest is ${info.replaying ? "in the past (runs replay the log)" : "at the end of the history (live)"}${
+      info.position === undefined ? "" : `, ${at}`
+    }`,
+  ];
+  if (info.broken !== undefined) lines.push(`history unusable: ${info.broken}`);
+  return lines.join("\n") + "\n";
+}
+
 /** The `monitor js` evaluator: an async function of `vm`, `cpu` and `debug`. */
 async function evaluate(expression: string, context: MonitorContext): Promise<string> {
   const AsyncFunction = (async () => {}).constructor as new (
@@ -205,6 +222,22 @@ const BUILTINS: MonitorCommand[] = [
       const n = count === undefined ? 10 : Number(count);
       if (!Number.isInteger(n) || n < 1 || n > 1000) throw new RangeError(`Invalid count ${JSON.stringify(count)}`);
       return context.debug.disassemble(location, n);
+    },
+  },
+  {
+    name: "record",
+    help: "record [on|off|status]: record the guest so gdb can run it backwards (reverse-stepi, reverse-continue)",
+    run: (args, context) => {
+      const debug = context.debug;
+      if (args === "on" || args === "") {
+        if (debug.recording === undefined) debug.record();
+      } else if (args === "off") {
+        debug.stopRecording();
+        return "recording stopped\n";
+      } else if (args !== "status") {
+        throw new RangeError(`expected "on", "off" or "status", got ${JSON.stringify(args)}`);
+      }
+      return formatRecording(debug.recording);
     },
   },
   {

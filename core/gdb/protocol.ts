@@ -378,6 +378,8 @@ export type Command =
   | { kind: "removeBreakpoint"; type: BreakpointType; address: bigint; length: number }
   | { kind: "resume"; actions: ResumeAction[] }
   | { kind: "vContQuery" }
+  /** `bs` (reverse step) or `bc` (reverse continue): gdb's reverse-stepi and reverse-continue. */
+  | { kind: "reverse"; step: boolean }
   | { kind: "setThread"; op: "g" | "c"; thread: ThreadId }
   | { kind: "threadAlive"; thread: ThreadId }
   | { kind: "supported"; features: string[] }
@@ -542,6 +544,10 @@ const PACKETS: Record<string, Parser> = {
     const data = raw.slice(colon + 1);
     if (data.length !== length) throw malformed(p, `length 0x${length.toString(16)} but ${data.length} data bytes`);
     return { kind: "writeMemory", address, data };
+  },
+  b: (p) => {
+    if (p === "bs" || p === "bc") return { kind: "reverse", step: p === "bs" };
+    return { kind: "unknown", name: p.slice(0, 2) };
   },
   Z: (p) => parseBreakpoint(p, true),
   z: (p) => parseBreakpoint(p, false),

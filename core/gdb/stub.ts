@@ -320,6 +320,9 @@ export class GdbStub {
         return undefined;
       case "vContQuery":
         return "vCont;c;C;s;S";
+      case "reverse":
+        this.#reverse(command.step);
+        return undefined;
       case "setThread": {
         const thread = this.#resolveThread(command.thread);
         if (thread === undefined) return ERROR_CODES.invalid;
@@ -339,6 +342,8 @@ export class GdbStub {
           "swbreak+",
           "hwbreak+",
           "QStartNoAckMode+",
+          "ReverseStep+",
+          "ReverseContinue+",
         ].join(";");
       case "startNoAckMode":
         this.#sendPacket("OK");
@@ -472,6 +477,27 @@ export class GdbStub {
     });
   }
 
+  /**
+   * Runs the guest backwards; the stop reply comes through onStop. A guest
+   * that cannot go back answers as at the start of its history
+   * (`replaylog:begin`, gdb's "No more reverse-execution history"), after a
+   * console line that says why.
+   */
+  #reverse(step: boolean): void {
+    const target = this.#target;
+    if (target.running) {
+      this.#sendPacket(ERROR_CODES.busy);
+      return;
+    }
+    this.#waiting = true;
+    target.reverse(step).catch((error) => {
+      if (!this.#waiting) return;
+      this.#waiting = false;
+      this.#sendPacket(`O${hexEncode(`hvsh: ${(error as Error).message}\n`)}`);
+      this.#sendPacket(`T05replaylog:begin;thread:${this.#gThread.toString(16)};${this.#expedited(this.#gThread)}`);
+    });
+  }
+
   #onStop(stop: TargetStop): void {
     if (!this.#waiting || this.#closed) return;
     this.#waiting = false;
@@ -519,6 +545,8 @@ export class GdbStub {
         }`;
       case "step":
         return `T05thread:${stop.thread.toString(16)};${this.#expedited(stop.thread)}`;
+      case "history-begin":
+        return `T05replaylog:begin;thread:${stop.thread.toString(16)};${this.#expedited(stop.thread)}`;
       case "interrupted":
         return `T02thread:${stop.thread.toString(16)};${this.#expedited(stop.thread)}`;
       case "signal":

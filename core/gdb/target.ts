@@ -36,6 +36,8 @@ export type TargetStop =
   | { kind: "step"; thread: number; event: StopEvent }
   /** Paused (GDB's Ctrl-C, the REPL, a timeout). */
   | { kind: "interrupted"; thread: number; event: StopEvent }
+  /** Reverse execution reached the start of the recorded history (`replaylog:begin`). */
+  | { kind: "history-begin"; thread: number; event: StopEvent }
   /** The guest ended: debug-exit (status as `hvsh boot` gives it) or a final HLT (status 0). */
   | { kind: "exited"; status: number; event: StopEvent }
   /** A stop GDB should see as a signal (crash, emulation failure, unclaimed access). */
@@ -117,6 +119,13 @@ export interface GdbTarget {
    * `thread` when given.
    */
   resume(step: boolean, thread?: number): Promise<StopEvent>;
+  /**
+   * Runs the guest backwards (gdb's `bs`/`bc`): one instruction of thread 1,
+   * or to the last breakpoint or write watchpoint before now. Rejects when
+   * the guest is not recorded or cannot go back; the stop also reaches
+   * {@link onStop}.
+   */
+  reverse(step: boolean): Promise<StopEvent>;
   /** Stops a running guest (whoever runs it); resolves once stopped. The stop says gdb paused it. */
   interrupt(): Promise<void>;
   /** Calls `observer` for every stop, whoever ran the guest. Returns an unsubscribe function. */
@@ -456,6 +465,10 @@ export class VmTarget implements GdbTarget {
     return await (thread === undefined ? this.#machine.run() : this.#machine.run({ only: this.#cpu(thread).index }));
   }
 
+  async reverse(step: boolean): Promise<StopEvent> {
+    return await (step ? this.#debug.reverseStep() : this.#debug.reverseContinue());
+  }
+
   async interrupt(): Promise<void> {
     await this.#machine.pause("gdb");
   }
@@ -481,6 +494,8 @@ export class VmTarget implements GdbTarget {
       case "paused":
       case "timeout":
         return { kind: "interrupted", thread, event };
+      case "history":
+        return { kind: "history-begin", thread, event };
       case "exit":
         return { kind: "exited", status: event.code & 0xff, event };
       case "halt":

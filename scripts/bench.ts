@@ -22,7 +22,7 @@
  *
  * Usage: `deno task bench [--n 20000] [--rounds 15] [--steps 20000]
  * [--hits 48] [--debug-rounds 9] [--cold-runs 5] [--gdb-steps 800]
- * [--gdb-rounds 5] [--block-rounds 5] [--snapshot-rounds 3] [--linux-runs 1] [--process-rounds 5]
+ * [--gdb-rounds 5] [--block-rounds 5] [--snapshot-rounds 3] [--linux-runs 1] [--process-rounds 5] [--reverse-rounds 7]
  * [--only exits,debug,gdb,cold,block,snapshot,linux,process]`
  *
  * The process rows (scripts/bench_process.ts) time hvsh as users run it:
@@ -52,6 +52,7 @@ import { benchBlock, formatBlockTable } from "./bench_block.ts";
 import { benchSnapshot, formatSnapshotTable } from "./bench_snapshot.ts";
 import { benchLinux } from "./bench_linux.ts";
 import { benchProcess, environmentLine, formatProcessTable } from "./bench_process.ts";
+import { benchReverse, formatReverseTable } from "./bench_reverse.ts";
 
 /** Repository root (the launcher, tests/ and bench/ are found from here). */
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
@@ -914,7 +915,8 @@ function positiveInt(value: string | undefined, fallback: number, name: string):
 
 const BENCH_USAGE = `usage: hvsh bench [--n 20000] [--rounds 15] [--steps 20000] [--hits 48] [--debug-rounds 9]
                   [--cold-runs 5] [--gdb-steps 800] [--gdb-rounds 5] [--block-rounds 5] [--snapshot-rounds 3]
-                  [--linux-runs 1] [--process-rounds 5] [--only exits,debug,gdb,cold,block,snapshot,linux,process]
+                  [--linux-runs 1] [--process-rounds 5] [--reverse-rounds 7]
+                  [--only exits,debug,gdb,cold,block,snapshot,linux,process,reverse]
 
 Measures hvsh against C baselines (and QEMU where installed): exit round trips, single-step
 and breakpoint rates, gdb stepi and memory dumps, cold start; whole hvsh boot processes (per-exit cost, start,
@@ -953,9 +955,10 @@ function parseOptions(args: string[]) {
       "block-rounds": { type: "string" },
       "linux-runs": { type: "string" },
       "process-rounds": { type: "string" },
+      "reverse-rounds": { type: "string" },
     },
   });
-  const sections = ["exits", "debug", "gdb", "cold", "block", "snapshot", "linux", "process"];
+  const sections = ["exits", "debug", "gdb", "cold", "block", "snapshot", "linux", "process", "reverse"];
   const only = values.only === undefined ? sections : values.only.split(",");
   const unknown = only.filter((name) => !sections.includes(name));
   if (unknown.length > 0) throw new RangeError(`--only ${values.only}: expected some of ${sections.join(",")}`);
@@ -993,6 +996,16 @@ async function runBench({ values, only }: ReturnType<typeof parseOptions>): Prom
     const processRounds = positiveInt(values["process-rounds"], 5, "process-rounds");
     const tools = { root: ROOT, launcher: LAUNCHER, cExitBench: C_BINARY, benchPio: pio, mbHello, median, onPath };
     console.log(formatProcessTable(await benchProcess(tools, processRounds), processRounds));
+    console.log();
+  }
+  if (only.includes("reverse")) {
+    const rloop = guests.get("rloop.elf");
+    const counter = guests.get("counter.elf");
+    if (rloop === undefined || counter === undefined) throw new Error("buildGuests() lacks rloop.elf or counter.elf");
+    const reverseRounds = positiveInt(values["reverse-rounds"], 7, "reverse-rounds");
+    const reverseSteps = 30;
+    const result = await benchReverse({ benchPio: pio, rloop, counter, median }, n, reverseRounds, reverseSteps);
+    console.log(formatReverseTable(result, reverseRounds, reverseSteps));
     console.log();
   }
   if (only.includes("exits")) {

@@ -524,9 +524,7 @@ export class History {
   }
 
   #rip(): bigint | undefined {
-    const cpu = this.#machine.cpus[0]!;
-    const fd = cpu.fd;
-    return fd.syncedGeneration === fd.generation ? cpu.regs.rip : undefined;
+    return this.#machine.cpus[0]!.fd.syncedRip();
   }
 
   #record(

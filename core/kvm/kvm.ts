@@ -744,6 +744,23 @@ export class VcpuFd {
     return decodeRegs(this.#run.syncedRegsBytes(KVM_REGS_SIZE));
   }
 
+  #syncedRip: DataView | undefined;
+
+  /**
+   * rip as the last exit left it in kvm_run (KVM_CAP_SYNC_REGS), without an
+   * ioctl or decoding the other registers; undefined when that exit did not
+   * sync them. A recording reads it at every port and MMIO exit.
+   */
+  syncedRip(): bigint | undefined {
+    if (this.syncedGeneration !== this.generation) return undefined;
+    if (this.#syncedRip === undefined) {
+      const bytes = this.#run.syncedRegsBytes(KVM_REGS_SIZE);
+      // struct kvm_regs: 16 general registers, then rip.
+      this.#syncedRip = new DataView(bytes.buffer, bytes.byteOffset + 16 * 8, 8);
+    }
+    return this.#syncedRip.getBigUint64(0, true);
+  }
+
   /** The special registers kvm_run holds after a run with sync on. */
   syncedSregs(): SpecialRegisters {
     return decodeSregs(this.#run.syncedSregsBytes(KVM_SREGS_SIZE));

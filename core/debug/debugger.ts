@@ -1176,6 +1176,17 @@ export class Debugger<M extends Machine = Machine> {
       const check = (c: Vcpu): boolean => {
         const position = history.position!;
         if (comparePositions(position, segmentEnd) >= 0) return true;
+        const skipped = history.skipped;
+        if (skipped !== undefined && extra === undefined) {
+          // A moment a single step ran past (right after a port or watched write): a breakpoint there counts.
+          const bp = breakpoints.find((b) => b.address === skipped.rip + (this.#ripLinear(c) - c.regs.rip));
+          if (bp !== undefined && bp.condition === undefined) {
+            found = {
+              position: skipped.position,
+              stop: { reason: "breakpoint", id: bp.id, address: bp.address, kind: bp.kind },
+            };
+          }
+        }
         const rip = this.#ripLinear(c);
         if (extra?.(c)) found = { position, stop: { reason: "step", address: rip } };
         for (const bp of breakpoints) {
@@ -1219,9 +1230,52 @@ export class Debugger<M extends Machine = Machine> {
       };
       // The checkpoint's own moment counts; the end of the stretch does not.
       check(cpu);
-      if (comparePositions(start, segmentEnd) < 0) {
+      // Breakpoints alone: replay at full speed with them planted up to the stretch of the end, noting
+      // each hit as the how-many-th arrival at its address since an exact moment; single-step the rest.
+      let arrival: { base: Position; address: bigint; arrivals: number; stop: PendingStop } | undefined;
+      if (extra === undefined && watchpoints.length === 0 && segmentEnd.events > start.events) {
+        history.stopAfter(segmentEnd.events);
+        history.reproduceStops(false);
+        try {
+          for (;;) {
+            const stop = await this.#quietRun({ timeout: REPLAY_TIMEOUT_MS }, false);
+            if (stop.reason !== "breakpoint") break;
+            const { base, hits } = history.unresolved();
+            const address = this.#ripLinear(cpu);
+            const { cpu: _, rip: _rip, mode: _mode, symbol: _symbol, ...pending } = stop;
+            arrival = { base, address, arrivals: hits.get(address) ?? 1, stop: pending as PendingStop };
+            found = undefined;
+          }
+        } finally {
+          history.stopAfter(undefined);
+          history.reproduceStops(true);
+        }
+        const at = history.position;
+        if (at === undefined || at.events !== segmentEnd.events || at.steps !== 0) {
+          throw new ReplayDivergenceError(`replay did not reach access #${segmentEnd.events}`);
+        }
+        previous = at;
+        previousRip = this.#ripLinear(cpu);
+        check(cpu);
+      }
+      if (comparePositions(history.position!, segmentEnd) < 0) {
         const reached = await this.#quietStep(MAX_REPLAY_STEPS, afterStep);
         if (!reached) throw new ReplayDivergenceError(`replay did not reach ${formatPosition(segmentEnd)}`);
+      }
+      if (found === undefined && arrival !== undefined) {
+        // The last hit came in the fast replay: find its exact moment by single steps from its base.
+        const { base, address, arrivals, stop } = arrival;
+        await this.#goTo(history, base);
+        let seen = 0;
+        const reached = await this.#quietStep(
+          MAX_REPLAY_STEPS,
+          (c) => this.#ripLinear(c) === address && ++seen === arrivals,
+        );
+        const position = history.position;
+        if (!reached || position === undefined) {
+          throw new ReplayDivergenceError(`replay did not come back to ${hex(address)} after ${formatPosition(base)}`);
+        }
+        found = { position, stop };
       }
       if (found !== undefined) {
         await this.#goTo(history, found.position);
@@ -1284,9 +1338,9 @@ export class Debugger<M extends Machine = Machine> {
     return undefined;
   }
 
-  /** A run of hvsh's own: nobody is told of its stop, and every breakpoint and watchpoint is passed over. */
-  async #quietRun(options: RunOptions): Promise<StopEvent> {
-    this.#silenced = true;
+  /** A run of hvsh's own: nobody is told of its stop; every breakpoint and watchpoint is passed over unless not `silenced`. */
+  async #quietRun(options: RunOptions, silenced = true): Promise<StopEvent> {
+    this.#silenced = silenced;
     let stop: StopEvent;
     try {
       stop = await this.#vm.run({ ...options, quiet: true });

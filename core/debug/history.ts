@@ -278,6 +278,7 @@ export class History {
   noteResume(stepping: boolean): void {
     this.#stepRun = stepping;
     this.#stepExit = undefined;
+    this.#skipped = undefined;
     if (stepping || this.#steps === undefined) return;
     this.#base = { events: this.#cursor, steps: this.#steps };
     this.#hits.clear();
@@ -447,6 +448,7 @@ export class History {
     this.#base = { ...checkpoint.position };
     this.#hits.clear();
     this.#stepExit = undefined;
+    this.#skipped = undefined;
   }
 
   /** Page `page`'s bytes at checkpoint `index` (undefined: zero). */

@@ -257,6 +257,22 @@ kvmTest("what cannot be recorded or replayed is refused with the reason, and the
   assert.match(vm.serial.output, /tick 4 total=35\nrloop done total=35\n$/);
 });
 
+kvmTest(
+  "an interrupt hvsh raises while the guest runs (serial input) ends the recording's use, with the reason",
+  async () => {
+    await using vm = await Vm.create({ memory: "16M" });
+    await vm.load(await guest("serial_irq.elf"));
+    vm.debug.record();
+    const running = vm.run({ timeout: RUN_TIMEOUT_MS });
+    await vm.serial.waitFor("ready\n", { timeout: RUN_TIMEOUT_MS });
+    vm.serial.send("abq"); // IRQ 4 at a moment of the host's choosing
+    assert.equal((await running).reason, "exit");
+    assert.equal(vm.serial.output, "ready\nabq\nirq bye\n", "the guest ran as without recording");
+    assert.match(vm.debug.recording!.broken ?? "", /hvsh raised IRQ 4 while the guest ran/);
+    await assert.rejects(() => vm.debug.reverseStep(), /Cannot run .* backwards: hvsh raised IRQ 4/);
+  },
+);
+
 // ---------------------------------------------------------------- the REPL
 
 const ROOT = new URL("..", import.meta.url).pathname;

@@ -1117,13 +1117,11 @@ export class Debugger<M extends Machine = Machine> {
     const from = history.checkpointPosition(index);
     if (target.events > from.events) {
       history.stopAfter(target.events);
-      history.reproduceStops(false);
       let stop: StopEvent;
       try {
         stop = await this.#quietRun({ timeout: REPLAY_TIMEOUT_MS });
       } finally {
         history.stopAfter(undefined);
-        history.reproduceStops(true);
       }
       if (history.events !== target.events || history.position?.steps !== 0) {
         throw new ReplayDivergenceError(
@@ -1235,7 +1233,6 @@ export class Debugger<M extends Machine = Machine> {
       let arrival: { base: Position; address: bigint; arrivals: number; stop: PendingStop } | undefined;
       if (extra === undefined && watchpoints.length === 0 && segmentEnd.events > start.events) {
         history.stopAfter(segmentEnd.events);
-        history.reproduceStops(false);
         try {
           for (;;) {
             const stop = await this.#quietRun({ timeout: REPLAY_TIMEOUT_MS }, false);
@@ -1248,7 +1245,6 @@ export class Debugger<M extends Machine = Machine> {
           }
         } finally {
           history.stopAfter(undefined);
-          history.reproduceStops(true);
         }
         const at = history.position;
         if (at === undefined || at.events !== segmentEnd.events || at.steps !== 0) {
@@ -1341,6 +1337,8 @@ export class Debugger<M extends Machine = Machine> {
   /** A run of hvsh's own: nobody is told of its stop; every breakpoint and watchpoint is passed over unless not `silenced`. */
   async #quietRun(options: RunOptions, silenced = true): Promise<StopEvent> {
     this.#silenced = silenced;
+    // The stops the devices asked for when recorded (the debug-exit port) belong to the user's runs, not these.
+    this.#history?.reproduceStops(false);
     let stop: StopEvent;
     try {
       stop = await this.#vm.run({ ...options, quiet: true });
@@ -1349,6 +1347,7 @@ export class Debugger<M extends Machine = Machine> {
       throw error;
     } finally {
       this.#silenced = false;
+      this.#history?.reproduceStops(true);
     }
     this.#afterStop(stop);
     return stop;
@@ -1625,7 +1624,10 @@ export class Debugger<M extends Machine = Machine> {
     let control = 0;
     if (this.#planted.size > 0) control |= KVM_GUESTDBG.USE_SW_BP;
     if (hardware.length > 0) control |= KVM_GUESTDBG.USE_HW_BP;
-    if (stepping) control |= KVM_GUESTDBG.SINGLESTEP | this.#blockIrq;
+    // While recording, steps let interrupts in where a free run would take them: a replay runs freely to the
+    // last access, then steps, and both must see the guest take an interrupt at the same instruction.
+    const recording = this.#history !== undefined && !this.#history.closed;
+    if (stepping) control |= KVM_GUESTDBG.SINGLESTEP | (recording ? 0 : this.#blockIrq);
     const debugreg = [0n, 0n, 0n, 0n, 0n, 0n, 0n, 0n];
     let dr7 = 0n;
     hardware.forEach((bp, i) => {

@@ -633,7 +633,7 @@ export class History {
     // Raised between exits (input arriving, a host timer): the guest may take it at any instruction.
     this.breakWith(
       `hvsh raised IRQ ${irq} while the guest ran (not in answer to one of its accesses): the moment the guest ` +
-        "takes it cannot be reproduced, so the history ends here",
+        "takes it cannot be reproduced, so this recording cannot run backwards",
     );
   }
 }

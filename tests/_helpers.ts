@@ -53,3 +53,39 @@ export async function waitUntil(condition: () => boolean, what: string, timeoutM
     await new Promise((resolve) => setTimeout(resolve, 2));
   }
 }
+
+const ROOT = new URL("..", import.meta.url).pathname;
+
+/**
+ * The REPL as a user scripts it: `./hvsh ARGS` with `lines` on a piped stdin
+ * (plain output, no colours, a history file of its own), waited for.
+ */
+export async function replPiped(
+  args: string[],
+  lines: string[],
+  timeoutMs = 60_000,
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const dir = await Deno.makeTempDir({ prefix: "hvsh-repl-" });
+  try {
+    const child = new Deno.Command(`${ROOT}hvsh`, {
+      args,
+      cwd: ROOT,
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1", HVSH_HISTORY: `${dir}/history` },
+      signal: AbortSignal.timeout(timeoutMs),
+    }).spawn();
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode(lines.join("\n") + "\n"));
+    await writer.close();
+    const out = await child.output();
+    return {
+      code: out.code,
+      stdout: new TextDecoder().decode(out.stdout),
+      stderr: new TextDecoder().decode(out.stderr),
+    };
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}

@@ -12,75 +12,16 @@
 
 import assert from "node:assert/strict";
 import { guest, kvmMissingReason } from "./_helpers.ts";
+import { gdbBatch, gdbMissingReason, type GdbSession, printed } from "./_gdb_batch.ts";
 
-function probeGdb(): string | undefined {
-  try {
-    const out = new Deno.Command("gdb", { args: ["--version"], stdout: "piped", stderr: "null" }).outputSync();
-    return out.success ? undefined : "gdb --version failed";
-  } catch (error) {
-    return `no gdb on PATH (${(error as Error).message})`;
-  }
-}
-
-const gdbMissingReason = probeGdb();
 const ignoreReason = kvmMissingReason ?? gdbMissingReason;
 if (kvmMissingReason === undefined && gdbMissingReason !== undefined) {
   console.log(`gdb reverse tests ignored: ${gdbMissingReason}`);
 }
 
-const MAIN = new URL("../main.ts", import.meta.url).pathname;
-const DENO = Deno.execPath();
-const SESSION_TIMEOUT_MS = 90_000;
-
-interface Session {
-  gdb: string;
-  gdbErrors: string;
-  guest: string;
-  hvshErrors: string;
-  code: number;
-}
-
 /** Boots rloop.elf held for gdb (recording with `record`), runs gdb with `commands`, and waits for both. */
-async function debugRloop(commands: string[], record = true): Promise<Session> {
-  const elf = await guest("rloop.elf");
-  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const address = `127.0.0.1:${probe.addr.port}`;
-  probe.close();
-  const hvsh = new Deno.Command(DENO, {
-    args: ["run", "-q", "--allow-all", MAIN, "boot", "--kernel", elf, "--gdb", address, "--wait"].concat(
-      record ? ["--record"] : [],
-    ),
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    signal: AbortSignal.timeout(SESSION_TIMEOUT_MS),
-  }).spawn();
-  const stderr = hvsh.stderr.getReader();
-  const { value } = await stderr.read(); // "gdb server on ...": listening now
-  assert.match(new TextDecoder().decode(value), new RegExp(`gdb server on ${address}`));
-  stderr.releaseLock();
-  const args = ["-batch", "-nx", "-ex", "set confirm off"];
-  for (const command of [`file ${elf}`, `target remote ${address}`, ...commands]) args.push("-ex", command);
-  const gdb = await new Deno.Command("gdb", {
-    args,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    signal: AbortSignal.timeout(SESSION_TIMEOUT_MS),
-  }).output();
-  const result = await hvsh.output();
-  return {
-    gdb: new TextDecoder().decode(gdb.stdout),
-    gdbErrors: new TextDecoder().decode(gdb.stderr),
-    guest: new TextDecoder().decode(result.stdout),
-    hvshErrors: new TextDecoder().decode(result.stderr),
-    code: result.code,
-  };
-}
-
-/** `$N = VALUE` lines of `print`, in order. */
-function printed(output: string): string[] {
-  return [...output.matchAll(/^\$\d+ = (.*)$/gm)].map((m) => m[1]!);
+async function debugRloop(commands: string[], record = true): Promise<GdbSession> {
+  return await gdbBatch(await guest("rloop.elf"), record ? ["--record"] : [], commands, 90_000);
 }
 
 const PLAIN_OUTPUT = "tick 0 total=1\ntick 1 total=3\ntick 2 total=8\ntick 3 total=18\ntick 4 total=35\n" +

@@ -12,88 +12,16 @@
 
 import assert from "node:assert/strict";
 import { guest, kvmMissingReason } from "./_helpers.ts";
+import { gdbBatch, gdbMissingReason, type GdbSession, printed } from "./_gdb_batch.ts";
 
-function probeGdb(): string | undefined {
-  try {
-    const out = new Deno.Command("gdb", { args: ["--version"], stdout: "piped", stderr: "null" }).outputSync();
-    return out.success ? undefined : "gdb --version failed";
-  } catch (error) {
-    return `no gdb on PATH (${(error as Error).message})`;
-  }
-}
-
-const gdbMissingReason = probeGdb();
 const ignoreReason = kvmMissingReason ?? gdbMissingReason;
 if (kvmMissingReason === undefined && gdbMissingReason !== undefined) {
   console.log(`gdb SMP tests ignored: ${gdbMissingReason}`);
 }
 
-const MAIN = new URL("../main.ts", import.meta.url).pathname;
-const DENO = Deno.execPath();
-/** Longest a whole session (hvsh and gdb) may take before the test calls it hung. */
-const SESSION_TIMEOUT_MS = 60_000;
-
-interface Session {
-  /** gdb's stdout. */
-  gdb: string;
-  /** gdb's stderr (warnings, errors). */
-  gdbErrors: string;
-  /** What the guest printed (hvsh's stdout) and hvsh's exit status. */
-  guest: string;
-  code: number;
-}
-
 /** Boots smp_calls.elf with `cpus` vCPUs held for gdb, runs gdb with `commands`, and waits for both. */
-async function debugSmp(cpus: number, commands: string[]): Promise<Session> {
-  const elf = await guest("smp_calls.elf");
-  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const address = `127.0.0.1:${probe.addr.port}`;
-  probe.close();
-  const hvsh = new Deno.Command(DENO, {
-    args: [
-      "run",
-      "-q",
-      "--allow-all",
-      MAIN,
-      "boot",
-      "--kernel",
-      elf,
-      "--cpus",
-      String(cpus),
-      "--gdb",
-      address,
-      "--wait",
-    ],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    signal: AbortSignal.timeout(SESSION_TIMEOUT_MS),
-  }).spawn();
-  const stderr = hvsh.stderr.getReader();
-  const { value } = await stderr.read(); // "gdb server on ...": listening now
-  assert.match(new TextDecoder().decode(value), new RegExp(`gdb server on ${address}`));
-  stderr.releaseLock();
-  const args = ["-batch", "-nx", "-ex", "set confirm off"];
-  for (const command of [`file ${elf}`, `target remote ${address}`, ...commands]) args.push("-ex", command);
-  const gdb = await new Deno.Command("gdb", {
-    args,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    signal: AbortSignal.timeout(SESSION_TIMEOUT_MS),
-  }).output();
-  const result = await hvsh.output();
-  return {
-    gdb: new TextDecoder().decode(gdb.stdout),
-    gdbErrors: new TextDecoder().decode(gdb.stderr),
-    guest: new TextDecoder().decode(result.stdout),
-    code: result.code,
-  };
-}
-
-/** `$N = VALUE` lines of `print`, in order. */
-function printed(output: string): string[] {
-  return [...output.matchAll(/^\$\d+ = (.*)$/gm)].map((m) => m[1]!);
+async function debugSmp(cpus: number, commands: string[]): Promise<GdbSession> {
+  return await gdbBatch(await guest("smp_calls.elf"), ["--cpus", String(cpus)], commands);
 }
 
 for (const cpus of [2, 3]) {

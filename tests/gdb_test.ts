@@ -20,6 +20,7 @@ import { type GdbServer, listenGdb } from "../core/gdb/server.ts";
 import { readElfSymbols } from "../core/loader/elf.ts";
 import { guest, kvmAvailable, kvmMissingReason } from "./_helpers.ts";
 import { disassembly } from "./_elf_facts.ts";
+import { gdbMissingReason } from "./_gdb_batch.ts";
 import { REGISTERS_SIZE, targetXml, X86_64_REGISTERS } from "../core/gdb/arch_x86.ts";
 
 /** A symbol's address in an ELF file. */
@@ -29,16 +30,6 @@ function symbolIn(elf: string, name: string): bigint {
   return found.address;
 }
 
-function probeGdb(): string | undefined {
-  try {
-    const out = new Deno.Command("gdb", { args: ["--version"], stdout: "piped", stderr: "null" }).outputSync();
-    return out.success ? undefined : "gdb --version failed";
-  } catch (error) {
-    return `no gdb on PATH (${(error as Error).message})`;
-  }
-}
-
-const gdbMissingReason = probeGdb();
 const ignoreReason = kvmMissingReason ?? gdbMissingReason;
 if (kvmAvailable && gdbMissingReason !== undefined) console.log(`gdb tests ignored: ${gdbMissingReason}`);
 

@@ -13,10 +13,9 @@
  */
 
 import assert from "node:assert/strict";
-import { join } from "node:path";
 import { ReplayDivergenceError, Vm } from "../mod.ts";
 import type { DebugStop, StopEvent } from "../core/stop.ts";
-import { guest, kvmAvailable, RUN_TIMEOUT_MS } from "./_helpers.ts";
+import { guest, kvmAvailable, replPiped, RUN_TIMEOUT_MS } from "./_helpers.ts";
 
 function kvmTest(name: string, fn: () => Promise<void>): void {
   Deno.test({ name, ignore: !kvmAvailable, fn });
@@ -275,53 +274,32 @@ kvmTest(
 
 // ---------------------------------------------------------------- the REPL
 
-const ROOT = new URL("..", import.meta.url).pathname;
-
 kvmTest("REPL: .record, .rcont, .rstep, .rnext and .record status, as a user types them", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "hvsh-reverse-repl-" });
-  try {
-    const child = new Deno.Command(join(ROOT, "hvsh"), {
-      args: ["--kernel", await guest("rloop.elf")],
-      cwd: ROOT,
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-      env: { NO_COLOR: "1", HVSH_HISTORY: join(dir, "history") },
-      signal: AbortSignal.timeout(60_000),
-    }).spawn();
-    const writer = child.stdin.getWriter();
-    const lines = [
-      ".context off",
-      ".rstep",
-      ".record",
-      ".break tick",
-      ".cont",
-      ".cont",
-      ".cont",
-      ".rcont",
-      ".regs rdi",
-      ".rstep",
-      ".rnext",
-      ".record status",
-      ".delete 1",
-      ".cont",
-    ];
-    await writer.write(new TextEncoder().encode(lines.join("\n") + "\n"));
-    await writer.close();
-    const out = await child.output();
-    const stdout = new TextDecoder().decode(out.stdout);
-    const stderr = new TextDecoder().decode(out.stderr);
-    assert.match(stdout + stderr, /not being recorded/);
-    assert.match(stdout, /recording: 0 port\/MMIO accesses logged, 1 checkpoints/);
-    const hits = [...stdout.matchAll(/\[breakpoint 1 at rip 0x[0-9a-f]+ <tick>/g)];
-    assert.equal(hits.length, 4, stdout);
-    assert.match(stdout, /^rdi = 0x1$/m);
-    assert.match(stdout, /\[step at rip 0x[0-9a-f]+ <main\+56>/);
-    assert.match(stdout, /\[step at rip 0x[0-9a-f]+ <main\+53>/);
-    assert.match(stdout, /the guest is in the past \(runs replay the log\), at #30\.8/);
-    assert.match(stdout, /rloop done total=35/);
-    assert.match(stdout, /exited with value 0 \(status 1\)/);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  const out = await replPiped(["--kernel", await guest("rloop.elf")], [
+    ".context off",
+    ".rstep",
+    ".record",
+    ".break tick",
+    ".cont",
+    ".cont",
+    ".cont",
+    ".rcont",
+    ".regs rdi",
+    ".rstep",
+    ".rnext",
+    ".record status",
+    ".delete 1",
+    ".cont",
+  ]);
+  const { stdout, stderr } = out;
+  assert.match(stdout + stderr, /not being recorded/);
+  assert.match(stdout, /recording: 0 port\/MMIO accesses logged, 1 checkpoints/);
+  const hits = [...stdout.matchAll(/\[breakpoint 1 at rip 0x[0-9a-f]+ <tick>/g)];
+  assert.equal(hits.length, 4, stdout);
+  assert.match(stdout, /^rdi = 0x1$/m);
+  assert.match(stdout, /\[step at rip 0x[0-9a-f]+ <main\+56>/);
+  assert.match(stdout, /\[step at rip 0x[0-9a-f]+ <main\+53>/);
+  assert.match(stdout, /the guest is in the past \(runs replay the log\), at #30\.8/);
+  assert.match(stdout, /rloop done total=35/);
+  assert.match(stdout, /exited with value 0 \(status 1\)/);
 });

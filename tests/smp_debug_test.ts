@@ -10,11 +10,10 @@
  */
 
 import assert from "node:assert/strict";
-import { join } from "node:path";
 import { Vm } from "../mod.ts";
 import type { DebugStop, ExitStop, StopEvent } from "../core/stop.ts";
 import { KVM_CAP } from "../core/kvm/ioctls.ts";
-import { guest, kvmAvailable, RUN_TIMEOUT_MS } from "./_helpers.ts";
+import { guest, kvmAvailable, replPiped, RUN_TIMEOUT_MS } from "./_helpers.ts";
 
 function kvmTest(name: string, fn: () => Promise<void>): void {
   Deno.test({ name, ignore: !kvmAvailable, fn });
@@ -185,33 +184,9 @@ kvmTest("KVM_KVMCLOCK_CTRL is answered for a stopped vCPU (refused: this guest h
 
 // ---------------------------------------------------------------- the REPL
 
-const ROOT = new URL("..", import.meta.url).pathname;
-
 /** `./hvsh --kernel smp_calls.elf --cpus N` with `lines` on stdin; plain output. */
 async function repl(cpus: number, lines: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const dir = await Deno.makeTempDir({ prefix: "hvsh-smp-repl-" });
-  try {
-    const child = new Deno.Command(join(ROOT, "hvsh"), {
-      args: ["--kernel", await guest("smp_calls.elf"), "--cpus", String(cpus)],
-      cwd: ROOT,
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-      env: { NO_COLOR: "1", HVSH_HISTORY: join(dir, "history") },
-      signal: AbortSignal.timeout(60_000),
-    }).spawn();
-    const writer = child.stdin.getWriter();
-    await writer.write(new TextEncoder().encode(lines.join("\n") + "\n"));
-    await writer.close();
-    const out = await child.output();
-    return {
-      code: out.code,
-      stdout: new TextDecoder().decode(out.stdout),
-      stderr: new TextDecoder().decode(out.stderr),
-    };
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  return await replPiped(["--kernel", await guest("smp_calls.elf"), "--cpus", String(cpus)], lines);
 }
 
 kvmTest(

@@ -299,7 +299,7 @@ kvmTest("REPL: .record, .rcont, .rstep, .rnext and .record status, as a user typ
   assert.match(stdout, /^rdi = 0x1$/m);
   assert.match(stdout, /\[step at rip 0x[0-9a-f]+ <main\+56>/);
   assert.match(stdout, /\[step at rip 0x[0-9a-f]+ <main\+53>/);
-  assert.match(stdout, /the guest is in the past \(runs replay the log\), at #30\.8/);
+  assert.match(stdout, /the guest is in the past \(going forward replays the log\), at #30\.8/);
   assert.match(stdout, /rloop done total=35/);
   assert.match(stdout, /exited with value 0 \(status 1\)/);
 });

@@ -62,7 +62,7 @@ export interface HistoryInfo {
   checkpointBytes: number;
   /** Where the guest is; undefined when it ran freely since the last exact position (found on the next reverse command). */
   position: Position | undefined;
-  /** True while replaying logged inputs (the position is before the end of the log). */
+  /** True while the guest is in the past: runs replay the log, and are live again only past its end. */
   replaying: boolean;
   /** Why the history can no longer be used, when it cannot. */
   broken?: string;
@@ -230,10 +230,22 @@ export class History {
       checkpoints: this.#checkpoints.length,
       checkpointBytes: bytes,
       position: this.position,
-      replaying: this.replaying,
+      replaying: this.inPast,
     };
     if (this.#broken !== undefined) info.broken = this.#broken;
     return info;
+  }
+
+  /**
+   * True while the guest is before where it has been: before the end of the
+   * log, or after its last access but before the latest checkpoint (no input
+   * is left to replay there, so a run goes on live, as the guest did).
+   */
+  get inPast(): boolean {
+    if (this.replaying) return true;
+    const position = this.position;
+    const last = this.#checkpoints[this.#checkpoints.length - 1];
+    return position !== undefined && last !== undefined && comparePositions(position, last.position) < 0;
   }
 
   /** True while the position is before the end of the log (runs replay logged inputs). */

@@ -162,9 +162,9 @@ export function formatRecording(info: HistoryInfo | undefined): string {
     `recording: ${info.events} port/MMIO accesses logged, ${info.checkpoints} checkpoints (${
       (info.checkpointBytes / 1024).toFixed(0)
     } KiB of pages)`,
-    `the guest is ${info.replaying ? "in the past (runs replay the log)" : "at the end of the history (live)"}${
-      info.position === undefined ? "" : `, ${at}`
-    }`,
+    `the guest is ${
+      info.replaying ? "in the past (going forward replays the log)" : "at the end of the history (live)"
+    }${info.position === undefined ? "" : `, ${at}`}`,
   ];
   if (info.broken !== undefined) lines.push(`history unusable: ${info.broken}`);
   return lines.join("\n") + "\n";

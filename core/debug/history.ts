@@ -454,6 +454,14 @@ export class History {
     }
     // Our own writes are not the guest's: they must not count as dirty.
     machine.takeDirtyPages();
+    // KVM keeps each interrupt line's level outside the irqchip state: put the lines as they were at the
+    // checkpoint first (the irqchip state restored next overwrites what that does to the PIC and IOAPIC).
+    this.#replayingIrq = true;
+    try {
+      for (const [irq, level] of this.#lineLevelsAt(checkpoint.position.events)) machine.irqLine(irq, level);
+    } finally {
+      this.#replayingIrq = false;
+    }
     machine.restoreState(checkpoint.state);
     this.#cursor = checkpoint.position.events;
     this.#steps = checkpoint.position.steps;
@@ -461,6 +469,17 @@ export class History {
     this.#hits.clear();
     this.#stepExit = undefined;
     this.#skipped = undefined;
+  }
+
+  /** Each interrupt line a device of the log drove: its level once `events` accesses were done (low before any). */
+  #lineLevelsAt(events: number): Map<number, boolean> {
+    const levels = new Map<number, boolean>();
+    for (let i = 0; i < this.#log.length; i++) {
+      for (const [irq, level] of this.#log[i]!.irqs ?? []) {
+        if (i < events || !levels.has(irq)) levels.set(irq, i < events ? level : false);
+      }
+    }
+    return levels;
   }
 
   /** Page `page`'s bytes at checkpoint `index` (undefined: zero). */

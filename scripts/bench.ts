@@ -1004,7 +1004,12 @@ async function runBench({ values, only }: ReturnType<typeof parseOptions>): Prom
     if (rloop === undefined || counter === undefined) throw new Error("buildGuests() lacks rloop.elf or counter.elf");
     const reverseRounds = positiveInt(values["reverse-rounds"], 7, "reverse-rounds");
     const reverseSteps = 30;
-    const result = await benchReverse({ benchPio: pio, rloop, counter, median }, n, reverseRounds, reverseSteps);
+    const result = await benchReverse(
+      { launcher: LAUNCHER, benchPio: pio, rloop, counter, median },
+      n,
+      reverseRounds,
+      reverseSteps,
+    );
     console.log(formatReverseTable(result, reverseRounds, reverseSteps));
     console.log();
   }

@@ -21,6 +21,8 @@ import { Vm } from "../core/vm.ts";
 
 /** What the reverse rows need from bench.ts. */
 export interface ReverseBenchTools {
+  /** The `hvsh` launcher, for the gdb row (`hvsh boot --record --gdb`). */
+  launcher: string;
   benchPio: string;
   rloop: string;
   counter: string;
@@ -39,6 +41,8 @@ export interface ReverseResult {
   counterReverseStepUs: number;
   counterCheckpoints: number;
   reverseContinueMs: number;
+  /** gdb 13's `reverse-stepi` and `stepi` as a user times them, µs (undefined without gdb). */
+  gdb?: { reverseStepiUs: number; stepiUs: number };
 }
 
 async function pioRun(
@@ -133,7 +137,9 @@ export async function benchReverse(
     await counter.close();
   }
 
+  const gdb = await gdbSteps(tools, steps);
   return {
+    ...(gdb === undefined ? {} : { gdb }),
     exits,
     plainUs: median(plain),
     recordedUs: median(recorded),
@@ -145,6 +151,76 @@ export async function benchReverse(
     counterCheckpoints,
     reverseContinueMs,
   };
+}
+
+/**
+ * gdb on rloop held by `hvsh boot --record --gdb --wait`: at tick's third
+ * hit, `steps` reverse-stepi then `steps` stepi, each timed inside gdb
+ * (Python's clock around gdb.execute): what a user waits for per command.
+ */
+async function gdbSteps(
+  tools: ReverseBenchTools,
+  steps: number,
+): Promise<{ reverseStepiUs: number; stepiUs: number } | undefined> {
+  try {
+    if (!(await new Deno.Command("gdb", { args: ["--version"], stdout: "null", stderr: "null" }).output()).success) {
+      return undefined;
+    }
+  } catch {
+    return undefined;
+  }
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const address = `127.0.0.1:${probe.addr.port}`;
+  probe.close();
+  const hvsh = new Deno.Command(tools.launcher, {
+    args: ["boot", "--kernel", tools.rloop, "--record", "--gdb", address, "--wait"],
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+    signal: AbortSignal.timeout(120_000),
+  }).spawn();
+  const reader = hvsh.stderr.getReader();
+  await reader.read(); // "gdb server on ...": listening
+  reader.releaseLock();
+  const timing = [
+    "import time",
+    "def timed(command, n):",
+    "    out = []",
+    "    for _ in range(n):",
+    "        t0 = time.perf_counter()",
+    "        gdb.execute(command, to_string=True)",
+    "        out.append((time.perf_counter() - t0) * 1e6)",
+    "    out.sort()",
+    "    return out[len(out) // 2]",
+    `print("REVERSE_STEPI_US", timed("reverse-stepi", ${steps}))`,
+    `print("STEPI_US", timed("stepi", ${steps}))`,
+  ].join("\n");
+  const script = await Deno.makeTempFile({ suffix: ".py" });
+  try {
+    await Deno.writeTextFile(script, timing + "\n");
+    const args = [
+      "-batch",
+      "-nx",
+      "-ex",
+      "set confirm off",
+      "-ex",
+      `file ${tools.rloop}`,
+      "-ex",
+      `target remote ${address}`,
+    ];
+    for (const command of ["break tick", "continue", "continue", "continue", "delete", `source ${script}`, "kill"]) {
+      args.push("-ex", command);
+    }
+    const out = await new Deno.Command("gdb", { args, stdout: "piped", stderr: "piped" }).output();
+    await hvsh.output();
+    const text = new TextDecoder().decode(out.stdout);
+    const reverse = text.match(/REVERSE_STEPI_US ([\d.]+)/);
+    const forward = text.match(/^STEPI_US ([\d.]+)/m);
+    if (reverse === null || forward === null) return undefined;
+    return { reverseStepiUs: Number(reverse[1]), stepiUs: Number(forward[1]) };
+  } finally {
+    await Deno.remove(script);
+  }
 }
 
 /** The reverse rows as a table, with the environment they were measured in. */
@@ -165,6 +241,11 @@ export function formatReverseTable(r: ReverseResult, rounds: number, steps: numb
     `| reverse-stepi on counter after 300 ms (${r.counterCheckpoints} checkpoints), µs | ${
       r.counterReverseStepUs.toFixed(0)
     } | ${r.stepUs.toFixed(0)} | ${(r.counterReverseStepUs / r.stepUs).toFixed(1)} |`,
+    r.gdb === undefined
+      ? "| gdb 13 reverse-stepi vs stepi | (no gdb) | | |"
+      : `| gdb 13 \`reverse-stepi\` vs \`stepi\` on rloop, µs per command | ${r.gdb.reverseStepiUs.toFixed(0)} | ${
+        r.gdb.stepiUs.toFixed(0)
+      } | ${(r.gdb.reverseStepiUs / r.gdb.stepiUs).toFixed(1)} |`,
     `| reverse-continue, rloop's 3rd tick hit to its 2nd, ms | ${r.reverseContinueMs.toFixed(1)} | | |`,
     `| vm.debug.record() on a 64 MiB VM, ms | ${r.recordStartMs.toFixed(2)} | | |`,
   ];

@@ -124,6 +124,12 @@ export interface ExitInterceptor {
   describe?(address: bigint): string | undefined;
   /** A run begins (once per {@link Machine.run}, before any {@link beforeResume}). */
   onRun?(options: RunOptions): void;
+  /**
+   * After a port or MMIO write exit was emulated: a single step that KVM
+   * completed at the exit ends here (KVM reports no single-step for it, see
+   * Debugger). Returns a stop to end the run after this exit.
+   */
+  afterWrite?(cpu: Vcpu): PendingStop | undefined;
 }
 
 /** The kernel devices whose state {@link Machine.kernelDeviceState} reads. */
@@ -874,6 +880,7 @@ export class Machine {
             if (intercepted === "alone") this.#pendingStop ??= this.#goAlone(cpu);
           }
           if (outcome !== "handled") this.#pendingStop ??= outcome;
+          else if (exit.kind === "io-out" || exit.kind === "mmio-write") this.#afterWrite(cpu);
         } catch (error) {
           // A device or hook threw: complete the exit so the VM stays consistent, then report it.
           this.#completeExit(cpu);
@@ -1030,6 +1037,9 @@ export class Machine {
             outcome = stopForExit(exit, () => this.instructionBytes(cpu));
           }
         }
+        if (outcome === "handled" && (exit.kind === "io-out" || exit.kind === "mmio-write")) {
+          outcome = this.#interceptor?.afterWrite?.(cpu) ?? "handled";
+        }
         if (outcome === "handled") return true;
         // A stop of this vCPU: it stays out of KVM_RUN (its state as the stop left it) until the next run.
         this.#noteStop(cpu, outcome);
@@ -1061,6 +1071,14 @@ export class Machine {
       }
       return true;
     });
+  }
+
+  /** A write exit of vCPU 0 was emulated: the interceptor may end a single step here (see ExitInterceptor.afterWrite). */
+  #afterWrite(cpu: Vcpu): void {
+    const afterWrite = this.#interceptor?.afterWrite;
+    if (afterWrite === undefined) return;
+    const stop = afterWrite.call(this.#interceptor, cpu);
+    if (stop !== undefined) this.#pendingStop ??= stop;
   }
 
   #runSafePoint(cpu: Vcpu, interrupted: boolean): void {

@@ -214,6 +214,8 @@ export class Debugger<M extends Machine = Machine> {
     | undefined;
   /** The vCPU and rip of a read reported before a fetch-through: resuming runs it through without reporting it again. */
   #fetchPending: { cpu: number; rip: bigint } | undefined;
+  /** vCPU index -> the linear rip its current single step began at (see #afterWrite). */
+  readonly #stepFrom = new Map<number, bigint>();
   /** vCPU index -> the KVM_SET_GUEST_DEBUG arguments last given to it. */
   readonly #guestDebugKeys = new Map<number, string>();
 
@@ -243,6 +245,7 @@ export class Debugger<M extends Machine = Machine> {
       vm.interceptExits({
         beforeResume: (cpu) => this.#beforeResume(cpu),
         onRun: () => this.#history?.noteResume(this.#stepping?.cpu === 0),
+        afterWrite: (cpu) => this.#afterWrite(cpu),
         onExit: (cpu, exit) => this.#onExit(cpu, exit),
         describe: (address) => this.symbols.describe(address),
       }),
@@ -1667,6 +1670,7 @@ export class Debugger<M extends Machine = Machine> {
       return "alone";
     }
     const rip = this.#ripLinear(cpu);
+    this.#stepFrom.set(index, rip);
     if (this.#fetchPending?.cpu === index && this.#fetchPending.rip !== rip) this.#fetchPending = undefined;
     const stoppedHere = this.#stoppedAt.get(index) === rip;
     this.#stoppedAt.delete(index);
@@ -1776,6 +1780,7 @@ export class Debugger<M extends Machine = Machine> {
   /** `pc` is the debug exit's linear rip after the step (kvm_run's debug.arch.pc): no register ioctl per step. */
   #onSingleStep(cpu: Vcpu, pc: bigint): PendingStop | "resume" | "alone" {
     const index = cpu.index;
+    this.#stepFrom.set(index, pc);
     if (index === 0 && this.#history !== undefined) this.#history.noteStep(this.#stepInstructions(cpu, pc));
     const fetched = this.#endFetchThrough(cpu);
     if (fetched !== undefined) {
@@ -1818,6 +1823,28 @@ export class Debugger<M extends Machine = Machine> {
     }
     this.#applyGuestDebug(cpu);
     return "resume";
+  }
+
+  /**
+   * A port or MMIO write exit of a vCPU being single-stepped. KVM completes
+   * a write before the exit (rip is past it) and then reports no single
+   * step for it, on this nested host: the guest would run one more
+   * instruction before the next debug exit, so `stepi` over an `out` would
+   * run two. The step ends here instead, as if its debug exit had come.
+   * Where KVM reports the step (rip still on the instruction), nothing is
+   * done here.
+   */
+  #afterWrite(cpu: Vcpu): PendingStop | undefined {
+    const index = cpu.index;
+    const stepping = (this.#stepping?.cpu === index && this.#stepping.remaining > 0) ||
+      this.#steppingOver?.cpu === index || this.#fetching?.cpu === index;
+    if (!stepping) return undefined;
+    const from = this.#stepFrom.get(index);
+    if (index !== 0) cpu.invalidate();
+    const rip = this.#ripLinear(cpu);
+    if (from === undefined || rip === from) return undefined;
+    const outcome = this.#onSingleStep(cpu, rip);
+    return outcome === "resume" || outcome === "alone" ? undefined : outcome;
   }
 
   #onBreakpointHit(

@@ -582,7 +582,7 @@ export class Machine {
     this.#assertIdle("restore the machine state");
     // An exit left incomplete would complete on the next KVM_RUN, over the restored registers (an `in` writes
     // al and moves rip past itself): complete it now, before the state is replaced.
-    if (this.#canCompleteExits) for (const cpu of this.cpus) cpu.fd.completePendingExit();
+    if (this.#canCompleteExits) { for (const cpu of this.cpus) cpu.fd.completePendingExit(); }
     restoreMachine(this.#vmFd, this.#vcpuFds, state, this.#capabilities());
     for (const cpu of this.cpus) {
       // kvm_run's synced copy is of the last exit, from before the restore: read the registers from KVM.

@@ -35,7 +35,7 @@
 import type { Machine } from "../machine.ts";
 import type { Vcpu } from "../vcpu.ts";
 import type { Registers } from "../kvm/structs.ts";
-import { type DebugStop, describeStop, type PendingStop, type StopEvent } from "../stop.ts";
+import type { DebugStop, PendingStop, StopEvent } from "../stop.ts";
 import { KVM_GUESTDBG } from "../kvm/ioctls.ts";
 import {
   type DebugExit,
@@ -60,15 +60,8 @@ import { evaluateAddress } from "./expr.ts";
 import { type Hook, type HookCallbacks, hookFunction } from "./hooks.ts";
 import type { BreakCondition, Breakpoint, BreakpointOptions, WatchAccess, Watchpoint } from "./types.ts";
 import type { RunOptions } from "../machine.ts";
-import {
-  comparePositions,
-  formatPosition,
-  History,
-  type HistoryInfo,
-  type Position,
-  type RecordOptions,
-  ReplayDivergenceError,
-} from "./history.ts";
+import { History, type HistoryInfo, type RecordOptions, ReplayDivergenceError } from "./history.ts";
+import { REPLAY_TIMEOUT_MS, type ReplayHost, Rewinder } from "./reverse.ts";
 
 export type { BreakCondition, Breakpoint, BreakpointOptions, WatchAccess, Watchpoint } from "./types.ts";
 
@@ -137,24 +130,6 @@ interface Stepping {
   matched?: boolean;
 }
 
-/** Port I/O opcodes (in, out, ins, outs); the imm8 forms are two bytes. */
-const PORT_IO_OPCODES = new Set([0xe4, 0xe5, 0xe6, 0xe7, 0xec, 0xed, 0xee, 0xef, 0x6c, 0x6d, 0x6e, 0x6f]);
-const PREFIXES = new Set([0x66, 0x67, 0xf2, 0xf3, 0x2e, 0x36, 0x3e, 0x26, 0x64, 0x65]);
-
-/** The length of the port I/O instruction `bytes` start with, or undefined when they start with another. */
-function portIoLength(bytes: Uint8Array): number | undefined {
-  let i = 0;
-  while (i < bytes.length && (PREFIXES.has(bytes[i]!) || (bytes[i]! & 0xf0) === 0x40)) i++;
-  const opcode = bytes[i];
-  if (opcode === undefined || !PORT_IO_OPCODES.has(opcode)) return undefined;
-  return i + (opcode >= 0xe4 && opcode <= 0xe7 ? 2 : 1);
-}
-
-/** At most this many instructions are single-stepped to find a moment again (tens of seconds here). */
-const MAX_REPLAY_STEPS = 2_000_000;
-/** A replay run that takes longer than this has diverged (checkpoints are milliseconds of running apart). */
-const REPLAY_TIMEOUT_MS = 60_000;
-
 /** Which vCPU an operation acts on: its index or the vCPU itself; default the selected one ({@link Debugger.cpu}). */
 export type CpuChoice = number | Vcpu;
 
@@ -188,8 +163,9 @@ export class Debugger<M extends Machine = Machine> {
   #stoppedAt = new Map<number, bigint>();
   /** The vCPU being stepped (it runs alone) and the instructions left. */
   #stepping: Stepping | undefined;
-  /** The recording reverse execution replays (see {@link record}). */
+  /** The recording reverse execution replays (see {@link record}), and the reverse commands over it. */
   #history: History | undefined;
+  #rewinder: Rewinder<M> | undefined;
   /** Reverse execution replays: every breakpoint and watchpoint is passed over, none stops the run. */
   #silenced = false;
   /** A vCPU whose breakpoint hit was not a stop (its condition was false): it steps over the breakpoint alone. */
@@ -931,9 +907,11 @@ export class Debugger<M extends Machine = Machine> {
       throw new Error(`Already recording ${this.#vm.name} (stopRecording() first)`);
     }
     if (this.#vm.running) throw new Error(`Cannot start recording: ${this.#vm.name} is running (pause it first)`);
-    this.#history = new History(this.#vm, options);
+    const history = new History(this.#vm, options);
+    this.#history = history;
+    this.#rewinder = new Rewinder(this.#replayHost(), history);
     this.#applyGuestDebug();
-    return this.#history.info();
+    return history.info();
   }
 
   /** What the recording holds, or undefined when nothing is recorded. */
@@ -950,6 +928,7 @@ export class Debugger<M extends Machine = Machine> {
     if (history === undefined || history.closed) return;
     if (this.#vm.running) throw new Error(`Cannot stop recording: ${this.#vm.name} is running (pause it first)`);
     this.#history = undefined;
+    this.#rewinder = undefined;
     try {
       if (history.replaying) history.restore(history.checkpointCount - 1);
     } finally {
@@ -965,15 +944,7 @@ export class Debugger<M extends Machine = Machine> {
    */
   reverseStep(count = 1): Promise<StopEvent> {
     if (!Number.isInteger(count) || count < 1) throw new RangeError(`Invalid step count ${count}: expected >= 1`);
-    return this.#reverse(async (history) => {
-      for (let i = 0; i < count; i++) {
-        const at = await this.#leaveLiveEnd(history);
-        const back = await this.#instructionBefore(history, at);
-        if (back === undefined) return { reason: "history", edge: "begin" };
-        await this.#goTo(history, back);
-      }
-      return { reason: "step", address: this.#ripLinear(this.#vm.cpu(0)) };
-    });
+    return this.#reverse((rewinder) => rewinder.step(count));
   }
 
   /**
@@ -983,7 +954,7 @@ export class Debugger<M extends Machine = Machine> {
    * nothing matches, it stops at the start of the history.
    */
   reverseContinue(): Promise<StopEvent> {
-    return this.#reverse((history) => this.#reverseSearch(history, undefined));
+    return this.#reverse((rewinder) => rewinder.continue());
   }
 
   /**
@@ -991,43 +962,36 @@ export class Debugger<M extends Machine = Machine> {
    * is a callee's `ret`, it goes back to the call.
    */
   reverseNext(): Promise<StopEvent> {
-    return this.#reverse(async (history) => {
-      const cpu = this.#vm.cpu(0);
-      const at = await this.#leaveLiveEnd(history);
-      const returnAddress = this.#ripLinear(cpu);
-      const rspAfter = cpu.regs.rsp;
-      const back = await this.#instructionBefore(history, at);
-      if (back === undefined) return { reason: "history", edge: "begin" };
-      await this.#goTo(history, back);
-      const insn = this.#instructionAt(cpu, this.#ripLinear(cpu));
-      if (insn?.isReturn !== true) return { reason: "step", address: this.#ripLinear(cpu) };
-      const callSite = this.#callBefore(cpu, returnAddress);
-      return await this.#reverseSearch(
-        history,
-        (c) => c.regs.rsp === rspAfter && (callSite === undefined || this.#ripLinear(c) === callSite),
-      );
-    });
+    return this.#reverse((rewinder) => rewinder.next());
   }
 
   /** Runs backwards to the call of the current function (gdb's `reverse-finish`). */
   reverseFinish(): Promise<StopEvent> {
-    return this.#reverse(async (history) => {
-      const cpu = this.#vm.cpu(0);
-      await this.#leaveLiveEnd(history);
-      const { returnAddress, frameRsp } = this.#currentReturn(cpu);
-      const callSite = this.#callBefore(cpu, returnAddress);
-      if (callSite === undefined) {
-        throw new Error(`Cannot find the call before the return address ${hex(returnAddress)}`);
-      }
-      const rspAtCall = frameRsp + 8n;
-      return await this.#reverseSearch(history, (c) => this.#ripLinear(c) === callSite && c.regs.rsp === rspAtCall);
-    });
+    return this.#reverse((rewinder) => rewinder.finish());
+  }
+
+  /** What the reverse commands use of this debugger (core/debug/reverse.ts). */
+  #replayHost(): ReplayHost<M> {
+    return {
+      machine: this.#vm,
+      quietRun: (options, silenced) => this.#quietRun(options, silenced),
+      quietStep: (count, until) => this.#quietStep(count, until),
+      ripLinear: (cpu) => this.#ripLinear(cpu),
+      instructionAt: (cpu, address) => this.#instructionAt(cpu, address),
+      readVirtual: (address, length, cpu) => this.readVirtual(address, length, cpu),
+      currentReturn: (cpu) => this.#currentReturn(cpu),
+      evaluate: (condition, cpu, what) => this.#evaluate(condition, cpu, what),
+      breakpoints: () => [...this.#breakpoints.values()],
+      watchpoints: () => [...this.#watchpoints.values()],
+      forgetStop: (cpu) => this.#stoppedAt.delete(cpu),
+    };
   }
 
   /** Runs a reverse command: the machine must be stopped and recording; a divergence puts the guest back at the end. */
-  async #reverse(action: (history: History) => Promise<PendingStop>): Promise<StopEvent> {
+  async #reverse(action: (rewinder: Rewinder<M>) => Promise<PendingStop>): Promise<StopEvent> {
     const history = this.#history;
-    if (history === undefined || history.closed) {
+    const rewinder = this.#rewinder;
+    if (history === undefined || history.closed || rewinder === undefined) {
       throw new Error(
         `Cannot run ${this.#vm.name} backwards: it is not being recorded (vm.debug.record(), .record in the REPL, ` +
           "monitor record in gdb, or hvsh boot --record)",
@@ -1037,7 +1001,7 @@ export class Debugger<M extends Machine = Machine> {
     if (this.#vm.running) throw new Error(`Cannot run ${this.#vm.name} backwards: it is running (pause it first)`);
     let pending: PendingStop;
     try {
-      pending = await action(history);
+      pending = await action(rewinder);
     } catch (error) {
       if (error instanceof ReplayDivergenceError || history.broken !== undefined) {
         // Back to where the recording ended: the devices are in that moment's state.
@@ -1047,294 +1011,6 @@ export class Debugger<M extends Machine = Machine> {
       throw error;
     }
     return this.#vm.reportStop(0, pending);
-  }
-
-  /**
-   * The exact position; first, at the end of the log, a checkpoint of this
-   * moment (going forward again, or a divergence, comes back to it).
-   */
-  async #leaveLiveEnd(history: History): Promise<Position> {
-    const exact = history.position;
-    if (history.replaying) return exact ?? await this.#resolvePosition(history);
-    const last = history.checkpointPosition(history.checkpointCount - 1);
-    if (exact !== undefined && comparePositions(last, exact) === 0) return exact;
-    const index = history.checkpointHere(exact);
-    if (exact !== undefined) return exact;
-    const found = await this.#resolvePosition(history);
-    history.placeCheckpoint(index, found);
-    return found;
-  }
-
-  /**
-   * Finds the exact position after a free run: replays from the last exact
-   * position and single-steps until the guest is where it is now (the same
-   * arrival at a breakpoint address, or the same registers).
-   */
-  async #resolvePosition(history: History): Promise<Position> {
-    const cpu = this.#vm.cpu(0);
-    const { base, hits } = history.unresolved();
-    const rip = this.#ripLinear(cpu);
-    const regs = { ...cpu.regs };
-    const arrivals = hits.get(rip);
-    const sameRegisters = (c: Vcpu) => {
-      const now = c.regs;
-      for (const name of Object.keys(regs) as (keyof Registers)[]) if (now[name] !== regs[name]) return false;
-      return true;
-    };
-    await this.#goTo(history, base);
-    if (arrivals === undefined && sameRegisters(cpu)) return base;
-    let seen = 0;
-    const found = await this.#quietStep(
-      MAX_REPLAY_STEPS,
-      arrivals !== undefined ? (c) => this.#ripLinear(c) === rip && ++seen === arrivals : sameRegisters,
-    );
-    const position = history.position;
-    if (!found || position === undefined) {
-      throw new ReplayDivergenceError(
-        `replay did not come back to rip ${hex(rip)} within ${MAX_REPLAY_STEPS} instructions of ${
-          formatPosition(base)
-        }: the guest's run is not deterministic here`,
-      );
-    }
-    return position;
-  }
-
-  /** The position one instruction before `at`, or undefined at the start of the history. */
-  async #instructionBefore(history: History, at: Position): Promise<Position | undefined> {
-    if (at.steps > 0) return { events: at.events, steps: at.steps - 1 };
-    if (at.events === 0) return undefined;
-    // `at` is just after an exit: the instruction before made it; count the stretch that led to it.
-    const first = history.exitStart(at.events);
-    await this.#goTo(history, { events: first, steps: 0 });
-    let taken = 0;
-    const found = await this.#quietStep(MAX_REPLAY_STEPS, () => (++taken, history.events > first));
-    if (!found) throw new ReplayDivergenceError(`replay did not reach access #${first} again`);
-    return { events: first, steps: taken - 1 };
-  }
-
-  /** Puts the guest at `target`: the checkpoint before it, then a silent replay. */
-  async #goTo(history: History, target: Position): Promise<void> {
-    const index = history.checkpointAtOrBefore(target);
-    history.restore(index);
-    this.#stoppedAt.delete(0);
-    const from = history.checkpointPosition(index);
-    if (target.events > from.events) {
-      history.stopAfter(target.events);
-      let stop: StopEvent;
-      try {
-        stop = await this.#quietRun({ timeout: REPLAY_TIMEOUT_MS });
-      } finally {
-        history.stopAfter(undefined);
-      }
-      if (history.events !== target.events || history.position?.steps !== 0) {
-        throw new ReplayDivergenceError(
-          `replay stopped at access #${history.events} (${describeStop(stop)}), not #${target.events}`,
-        );
-      }
-    }
-    const steps = target.steps - (target.events === from.events ? from.steps : 0);
-    if (steps > 0 && !(await this.#quietStep(steps))) {
-      throw new ReplayDivergenceError(`replay could not step ${steps} instructions on to ${formatPosition(target)}`);
-    }
-    const now = history.position;
-    if (now === undefined || comparePositions(now, target) !== 0) {
-      throw new ReplayDivergenceError(
-        `replay reached ${now === undefined ? "an unknown position" : formatPosition(now)}, not ${
-          formatPosition(target)
-        }`,
-      );
-    }
-  }
-
-  /**
-   * The last moment before the current one where a breakpoint (enabled,
-   * condition true) would stop, a write watchpoint's memory changed (the
-   * moment before the instruction that wrote it), or `extra` holds: searched
-   * one checkpoint's stretch at a time, backwards, single-stepping.
-   */
-  async #reverseSearch(history: History, extra: ((cpu: Vcpu) => boolean) | undefined): Promise<PendingStop> {
-    const cpu = this.#vm.cpu(0);
-    const end = await this.#leaveLiveEnd(history);
-    const unwatchable = [...this.#watchpoints.values()].find((wp) => wp.enabled && wp.access !== "write");
-    if (unwatchable !== undefined) {
-      throw new Error(
-        `Cannot run backwards to watchpoint ${unwatchable.id} (${unwatchable.access}): reverse execution finds ` +
-          "writes only (disable it, or use a write watchpoint)",
-      );
-    }
-    const breakpoints = [...this.#breakpoints.values()].filter((bp) => bp.enabled);
-    const watchpoints = [...this.#watchpoints.values()].filter((wp) => wp.enabled);
-    const memory = this.#vm.memory;
-    let segmentEnd = end;
-    for (let index = history.checkpointAtOrBefore(end); index >= 0; index--) {
-      const start = history.checkpointPosition(index);
-      if (comparePositions(start, segmentEnd) >= 0) continue;
-      await this.#goTo(history, start);
-      let found = undefined as { position: Position; stop: PendingStop } | undefined;
-      let values = watchpoints.map((wp) => memory.read(wp.physical, wp.length));
-      let previous: Position = start;
-      let previousRip = this.#ripLinear(cpu);
-      const check = (c: Vcpu): boolean => {
-        const position = history.position!;
-        if (comparePositions(position, segmentEnd) >= 0) return true;
-        const skipped = history.skipped;
-        if (skipped !== undefined && extra === undefined) {
-          // A moment a single step ran past (right after a port or watched write): a breakpoint there counts.
-          const bp = breakpoints.find((b) => b.address === skipped.rip + (this.#ripLinear(c) - c.regs.rip));
-          if (bp !== undefined && bp.condition === undefined) {
-            found = {
-              position: skipped.position,
-              stop: { reason: "breakpoint", id: bp.id, address: bp.address, kind: bp.kind },
-            };
-          }
-        }
-        const rip = this.#ripLinear(c);
-        if (extra?.(c)) found = { position, stop: { reason: "step", address: rip } };
-        for (const bp of breakpoints) {
-          if (bp.address !== rip) continue;
-          if (bp.condition !== undefined && !this.#evaluate(bp.condition, c, `breakpoint ${bp.id}`)) continue;
-          found = { position, stop: { reason: "breakpoint", id: bp.id, address: rip, kind: bp.kind } };
-          break;
-        }
-        return false;
-      };
-      const afterStep = (c: Vcpu): boolean => {
-        if (watchpoints.length > 0) {
-          const now = watchpoints.map((wp) => memory.read(wp.physical, wp.length));
-          watchpoints.forEach((wp, i) => {
-            const before = values[i]!;
-            const after = now[i]!;
-            if (before.every((b, j) => b === after[j])) return;
-            const toValue = (bytes: Uint8Array) =>
-              bytes.subarray(0, 8).reduceRight((v, b) => (v << 8n) | BigInt(b), 0n);
-            found = {
-              position: previous,
-              stop: {
-                reason: "watchpoint",
-                id: wp.id,
-                address: wp.address,
-                access: "write",
-                dataAddress: BigInt(wp.physical),
-                size: wp.length,
-                oldValue: toValue(before),
-                newValue: toValue(after),
-                pc: previousRip,
-              } as PendingStop,
-            };
-          });
-          values = now;
-        }
-        const done = check(c);
-        previous = history.position!;
-        previousRip = this.#ripLinear(c);
-        return done;
-      };
-      // The checkpoint's own moment counts; the end of the stretch does not.
-      check(cpu);
-      // Breakpoints alone: replay at full speed with them planted up to the stretch of the end, noting
-      // each hit as the how-many-th arrival at its address since an exact moment; single-step the rest.
-      let arrival: { base: Position; address: bigint; arrivals: number; stop: PendingStop } | undefined;
-      if (extra === undefined && watchpoints.length === 0 && segmentEnd.events > start.events) {
-        history.stopAfter(segmentEnd.events);
-        try {
-          for (;;) {
-            const stop = await this.#quietRun({ timeout: REPLAY_TIMEOUT_MS }, false);
-            if (stop.reason !== "breakpoint") break;
-            const { base, hits } = history.unresolved();
-            const address = this.#ripLinear(cpu);
-            const { cpu: _, rip: _rip, mode: _mode, symbol: _symbol, ...pending } = stop;
-            arrival = { base, address, arrivals: hits.get(address) ?? 1, stop: pending as PendingStop };
-            found = undefined;
-          }
-        } finally {
-          history.stopAfter(undefined);
-        }
-        const at = history.position;
-        if (at === undefined || at.events !== segmentEnd.events || at.steps !== 0) {
-          throw new ReplayDivergenceError(`replay did not reach access #${segmentEnd.events}`);
-        }
-        previous = at;
-        previousRip = this.#ripLinear(cpu);
-        check(cpu);
-      }
-      if (comparePositions(history.position!, segmentEnd) < 0) {
-        const reached = await this.#quietStep(MAX_REPLAY_STEPS, afterStep);
-        if (!reached) throw new ReplayDivergenceError(`replay did not reach ${formatPosition(segmentEnd)}`);
-      }
-      if (found === undefined && arrival !== undefined) {
-        // The last hit came in the fast replay: find its exact moment by single steps from its base.
-        const { base, address, arrivals, stop } = arrival;
-        await this.#goTo(history, base);
-        let seen = 0;
-        const reached = await this.#quietStep(
-          MAX_REPLAY_STEPS,
-          (c) => this.#ripLinear(c) === address && ++seen === arrivals,
-        );
-        const position = history.position;
-        if (!reached || position === undefined) {
-          throw new ReplayDivergenceError(`replay did not come back to ${hex(address)} after ${formatPosition(base)}`);
-        }
-        found = { position, stop };
-      }
-      if (found !== undefined) {
-        await this.#goTo(history, found.position);
-        const stop = found.stop;
-        if (stop.reason === "breakpoint" && stop.id !== undefined) {
-          const bp = this.#breakpoints.get(stop.id);
-          if (bp !== undefined) bp.hits++;
-        }
-        return stop;
-      }
-      segmentEnd = start;
-    }
-    await this.#goTo(history, { events: 0, steps: 0 });
-    return { reason: "history", edge: "begin" };
-  }
-
-  /**
-   * How many instructions a single step's debug exit at `pc` stands for,
-   * after an exit the step made (see History.stepExit): KVM completes a
-   * port write or an MMIO write before the exit and then reports no
-   * single-step for it, so the debug exit comes after the next instruction.
-   * The exiting instruction's end tells which: rip is on a port read or an
-   * MMIO read at the exit (its end is rip plus its length), past a port
-   * write or an MMIO write.
-   */
-  #stepInstructions(cpu: Vcpu, pc: bigint): number {
-    const exit = this.#history?.stepExit;
-    if (exit === undefined) return 1;
-    // A logged access began a new stretch (its instruction is not counted); an emulated write did not.
-    const own = exit.emulated ? 1 : 0;
-    if (exit.rip === undefined) return own;
-    const linear = exit.rip + (this.#ripLinear(cpu) - cpu.regs.rip);
-    let end = linear;
-    if (exit.kind === "port") {
-      const length = portIoLength(this.#readCode(cpu, linear));
-      if (length !== undefined) end = linear + BigInt(length);
-    } else if (exit.kind === "mmio-read") {
-      const length = this.#instructionAt(cpu, linear)?.length;
-      if (length === undefined) return own;
-      end = linear + BigInt(length);
-    }
-    // Still on the instruction: a rep string instruction's iteration.
-    return pc === end || pc === linear ? own : own + 1;
-  }
-
-  #readCode(cpu: Vcpu, linear: bigint): Uint8Array {
-    try {
-      return this.readVirtual(linear, 15, cpu);
-    } catch {
-      return new Uint8Array(0);
-    }
-  }
-
-  /** The call instruction that ends at `returnAddress` (the bytes before it decoded as each possible call length). */
-  #callBefore(cpu: Vcpu, returnAddress: bigint): bigint | undefined {
-    for (const length of [5, 6, 2, 3, 7, 4]) {
-      const insn = this.#instructionAt(cpu, returnAddress - BigInt(length));
-      if (insn?.isCall && insn.length === length) return returnAddress - BigInt(length);
-    }
-    return undefined;
   }
 
   /** A run of hvsh's own: nobody is told of its stop; every breakpoint and watchpoint is passed over unless not `silenced`. */
@@ -1781,7 +1457,7 @@ export class Debugger<M extends Machine = Machine> {
   #onSingleStep(cpu: Vcpu, pc: bigint): PendingStop | "resume" | "alone" {
     const index = cpu.index;
     this.#stepFrom.set(index, pc);
-    if (index === 0 && this.#history !== undefined) this.#history.noteStep(this.#stepInstructions(cpu, pc));
+    if (index === 0 && this.#history !== undefined) this.#history.noteStep(this.#rewinder!.stepInstructions(cpu, pc));
     const fetched = this.#endFetchThrough(cpu);
     if (fetched !== undefined) {
       this.#stepping = undefined;

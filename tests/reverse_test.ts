@@ -226,6 +226,27 @@ kvmTest(
   },
 );
 
+kvmTest(
+  "checkpoints over their byte budget are thinned (every other merged, the interval doubled) and going back stays exact",
+  async () => {
+    await using vm = await Vm.create({ memory: "16M" });
+    await vm.load(await guest("counter.elf"));
+    vm.debug.record({ checkpointMs: 1, maxCheckpointBytes: 96 * 1024 });
+    assert.equal((await vm.run({ timeout: 400 })).reason, "timeout");
+    const info = vm.debug.recording!;
+    assert.ok(info.checkpointMs > 1, `the interval grew to ${info.checkpointMs} ms`);
+    assert.ok(info.checkpointBytes <= 2 * 96 * 1024, `${info.checkpointBytes} bytes kept`);
+    vm.debug.break("next_count", { condition: (cpu) => cpu.regs.r12 === 5n });
+    expectDebugStop(await vm.debug.reverseContinue(), "breakpoint");
+    assert.equal(vm.cpu(0).regs.r12, 5n);
+    assert.equal(u64(vm, "count"), 5n);
+    await vm.debug.reverseStep(3);
+    await vm.debug.step(3);
+    assert.equal(vm.cpu(0).regs.rip, vm.debug.symbol("next_count"));
+    assert.equal(u64(vm, "count"), 5n);
+  },
+);
+
 kvmTest("what cannot be recorded or replayed is refused with the reason, and the VM stays usable", async () => {
   {
     await using smp = await Vm.create({ cpus: 2 });

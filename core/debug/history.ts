@@ -51,6 +51,13 @@ export interface RecordOptions {
    * exit.
    */
   checkpointMs?: number;
+  /**
+   * Bytes of RAM pages the checkpoints may hold. Past it, every other
+   * checkpoint is merged into the next and the interval doubles, so a long
+   * recording keeps fewer, farther apart (going back then replays longer).
+   * Default 256 MiB.
+   */
+  maxCheckpointBytes?: number;
 }
 
 /** What a recording holds, for `info record`-like summaries. */
@@ -60,6 +67,8 @@ export interface HistoryInfo {
   checkpoints: number;
   /** Bytes of RAM pages the checkpoints hold. */
   checkpointBytes: number;
+  /** Milliseconds of running between checkpoints now (doubles each time the checkpoints outgrow their budget). */
+  checkpointMs: number;
   /** Where the guest is; undefined when it ran freely since the last exact position (found on the next reverse command). */
   position: Position | undefined;
   /** True while the guest is in the past: runs replay the log, and are live again only past its end. */
@@ -131,7 +140,9 @@ export function formatPosition(position: Position): string {
  */
 export class History {
   readonly #machine: Machine;
-  readonly #checkpointMs: number;
+  #checkpointMs: number;
+  readonly #maxCheckpointBytes: number;
+  #checkpointBytes = 0;
   readonly #log: Entry[] = [];
   readonly #checkpoints: Checkpoint[] = [];
   /** Every page written since recording began: a restore rewrites these. */
@@ -179,18 +190,18 @@ export class History {
     if (!(checkpointMs >= 0)) throw new RangeError(`Invalid checkpointMs ${checkpointMs}: expected >= 0`);
     this.#machine = machine;
     this.#checkpointMs = checkpointMs;
+    const maxBytes = options.maxCheckpointBytes ?? 256 * 1024 * 1024;
+    if (!(maxBytes > 0)) throw new RangeError(`Invalid maxCheckpointBytes ${maxBytes}: expected > 0`);
+    this.#maxCheckpointBytes = maxBytes;
     machine.startDirtyLog();
     try {
       this.#undo.push(() => machine.stopDirtyLog());
       this.#undo.push(machine.observeIrqLines((irq, level) => this.#onIrqLine(irq, level)));
       this.#undo.push(machine.interposeHandlers((inner) => this.#wrap(inner)));
       machine.takeDirtyPages();
-      this.#checkpoints.push({
-        position: { events: 0, steps: 0 },
-        state: machine.captureState(),
-        pages: this.#readPages(this.#nonZeroPages()),
-        full: true,
-      });
+      const pages = this.#readPages(this.#nonZeroPages());
+      this.#checkpoints.push({ position: { events: 0, steps: 0 }, state: machine.captureState(), pages, full: true });
+      this.#checkpointBytes = pages.size * PAGE;
       this.#lastCheckpointAt = performance.now();
     } catch (error) {
       this.close();
@@ -226,6 +237,7 @@ export class History {
     let bytes = 0;
     for (const checkpoint of this.#checkpoints) bytes += checkpoint.pages.size * PAGE;
     const info: HistoryInfo = {
+      checkpointMs: this.#checkpointMs,
       events: this.#log.length,
       checkpoints: this.#checkpoints.length,
       checkpointBytes: bytes,
@@ -425,8 +437,33 @@ export class History {
       pages,
       full,
     });
+    this.#checkpointBytes += pages.size * PAGE;
     this.#lastCheckpointAt = performance.now();
     return this.#checkpoints.length - 1;
+  }
+
+  /**
+   * Over the budget: merges every other checkpoint (never the first or the
+   * last) into the one after it, which then holds the pages either wrote,
+   * the later copy winning, and doubles the interval between checkpoints.
+   */
+  #thin(): void {
+    if (this.#checkpointBytes <= this.#maxCheckpointBytes || this.#checkpoints.length < 3) return;
+    const kept: Checkpoint[] = [this.#checkpoints[0]!];
+    for (let i = 1; i < this.#checkpoints.length - 1; i++) {
+      const dropped = this.#checkpoints[i]!;
+      const next = this.#checkpoints[i + 1]!;
+      if (i % 2 === 1) {
+        for (const [page, bytes] of dropped.pages) if (!next.pages.has(page)) next.pages.set(page, bytes);
+        next.full ||= dropped.full;
+      } else {
+        kept.push(dropped);
+      }
+    }
+    kept.push(this.#checkpoints[this.#checkpoints.length - 1]!);
+    this.#checkpoints.splice(0, this.#checkpoints.length, ...kept);
+    this.#checkpointBytes = kept.reduce((sum, c) => sum + c.pages.size * PAGE, 0);
+    this.#checkpointMs = Math.max(1, this.#checkpointMs * 2);
   }
 
   /** Gives checkpoint `index` (taken by {@link checkpointHere} before its position was known) its position. */
@@ -596,7 +633,9 @@ export class History {
     if (!this.#stepRun && performance.now() - this.#lastCheckpointAt >= this.#checkpointMs) {
       // Not during a single step: completing the exit early would swallow the step's debug exit.
       machine.requestSafePoint(() => {
-        if (!this.#closed && this.#cursor === this.#log.length) this.checkpointHere({ events: this.#cursor, steps: 0 });
+        if (this.#closed || this.#cursor !== this.#log.length) return;
+        this.checkpointHere({ events: this.#cursor, steps: 0 });
+        this.#thin();
       });
     }
     return result;

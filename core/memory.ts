@@ -442,13 +442,34 @@ export class GuestMemory {
     if (this.#patches.size > 0) this.#repatch(Number(address), length, region);
   }
 
+  /** A DataView over each region's bytes, made once (page walks read entries on every breakpoint hit). */
+  #views = new WeakMap<Uint8Array, DataView>();
+  /** Where {@link #readView}'s view starts for the address asked. */
+  #viewOffset = 0;
+
+  /**
+   * A view to read `length` bytes at `address` from, at {@link #viewOffset}:
+   * the region's own (no copy) unless a planted byte hides among them.
+   */
   #readView(address: Address, length: number): DataView {
-    if (this.#patches.size > 0) {
+    const { region, offset } = this.#region(address, length, "read");
+    if (this.#patches.size > 0 && this.#plantedWithin(Number(address), length)) {
       const bytes = this.read(address, length);
+      this.#viewOffset = 0;
       return new DataView(bytes.buffer, 0, length);
     }
-    const { region, offset } = this.#region(address, length, "read");
-    return new DataView(region.bytes.buffer, region.bytes.byteOffset + offset, length);
+    let view = this.#views.get(region.bytes);
+    if (view === undefined) {
+      view = new DataView(region.bytes.buffer, region.bytes.byteOffset, region.bytes.byteLength);
+      this.#views.set(region.bytes, view);
+    }
+    this.#viewOffset = offset;
+    return view;
+  }
+
+  #plantedWithin(address: number, length: number): boolean {
+    for (const at of this.#patches.keys()) if (at >= address && at < address + length) return true;
+    return false;
   }
 
   #writeScalar(address: Address, length: number, set: (view: DataView) => void): void {
@@ -459,19 +480,23 @@ export class GuestMemory {
 
   /** Reads a byte. */
   readU8(address: Address): number {
-    return this.#readView(address, 1).getUint8(0);
+    const view = this.#readView(address, 1);
+    return view.getUint8(this.#viewOffset);
   }
   /** Reads a little-endian 16-bit value. */
   readU16(address: Address): number {
-    return this.#readView(address, 2).getUint16(0, true);
+    const view = this.#readView(address, 2);
+    return view.getUint16(this.#viewOffset, true);
   }
   /** Reads a little-endian 32-bit value. */
   readU32(address: Address): number {
-    return this.#readView(address, 4).getUint32(0, true);
+    const view = this.#readView(address, 4);
+    return view.getUint32(this.#viewOffset, true);
   }
   /** Reads a little-endian 64-bit value. */
   readU64(address: Address): bigint {
-    return this.#readView(address, 8).getBigUint64(0, true);
+    const view = this.#readView(address, 8);
+    return view.getBigUint64(this.#viewOffset, true);
   }
   /** Writes a byte. */
   writeU8(address: Address, value: number): void {

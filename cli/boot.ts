@@ -6,7 +6,6 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { Vm } from "../core/vm.ts";
 import { describeStop, type StopEvent } from "../core/stop.ts";
 import type { ImageFormat, LoadOptions } from "../core/loader/mod.ts";
@@ -20,7 +19,7 @@ import {
 import { isLoopback, listenGdb, parseGdbAddress, serveGdbUntilEnd } from "../core/gdb/server.ts";
 import { MAX_KERNEL_FILE_BYTES, readImageFile } from "../core/loader/read_image_file.ts";
 import { GuestOutput } from "./_guest_output.ts";
-import { attachOptionValues } from "./_args.ts";
+import { attachOptionValues, parseOptions } from "./_args.ts";
 import { openBootTerminal } from "./_terminal.ts";
 import { inFlightEvents } from "../core/debug/exceptions.ts";
 import { readInitrd } from "../core/loader/linux_boot.ts";
@@ -148,29 +147,24 @@ const BOOT_VALUE_OPTIONS = [
 export function parseBootArgs(args: string[]): BootOptions {
   let parsed;
   try {
-    parsed = parseArgs({
-      args: attachOptionValues(args, BOOT_VALUE_OPTIONS),
-      options: {
-        kernel: { type: "string", short: "k" },
-        format: { type: "string", default: "auto" },
-        "load-addr": { type: "string" },
-        append: { type: "string" },
-        initrd: { type: "string" },
-        mem: { type: "string", short: "m", default: "64M" },
-        cpus: { type: "string", default: "1" },
-        timeout: { type: "string" },
-        "cpuid-hide": { type: "string" },
-        "cpuid-vendor": { type: "string" },
-        gdb: { type: "string" },
-        wait: { type: "boolean", default: false },
-        "gdb-allow-js": { type: "boolean", default: false },
-        ...VIRTIO_FLAG_OPTIONS,
-        restore: { type: "string" },
-        symbols: { type: "string" },
-        "boot-timer": { type: "boolean", default: false },
-      },
-      allowPositionals: true,
-      strict: true,
+    parsed = parseOptions(attachOptionValues(args, BOOT_VALUE_OPTIONS), {
+      kernel: { type: "string", short: "k" },
+      format: { type: "string", default: "auto" },
+      "load-addr": { type: "string" },
+      append: { type: "string" },
+      initrd: { type: "string" },
+      mem: { type: "string", short: "m", default: "64M" },
+      cpus: { type: "string", default: "1" },
+      timeout: { type: "string" },
+      "cpuid-hide": { type: "string" },
+      "cpuid-vendor": { type: "string" },
+      gdb: { type: "string" },
+      wait: { type: "boolean", default: false },
+      "gdb-allow-js": { type: "boolean", default: false },
+      ...VIRTIO_FLAG_OPTIONS,
+      restore: { type: "string" },
+      symbols: { type: "string" },
+      "boot-timer": { type: "boolean", default: false },
     });
   } catch (error) {
     throw new UsageError((error as Error).message);

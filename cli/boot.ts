@@ -397,7 +397,8 @@ export async function bootCommand(args: string[]): Promise<number> {
     if (error instanceof UsageError) console.error(BOOT_USAGE);
     return BOOT_STATUS.usage;
   } finally {
-    clearTimeout(loadTimer);
+    // Only when set: the first touch of Deno's timers costs ~6 ms and 3.6 MiB.
+    if (loadTimer !== undefined) clearTimeout(loadTimer);
   }
 
   return await runOnTerminal(vm, options, started, timer);

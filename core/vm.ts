@@ -504,8 +504,11 @@ export class Vm extends Machine {
   async fork(): Promise<Vm> {
     this.assertIdle("fork the VM");
     // The state is captured before the first await once the snapshot code is loaded, as always; the first time, after.
-    const code = snapshotCode ?? await loadSnapshotCode();
-    if (code !== snapshotCode) this.assertIdle("fork the VM");
+    let code = snapshotCode;
+    if (code === undefined) {
+      code = await loadSnapshotCode();
+      this.assertIdle("fork the VM");
+    }
     const state = code.captureVmState(this.#subject(code));
     state.debugger = { breakpoints: [], watchpoints: [] };
     const memory = this.memory.fork();

@@ -23,30 +23,33 @@ import { attachGdb, type VmGdb } from "./gdb/server.ts";
 import type { VirtioAddOptions, VirtioSlot, VirtioSlots } from "../devices/virtio/slots.ts";
 import type { VirtioDevice } from "../devices/virtio/device.ts";
 import { GuestMemory } from "./memory.ts";
-import { SnapshotFile } from "./snapshot/format.ts";
-import {
-  type ApplyOptions,
-  applyVmState,
-  captureVmState,
-  copyBreakpoints,
-  imageOf,
-  readVmState,
-  repairPages,
-  type SnapshotInfo,
-  snapshotPageSource,
-  type SnapshotSubject,
-  statefulDevices,
-  type VmConfig,
-  type VmState,
-  writeVmSnapshot,
-} from "./snapshot/snapshot.ts";
-import { migrateVm, type MigrationOptions, type MigrationStats, receiveVm } from "./snapshot/migrate.ts";
+import type { ApplyOptions, SnapshotInfo, SnapshotSubject, VmConfig, VmState } from "./snapshot/snapshot.ts";
+import type { MigrationOptions, MigrationStats } from "./snapshot/migrate.ts";
 
 export type { ExitInterceptor, KernelDevice, RunOptions } from "./machine.ts";
 export type { PendingStop } from "./stop.ts";
 export type { IoAccess, IoHook, MmioAccess, MmioHook } from "./bus_dispatch.ts";
 export type { SnapshotInfo } from "./snapshot/snapshot.ts";
 export type { MigrationOptions, MigrationStats } from "./snapshot/migrate.ts";
+
+/** The snapshot code (core/snapshot/snapshot.ts and format.ts). */
+type SnapshotCode = typeof import("./snapshot/snapshot.ts") & typeof import("./snapshot/format.ts");
+
+let snapshotCode: SnapshotCode | undefined;
+
+/**
+ * Loads the snapshot code on first use. It is not imported at start: it
+ * brings node:zlib and node:buffer, and with them Deno's Node compatibility
+ * layer (~25 ms and 11 MiB of a cold `hvsh boot`), which a VM that never
+ * saves, restores, forks or migrates does not need.
+ */
+async function loadSnapshotCode(): Promise<SnapshotCode> {
+  if (snapshotCode === undefined) {
+    const [snapshot, format] = await Promise.all([import("./snapshot/snapshot.ts"), import("./snapshot/format.ts")]);
+    snapshotCode = { ...snapshot, ...format };
+  }
+  return snapshotCode;
+}
 
 /** Options of {@link Vm.restore}. */
 export interface RestoreOptions extends ApplyOptions {
@@ -320,12 +323,12 @@ export class Vm extends Machine {
     };
   }
 
-  #subject(): SnapshotSubject {
+  #subject(code: SnapshotCode): SnapshotSubject {
     const pc = this.platform;
     const extra: Record<string, unknown> = pc === undefined ? {} : { ...pc };
     return {
       machine: this,
-      devices: statefulDevices(this.io, this.mmio, extra),
+      devices: code.statefulDevices(this.io, this.mmio, extra),
       config: this.#config(),
       image: this.image,
     };
@@ -347,7 +350,14 @@ export class Vm extends Machine {
    */
   snapshot(path: string): Promise<SnapshotInfo> {
     this.assertIdle("take a snapshot");
-    return Promise.resolve(writeVmSnapshot(path, this.#subject()));
+    // Written before this returns, as always, once the snapshot code is loaded; the first time, after it loads.
+    if (snapshotCode !== undefined) {
+      return Promise.resolve(snapshotCode.writeVmSnapshot(path, this.#subject(snapshotCode)));
+    }
+    return loadSnapshotCode().then((code) => {
+      this.assertIdle("take a snapshot");
+      return code.writeVmSnapshot(path, this.#subject(code));
+    });
   }
 
   /**
@@ -361,9 +371,10 @@ export class Vm extends Machine {
     if (mode !== "copy" && mode !== "cow") {
       throw new RangeError(`Invalid restore memory mode ${JSON.stringify(mode)}: expected "copy" or "cow"`);
     }
-    const file = SnapshotFile.open(path);
-    const state = readVmState(file);
-    const source = snapshotPageSource(file, state.config);
+    const code = await loadSnapshotCode();
+    const file = code.SnapshotFile.open(path);
+    const state = code.readVmState(file);
+    const source = code.snapshotPageSource(file, state.config);
     let memory: GuestMemory;
     if (mode === "cow") {
       file.verifyAbsentPagesZero();
@@ -390,7 +401,7 @@ export class Vm extends Machine {
       }
     }
     try {
-      return await Vm.#assemble(state, memory, source.read, options);
+      return await Vm.#assemble(code, state, memory, source.read, options);
     } finally {
       source.close();
     }
@@ -403,6 +414,7 @@ export class Vm extends Machine {
    * closed and the error thrown.
    */
   static async #assemble(
+    code: SnapshotCode,
     state: VmState,
     memory: GuestMemory,
     source: (page: number) => Uint8Array | undefined,
@@ -411,12 +423,12 @@ export class Vm extends Machine {
   ): Promise<Vm> {
     const { vm, written } = await Vm.#build(state.config, memory);
     try {
-      repairPages(memory, written, source);
+      code.repairPages(memory, written, source);
     } catch (error) {
       await vm.close();
       throw error;
     }
-    return await vm.#applyState(state, options, after);
+    return await vm.#applyState(code, state, options, after);
   }
 
   /**
@@ -446,16 +458,16 @@ export class Vm extends Machine {
   }
 
   /** Puts `state` into this freshly built VM; closes it and throws when the state does not fit. */
-  async #applyState(state: VmState, options: ApplyOptions, after?: (vm: Vm) => void): Promise<Vm> {
+  async #applyState(code: SnapshotCode, state: VmState, options: ApplyOptions, after?: (vm: Vm) => void): Promise<Vm> {
     try {
       this.#setCmdline(state.config.cmdline);
-      const image = imageOf(state);
+      const image = code.imageOf(state);
       if (image !== undefined) {
         this.image = image;
         this.#symbols.push(image.symbols);
         Debugger.attachedTo(this)?.symbols.add(image.symbols);
       }
-      this.restoreWarnings = applyVmState(this.#subject(), state, options);
+      this.restoreWarnings = code.applyVmState(this.#subject(code), state, options);
       after?.(this);
     } catch (error) {
       await this.close();
@@ -491,16 +503,23 @@ export class Vm extends Machine {
    */
   async fork(): Promise<Vm> {
     this.assertIdle("fork the VM");
-    const state = captureVmState(this.#subject());
+    // The state is captured before the first await once the snapshot code is loaded, as always; the first time, after.
+    let code = snapshotCode;
+    if (code === undefined) {
+      code = await loadSnapshotCode();
+      this.assertIdle("fork the VM");
+    }
+    const state = code.captureVmState(this.#subject(code));
     state.debugger = { breakpoints: [], watchpoints: [] };
     const memory = this.memory.fork();
     const parent = this.memory;
     return await Vm.#assemble(
+      code,
       state,
       memory,
       (page) => parent.read(page * 4096, 4096),
       {},
-      (vm) => copyBreakpoints(this, vm),
+      (vm) => code.copyBreakpoints(this, vm),
     );
   }
 
@@ -515,11 +534,13 @@ export class Vm extends Machine {
    */
   migrate(address: string, options: MigrationOptions = {}): Promise<MigrationStats> {
     if (this.state === "closed") throw new Error(`Cannot migrate: the VM ${this.name} is closed`);
-    return migrateVm(address, {
-      machine: this,
-      config: () => this.#config(),
-      capture: () => captureVmState(this.#subject()),
-    }, options);
+    return Promise.all([loadSnapshotCode(), import("./snapshot/migrate.ts")]).then(([code, { migrateVm }]) =>
+      migrateVm(address, {
+        machine: this,
+        config: () => this.#config(),
+        capture: () => code.captureVmState(this.#subject(code)),
+      }, options)
+    );
   }
 
   /**
@@ -532,21 +553,23 @@ export class Vm extends Machine {
     address: string,
     options: ApplyOptions & { onListening?: (address: string) => void } = {},
   ): Promise<Vm> {
-    return receiveVm<Vm>(address, {
-      build: async (config) => {
-        const { vm, written } = await Vm.#build(config, GuestMemory.allocate(config.memory));
-        try {
-          // The paths the final state takes, run once on the new VM's own state (a no-op), so that
-          // the first run of that code is not part of the migration's downtime.
-          applyVmState(vm.#subject(), captureVmState(vm.#subject()));
-        } catch (error) {
-          await vm.close();
-          throw error;
-        }
-        return { machine: vm, written, close: () => vm.close() };
-      },
-      apply: (machine, state) => machine.#applyState(state, options),
-    }, options.onListening);
+    return Promise.all([loadSnapshotCode(), import("./snapshot/migrate.ts")]).then(([code, { receiveVm }]) =>
+      receiveVm<Vm>(address, {
+        build: async (config) => {
+          const { vm, written } = await Vm.#build(config, GuestMemory.allocate(config.memory));
+          try {
+            // The paths the final state takes, run once on the new VM's own state (a no-op), so that
+            // the first run of that code is not part of the migration's downtime.
+            code.applyVmState(vm.#subject(code), code.captureVmState(vm.#subject(code)));
+          } catch (error) {
+            await vm.close();
+            throw error;
+          }
+          return { machine: vm, written, close: () => vm.close() };
+        },
+        apply: (machine, state) => machine.#applyState(code, state, options),
+      }, options.onListening)
+    );
   }
 }
 

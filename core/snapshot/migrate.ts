@@ -21,9 +21,8 @@
  */
 
 import type { Machine } from "../machine.ts";
-import { crc32, PAGE_SIZE, pageRuns } from "./format.ts";
+import { crc32, isZeroPage, PAGE_SIZE, pageRuns } from "./format.ts";
 import { nonZeroPages, type VmConfig, type VmState } from "./snapshot.ts";
-import { isZeroPage } from "../memory.ts";
 
 const FRAME = { hello: 1, pages: 2, zero: 3, state: 4, done: 5, ack: 6, ready: 7 } as const;
 const PROTOCOL = "hvsh-migrate";

@@ -15,8 +15,8 @@ import type { KernelState } from "../machine_state.ts";
 import type { IoBus, MmioBus } from "../../devices/bus.ts";
 import { type BreakCondition, Debugger, type WatchAccess } from "../debug/debugger.ts";
 import type { LoadedImage } from "../loader/types.ts";
-import { type GuestMemory, isZeroPage } from "../memory.ts";
-import { PAGE_SIZE, SnapshotError, type SnapshotFile, writeSnapshotFile } from "./format.ts";
+import type { GuestMemory } from "../memory.ts";
+import { isZeroPage, PAGE_SIZE, SnapshotError, type SnapshotFile, writeSnapshotFile } from "./format.ts";
 
 /** How the VM was built: enough to build the same machine again. */
 export interface VmConfig {

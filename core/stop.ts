@@ -75,8 +75,6 @@ export interface TimeoutStop extends StopContext {
 export interface HistoryStop extends StopContext {
   reason: "history";
   edge: "begin";
-  /** Why there is no history to go back into, when not simply its start (e.g. nothing is recorded). */
-  detail?: string;
 }
 
 /** A port access nobody claimed, when the VM stops on those. */
@@ -170,7 +168,7 @@ export function describeStop(stop: StopEvent): string {
     case "timeout":
       return `timed out at ${where}`;
     case "history":
-      return `${stop.detail ?? "reached the start of the recorded history"} at ${where}`;
+      return `reached the start of the recorded history at ${where}`;
     case "unhandled-io":
       return `unhandled port ${stop.direction} 0x${stop.port.toString(16)} (${stop.size} bytes${
         stop.data === undefined ? "" : `, data 0x${stop.data.toString(16)}`

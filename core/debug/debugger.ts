@@ -619,7 +619,7 @@ export class Debugger<M extends Machine = Machine> {
     if (!this.#protectedPages.has(page)) return undefined;
     const size = exit.size;
     const isWrite = exit.kind === "mmio-write";
-    if (isWrite && cpu.index === 0) this.#history?.noteEmulatedWrite(cpu.regs.rip);
+    if (isWrite && cpu.index === 0) this.#history?.noteEmulatedWrite();
     const at = Number(address);
     const memory = this.#vm.memory;
     const hits = [...this.#watchpoints.values()].filter((wp) =>
@@ -978,7 +978,6 @@ export class Debugger<M extends Machine = Machine> {
       quietStep: (count, until) => this.#quietStep(count, until),
       ripLinear: (cpu) => this.#ripLinear(cpu),
       instructionAt: (cpu, address) => this.#instructionAt(cpu, address),
-      readVirtual: (address, length, cpu) => this.readVirtual(address, length, cpu),
       currentReturn: (cpu) => this.#currentReturn(cpu),
       evaluate: (condition, cpu, what) => this.#evaluate(condition, cpu, what),
       breakpoints: () => [...this.#breakpoints.values()],
@@ -1457,7 +1456,7 @@ export class Debugger<M extends Machine = Machine> {
   #onSingleStep(cpu: Vcpu, pc: bigint): PendingStop | "resume" | "alone" {
     const index = cpu.index;
     this.#stepFrom.set(index, pc);
-    if (index === 0 && this.#history !== undefined) this.#history.noteStep(this.#rewinder!.stepInstructions(cpu, pc));
+    if (index === 0) this.#history?.noteStep();
     const fetched = this.#endFetchThrough(cpu);
     if (fetched !== undefined) {
       this.#stepping = undefined;

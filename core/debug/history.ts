@@ -158,9 +158,8 @@ export class History {
   /** Breakpoint address -> hits since {@link #base}: which arrival a breakpoint stop was. */
   readonly #hits = new Map<bigint, number>();
   /** An access happened in the current instruction: its single-step exit does not count as another step. */
-  /** The exit of the current single step that the count depends on (see {@link stepExit}). */
-  #stepExit: { kind: "port" | "mmio-read" | "mmio-write"; rip: bigint | undefined; emulated: boolean } | undefined;
-  #skipped: { position: Position; rip: bigint } | undefined;
+  /** What the current single step did that its count depends on: a logged access, or a write hvsh emulated. */
+  #stepAfter: "access" | "emulated-write" | undefined;
   #stepRun = false;
   #lastCheckpointAt = 0;
   #stopAfter: number | undefined;
@@ -234,13 +233,11 @@ export class History {
 
   /** A summary of what is recorded. */
   info(): HistoryInfo {
-    let bytes = 0;
-    for (const checkpoint of this.#checkpoints) bytes += checkpoint.pages.size * PAGE;
     const info: HistoryInfo = {
       checkpointMs: this.#checkpointMs,
       events: this.#log.length,
       checkpoints: this.#checkpoints.length,
-      checkpointBytes: bytes,
+      checkpointBytes: this.#checkpointBytes,
       position: this.position,
       replaying: this.inPast,
     };
@@ -301,8 +298,7 @@ export class History {
   /** A run starts: a run that is not single-stepped makes the position inexact. */
   noteResume(stepping: boolean): void {
     this.#stepRun = stepping;
-    this.#stepExit = undefined;
-    this.#skipped = undefined;
+    this.#stepAfter = undefined;
     if (stepping || this.#steps === undefined) return;
     this.#base = { events: this.#cursor, steps: this.#steps };
     this.#hits.clear();
@@ -310,69 +306,36 @@ export class History {
   }
 
   /**
-   * The exit the current single step made, if it made one the step count
-   * depends on: a logged access, or (`emulated`) a write hvsh emulated
-   * for a watched page. `kind` tells where rip was at the exit: a port
-   * read, port write or MMIO read leave it on or past the instruction as
-   * the debugger decodes; an MMIO write always past it.
-   */
-  get stepExit():
-    | { kind: "port" | "mmio-read" | "mmio-write"; rip: bigint | undefined; emulated: boolean }
-    | undefined {
-    return this.#stepExit;
-  }
-
-  /**
    * vCPU 0 wrote a watched page in the current instruction, which hvsh
-   * emulated (the write completed at the exit, rip past it): not an access
-   * of the log, but the next debug exit may or may not be this
-   * instruction's own (see {@link noteStep}).
+   * emulated: not an access of the log, so that instruction still counts
+   * as a step, even when the step ends at the write (a watchpoint stop).
    */
-  noteEmulatedWrite(rip: bigint | undefined): void {
-    this.#stepExit = { kind: "mmio-write", rip, emulated: true };
+  noteEmulatedWrite(): void {
+    this.#stepAfter = "emulated-write";
   }
 
   /**
-   * vCPU 0 single-stepped: `instructions` ran since the last count (the
-   * debugger decides from where the debug exit's rip is: KVM reports no
-   * single-step for an instruction it completed before an exit, such as a
-   * port write, so the step ran one more). After a logged access the count
-   * starts again at the access.
+   * vCPU 0 executed one instruction under single-step (the debugger ends a
+   * step at a write's exit where KVM reports none, so each debug exit is
+   * one instruction). The instruction that made a logged access is not
+   * counted: the access began a new stretch.
    */
-  noteStep(instructions = 1): void {
-    const exit = this.#stepExit;
-    this.#stepExit = undefined;
-    this.#skipped = undefined;
-    if (this.#steps === undefined) return;
-    if (exit !== undefined && instructions > (exit.emulated ? 1 : 0) && exit.rip !== undefined) {
-      // The moment right after the instruction that exited had no debug exit of its own.
-      this.#skipped = {
-        position: { events: this.#cursor, steps: this.#steps + (exit.emulated ? 1 : 0) },
-        rip: exit.rip,
-      };
-    }
-    this.#steps += instructions;
-  }
-
-  /**
-   * When the last single step ran past the moment right after an exit
-   * without a debug exit there (see {@link noteStep}): that moment and its
-   * rip, which a search checks too.
-   */
-  get skipped(): { position: Position; rip: bigint } | undefined {
-    return this.#skipped;
+  noteStep(): void {
+    const after = this.#stepAfter;
+    this.#stepAfter = undefined;
+    if (this.#steps !== undefined && after !== "access") this.#steps++;
   }
 
   /** vCPU 0 hit a breakpoint at `address` (whether or not it stopped). */
   noteHit(address: bigint): void {
-    this.#stepExit = undefined;
+    this.#stepAfter = undefined;
     this.#hits.set(address, (this.#hits.get(address) ?? 0) + 1);
   }
 
   /** The run stopped. A step that a watched write ended (no debug exit came) still ran its instruction. */
   noteStop(): void {
-    if (this.#stepExit?.emulated && this.#steps !== undefined) this.#steps++;
-    this.#stepExit = undefined;
+    if (this.#stepAfter === "emulated-write" && this.#steps !== undefined) this.#steps++;
+    this.#stepAfter = undefined;
   }
 
   // ---------------------------------------------------------------- replay control
@@ -504,8 +467,7 @@ export class History {
     this.#steps = checkpoint.position.steps;
     this.#base = { ...checkpoint.position };
     this.#hits.clear();
-    this.#stepExit = undefined;
-    this.#skipped = undefined;
+    this.#stepAfter = undefined;
   }
 
   /** Each interrupt line a device of the log drove: its level once `events` accesses were done (low before any). */
@@ -686,12 +648,7 @@ export class History {
     this.#steps = this.#stepRun || this.#machine.pendingStop !== undefined ? 0 : undefined;
     this.#base = { events: this.#cursor, steps: 0 };
     this.#hits.clear();
-    const entry = this.#log[this.#cursor - 1]!;
-    this.#stepExit = {
-      kind: entry.op <= PORT_OUT ? "port" : entry.op === MMIO_READ ? "mmio-read" : "mmio-write",
-      rip: entry.rip,
-      emulated: false,
-    };
+    this.#stepAfter = "access";
   }
 
   #onIrqLine(irq: number, level: boolean): void {

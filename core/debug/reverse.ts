@@ -28,19 +28,6 @@ const MAX_REPLAY_STEPS = 2_000_000;
 /** A replay run that takes longer than this has diverged (checkpoints are milliseconds of running apart). */
 export const REPLAY_TIMEOUT_MS = 60_000;
 
-/** Port I/O opcodes (in, out, ins, outs); the imm8 forms are two bytes. */
-const PORT_IO_OPCODES = new Set([0xe4, 0xe5, 0xe6, 0xe7, 0xec, 0xed, 0xee, 0xef, 0x6c, 0x6d, 0x6e, 0x6f]);
-const PREFIXES = new Set([0x66, 0x67, 0xf2, 0xf3, 0x2e, 0x36, 0x3e, 0x26, 0x64, 0x65]);
-
-/** The length of the port I/O instruction `bytes` start with, or undefined when they start with another. */
-function portIoLength(bytes: Uint8Array): number | undefined {
-  let i = 0;
-  while (i < bytes.length && (PREFIXES.has(bytes[i]!) || (bytes[i]! & 0xf0) === 0x40)) i++;
-  const opcode = bytes[i];
-  if (opcode === undefined || !PORT_IO_OPCODES.has(opcode)) return undefined;
-  return i + (opcode >= 0xe4 && opcode <= 0xe7 ? 2 : 1);
-}
-
 /** What going backwards needs from the debugger: its quiet runs and its view of the guest. */
 export interface ReplayHost<M extends Machine = Machine> {
   readonly machine: M;
@@ -50,7 +37,6 @@ export interface ReplayHost<M extends Machine = Machine> {
   quietStep(count: number, until?: (cpu: Vcpu) => boolean): Promise<boolean>;
   ripLinear(cpu: Vcpu): bigint;
   instructionAt(cpu: Vcpu, address: bigint): DecodedInstruction | undefined;
-  readVirtual(address: bigint, length: number, cpu: Vcpu): Uint8Array;
   currentReturn(cpu: Vcpu): { returnAddress: bigint; frameRsp: bigint };
   evaluate(condition: BreakCondition<M>, cpu: Vcpu, what: string): boolean;
   breakpoints(): Breakpoint<M>[];
@@ -245,17 +231,6 @@ export class Rewinder<M extends Machine = Machine> {
       const check = (c: Vcpu): boolean => {
         const position = this.#history.position!;
         if (comparePositions(position, segmentEnd) >= 0) return true;
-        const skipped = this.#history.skipped;
-        if (skipped !== undefined && extra === undefined) {
-          // A moment a single step ran past (right after a port or watched write): a breakpoint there counts.
-          const bp = breakpoints.find((b) => b.address === skipped.rip + (this.#host.ripLinear(c) - c.regs.rip));
-          if (bp !== undefined && bp.condition === undefined) {
-            found = {
-              position: skipped.position,
-              stop: { reason: "breakpoint", id: bp.id, address: bp.address, kind: bp.kind },
-            };
-          }
-        }
         const rip = this.#host.ripLinear(c);
         if (extra?.(c)) found = { position, stop: { reason: "step", address: rip } };
         for (const bp of breakpoints) {
@@ -357,43 +332,6 @@ export class Rewinder<M extends Machine = Machine> {
     }
     await this.#goTo({ events: 0, steps: 0 });
     return { reason: "history", edge: "begin" };
-  }
-
-  /**
-   * How many instructions a single step's debug exit at `pc` stands for,
-   * after an exit the step made (see History.stepExit): KVM completes a
-   * port write or an MMIO write before the exit and then reports no
-   * single-step for it, so the debug exit comes after the next instruction.
-   * The exiting instruction's end tells which: rip is on a port read or an
-   * MMIO read at the exit (its end is rip plus its length), past a port
-   * write or an MMIO write.
-   */
-  stepInstructions(cpu: Vcpu, pc: bigint): number {
-    const exit = this.#history.stepExit;
-    if (exit === undefined) return 1;
-    // A logged access began a new stretch (its instruction is not counted); an emulated write did not.
-    const own = exit.emulated ? 1 : 0;
-    if (exit.rip === undefined) return own;
-    const linear = exit.rip + (this.#host.ripLinear(cpu) - cpu.regs.rip);
-    let end = linear;
-    if (exit.kind === "port") {
-      const length = portIoLength(this.#readCode(cpu, linear));
-      if (length !== undefined) end = linear + BigInt(length);
-    } else if (exit.kind === "mmio-read") {
-      const length = this.#host.instructionAt(cpu, linear)?.length;
-      if (length === undefined) return own;
-      end = linear + BigInt(length);
-    }
-    // Still on the instruction: a rep string instruction's iteration.
-    return pc === end || pc === linear ? own : own + 1;
-  }
-
-  #readCode(cpu: Vcpu, linear: bigint): Uint8Array {
-    try {
-      return this.#host.readVirtual(linear, 15, cpu);
-    } catch {
-      return new Uint8Array(0);
-    }
   }
 
   /** The call instruction that ends at `returnAddress` (the bytes before it decoded as each possible call length). */

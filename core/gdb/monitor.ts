@@ -157,14 +157,13 @@ export function formatRegisters(cpu: Vcpu, symbolize?: (address: bigint) => stri
 /** The `monitor record status` text (the REPL's `.record` prints the same). */
 export function formatRecording(info: HistoryInfo | undefined): string {
   if (info === undefined) return "not recording\n";
-  const at = info.position === undefined ? `after access #${info.events}` : `at ${formatPosition(info.position)}`;
   const lines = [
     `recording: ${info.events} port/MMIO accesses logged, ${info.checkpoints} checkpoints (${
       (info.checkpointBytes / 1024).toFixed(0)
     } KiB of pages)`,
     `the guest is ${
       info.replaying ? "in the past (going forward replays the log)" : "at the end of the history (live)"
-    }${info.position === undefined ? "" : `, ${at}`}`,
+    }${info.position === undefined ? "" : `, at ${formatPosition(info.position)}`}`,
   ];
   if (info.broken !== undefined) lines.push(`history unusable: ${info.broken}`);
   return lines.join("\n") + "\n";

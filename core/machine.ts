@@ -883,7 +883,10 @@ export class Machine {
             if (intercepted === "alone") this.#pendingStop ??= this.#goAlone(cpu);
           }
           if (outcome !== "handled") this.#pendingStop ??= outcome;
-          else if (exit.kind === "io-out" || exit.kind === "mmio-write") this.#afterWrite(cpu);
+          // Single steps only happen in a run of one vCPU (a step, or a stretch alone): free runs skip this.
+          else if (exclusive !== undefined && (exit.kind === "io-out" || exit.kind === "mmio-write")) {
+            this.#afterWrite(cpu);
+          }
         } catch (error) {
           // A device or hook threw: complete the exit so the VM stays consistent, then report it.
           this.#completeExit(cpu);

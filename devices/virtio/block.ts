@@ -12,7 +12,7 @@
  */
 
 import { HostFile } from "../../core/kvm/host_io.ts";
-import { VIRTIO_ID, type VirtioContext, type VirtioDevice } from "./device.ts";
+import { readConfigSpace, VIRTIO_ID, type VirtioContext, type VirtioDevice } from "./device.ts";
 import type { DescriptorChain, SplitQueue } from "./queue.ts";
 import { StateReader, toBase64 } from "../_state.ts";
 
@@ -229,9 +229,7 @@ export class VirtioBlock implements VirtioDevice {
   }
 
   readConfig(offset: number, size: number): number {
-    let value = 0;
-    for (let i = size - 1; i >= 0; i--) value = value * 256 + (this.#config[offset + i] ?? 0);
-    return value;
+    return readConfigSpace(this.#config, offset, size);
   }
 
   writeConfig(): void {}

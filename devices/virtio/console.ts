@@ -8,7 +8,7 @@
  * @module
  */
 
-import { VIRTIO_ID, type VirtioContext, type VirtioDevice } from "./device.ts";
+import { readConfigSpace, VIRTIO_ID, type VirtioContext, type VirtioDevice } from "./device.ts";
 import type { SplitQueue } from "./queue.ts";
 import { StateReader, toBase64 } from "../_state.ts";
 
@@ -193,9 +193,7 @@ export class VirtioConsole implements VirtioDevice {
     view.setUint16(0, this.#size.cols, true);
     view.setUint16(2, this.#size.rows, true);
     view.setUint32(4, this.ports.length, true);
-    let value = 0;
-    for (let i = size - 1; i >= 0; i--) value = value * 256 + (config[offset + i] ?? 0);
-    return value;
+    return readConfigSpace(config, offset, size);
   }
 
   /** emerg_wr: a byte written there is console output even before the queues work. */

@@ -16,6 +16,17 @@
 import { type GuestRam, type QueueState, SplitQueue, VirtqueueError } from "./queue.ts";
 import { StateReader } from "../_state.ts";
 
+/**
+ * A little-endian read of `size` bytes at `offset` of a device's config
+ * space (what every device's `readConfig` answers); bytes past its end read
+ * as zero.
+ */
+export function readConfigSpace(config: Uint8Array, offset: number, size: number): number {
+  let value = 0;
+  for (let i = size - 1; i >= 0; i--) value = value * 256 + (config[offset + i] ?? 0);
+  return value;
+}
+
 /** Device status bits (2.1). */
 export const VIRTIO_STATUS = {
   acknowledge: 1,

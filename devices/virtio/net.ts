@@ -9,7 +9,7 @@
  */
 
 import { TapDevice } from "../../core/kvm/host_io.ts";
-import { VIRTIO_ID, type VirtioContext, type VirtioDevice } from "./device.ts";
+import { readConfigSpace, VIRTIO_ID, type VirtioContext, type VirtioDevice } from "./device.ts";
 import { StateReader } from "../_state.ts";
 
 /** Feature bits (5.1.3). */
@@ -74,9 +74,7 @@ export class VirtioNet implements VirtioDevice {
     const config = new Uint8Array(8);
     config.set(this.mac);
     config[6] = 1; // VIRTIO_NET_S_LINK_UP
-    let value = 0;
-    for (let i = size - 1; i >= 0; i--) value = value * 256 + (config[offset + i] ?? 0);
-    return value;
+    return readConfigSpace(config, offset, size);
   }
 
   writeConfig(): void {}

@@ -42,7 +42,7 @@
  * @module
  */
 
-import { VIRTIO_ID, type VirtioContext, type VirtioDevice } from "./device.ts";
+import { readConfigSpace, VIRTIO_ID, type VirtioContext, type VirtioDevice } from "./device.ts";
 import { type DescriptorChain, type SplitQueue, VirtqueueError } from "./queue.ts";
 import { StateReader } from "../_state.ts";
 
@@ -349,9 +349,7 @@ export class VirtioVsock implements VirtioDevice {
   readConfig(offset: number, size: number): number {
     const config = new Uint8Array(8);
     new DataView(config.buffer).setBigUint64(0, BigInt(this.cid), true);
-    let value = 0;
-    for (let i = size - 1; i >= 0; i--) value = value * 256 + (config[offset + i] ?? 0);
-    return value;
+    return readConfigSpace(config, offset, size);
   }
 
   writeConfig(): void {}

@@ -56,35 +56,63 @@ export async function waitUntil(condition: () => boolean, what: string, timeoutM
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
+/** What a whole `./hvsh` process left: its exit status (and signal, if one ended it) and its output. */
+export interface HvshRun {
+  code: number;
+  signal: Deno.Signal | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** How {@link runHvsh} starts the process. */
+export interface RunHvshOptions {
+  /** Written to its stdin, which is then closed. Default: nothing. */
+  input?: string;
+  /** Its environment, added to this one's (all of it with `clearEnv`); NO_COLOR=1 is always set. */
+  env?: Record<string, string>;
+  clearEnv?: boolean;
+  /** Default: the repository root. */
+  cwd?: string;
+  /** Killed after this long (a hung process fails its test). Default 60 s. */
+  timeoutMs?: number;
+}
+
+/** Runs `./hvsh ARGS` as a user does from a script: stdin piped, output collected, bounded in time. */
+export async function runHvsh(args: string[], options: RunHvshOptions = {}): Promise<HvshRun> {
+  const child = new Deno.Command(`${ROOT}hvsh`, {
+    args,
+    cwd: options.cwd ?? ROOT,
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1", ...options.env },
+    clearEnv: options.clearEnv ?? false,
+    signal: AbortSignal.timeout(options.timeoutMs ?? 60_000),
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  await writer.write(new TextEncoder().encode(options.input ?? ""));
+  await writer.close();
+  const out = await child.output();
+  return {
+    code: out.code,
+    signal: out.signal,
+    stdout: new TextDecoder().decode(out.stdout),
+    stderr: new TextDecoder().decode(out.stderr),
+  };
+}
+
 /**
  * The REPL as a user scripts it: `./hvsh ARGS` with `lines` on a piped stdin
  * (plain output, no colours, a history file of its own), waited for.
  */
-export async function replPiped(
-  args: string[],
-  lines: string[],
-  timeoutMs = 60_000,
-): Promise<{ code: number; stdout: string; stderr: string }> {
+export async function replPiped(args: string[], lines: string[], timeoutMs = 60_000): Promise<HvshRun> {
   const dir = await Deno.makeTempDir({ prefix: "hvsh-repl-" });
   try {
-    const child = new Deno.Command(`${ROOT}hvsh`, {
-      args,
-      cwd: ROOT,
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-      env: { NO_COLOR: "1", HVSH_HISTORY: `${dir}/history` },
-      signal: AbortSignal.timeout(timeoutMs),
-    }).spawn();
-    const writer = child.stdin.getWriter();
-    await writer.write(new TextEncoder().encode(lines.join("\n") + "\n"));
-    await writer.close();
-    const out = await child.output();
-    return {
-      code: out.code,
-      stdout: new TextDecoder().decode(out.stdout),
-      stderr: new TextDecoder().decode(out.stderr),
-    };
+    return await runHvsh(args, {
+      input: lines.join("\n") + "\n",
+      env: { HVSH_HISTORY: `${dir}/history` },
+      timeoutMs,
+    });
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -7,7 +7,7 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { guest, kvmAvailable } from "./_helpers.ts";
+import { guest, kvmAvailable, runHvsh } from "./_helpers.ts";
 
 const HVSH = new URL("../hvsh", import.meta.url).pathname;
 
@@ -18,22 +18,7 @@ interface Run {
 }
 
 async function boot(args: string[], input = ""): Promise<Run> {
-  const child = new Deno.Command(HVSH, {
-    args: ["boot", ...args],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-    signal: AbortSignal.timeout(30_000),
-  }).spawn();
-  const writer = child.stdin.getWriter();
-  await writer.write(new TextEncoder().encode(input));
-  await writer.close();
-  const out = await child.output();
-  return {
-    code: out.code,
-    stdout: new TextDecoder().decode(out.stdout),
-    stderr: new TextDecoder().decode(out.stderr),
-  };
+  return await runHvsh(["boot", ...args], { input, timeoutMs: 30_000 });
 }
 
 function kvmTest(name: string, fn: () => Promise<void>): void {

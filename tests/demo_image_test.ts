@@ -2,13 +2,11 @@
 // sources, and `./hvsh` must open it on a machine without a C toolchain.
 
 import assert from "node:assert/strict";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { DEMO_DIGEST, DEMO_IMAGE, demoSourcesDigest } from "../scripts/build_demo.ts";
 import { readElfSymbols } from "../core/loader/elf.ts";
-import { kvmAvailable, kvmMissingReason } from "./_helpers.ts";
+import { kvmAvailable, kvmMissingReason, runHvsh } from "./_helpers.ts";
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 
 Deno.test("repl/demo/demo.elf was built from the demo's sources as they are now (else: deno task demo)", async () => {
   const recorded = (await Deno.readTextFile(DEMO_DIGEST)).trim();
@@ -32,20 +30,12 @@ Deno.test({
         const found = new Deno.Command("sh", { args: ["-c", `command -v ${tool}`], stdout: "piped" }).outputSync();
         await Deno.symlink(new TextDecoder().decode(found.stdout).trim(), join(bin, tool));
       }
-      const child = new Deno.Command(join(ROOT, "hvsh"), {
-        env: { PATH: bin, HOME: bin, NO_COLOR: "1" },
+      const { code, stdout, stderr } = await runHvsh([], {
+        input: ".sym tick\n.exit\n",
+        env: { PATH: bin, HOME: bin },
         clearEnv: true,
-        stdin: "piped",
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
-      const writer = child.stdin.getWriter();
-      await writer.write(new TextEncoder().encode(".sym tick\n.exit\n"));
-      await writer.close();
-      const out = await child.output();
-      const stdout = new TextDecoder().decode(out.stdout);
-      const stderr = new TextDecoder().decode(out.stderr);
-      assert.equal(out.code, 0, stderr);
+      });
+      assert.equal(code, 0, stderr);
       assert.match(stdout, /= tick|tick = /, stdout);
       assert.doesNotMatch(stderr, /build_guests|gcc|not found/);
     } finally {

@@ -13,7 +13,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { readElfSymbols } from "../core/loader/elf.ts";
-import { guest, kvmAvailable, kvmMissingReason } from "./_helpers.ts";
+import { guest, kvmAvailable, kvmMissingReason, runHvsh } from "./_helpers.ts";
 import { loadedOccurrences, returnSite } from "./_elf_facts.ts";
 import { findTinyKernel } from "../scripts/build_linux.ts";
 
@@ -47,24 +47,12 @@ async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
 async function hvsh(args: string[], input: string, options: { env?: Record<string, string> } = {}): Promise<Run> {
   return await withTempDir(async (dir) => {
     const history = join(dir, "history");
-    const child = new Deno.Command(HVSH, {
-      args,
-      cwd: ROOT,
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-      env: { NO_COLOR: "1", HVSH_HISTORY: history, ...options.env },
-      signal: AbortSignal.timeout(PROCESS_TIMEOUT_MS),
-    }).spawn();
-    const writer = child.stdin.getWriter();
-    await writer.write(new TextEncoder().encode(input));
-    await writer.close();
-    const out = await child.output();
-    const run = {
-      code: out.code,
-      stdout: new TextDecoder().decode(out.stdout),
-      stderr: new TextDecoder().decode(out.stderr),
-    };
+    const out = await runHvsh(args, {
+      input,
+      env: { HVSH_HISTORY: history, ...options.env },
+      timeoutMs: PROCESS_TIMEOUT_MS,
+    });
+    const run = { code: out.code, stdout: out.stdout, stderr: out.stderr };
     assert.equal(out.signal, null, `./hvsh ${args.join(" ")} was killed (${out.signal}): hung?\n${run.stdout}`);
     // Piped sessions never write history.
     assert.equal(await exists(history), false, "a piped session wrote HVSH_HISTORY");

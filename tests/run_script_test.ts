@@ -6,27 +6,13 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { guest, kvmAvailable } from "./_helpers.ts";
+import { guest, kvmAvailable, runHvsh } from "./_helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
-const HVSH = join(ROOT, "hvsh");
 const PROCESS_TIMEOUT_MS = 120_000;
 
 async function hvsh(args: string[], input = ""): Promise<{ code: number; stdout: string; stderr: string }> {
-  const child = new Deno.Command(HVSH, {
-    args,
-    cwd: ROOT,
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-    signal: AbortSignal.timeout(PROCESS_TIMEOUT_MS),
-  }).spawn();
-  const writer = child.stdin.getWriter();
-  await writer.write(new TextEncoder().encode(input));
-  await writer.close();
-  const out = await child.output();
-  return { code: out.code, stdout: new TextDecoder().decode(out.stdout), stderr: new TextDecoder().decode(out.stderr) };
+  return await runHvsh(args, { input, timeoutMs: PROCESS_TIMEOUT_MS });
 }
 
 async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {

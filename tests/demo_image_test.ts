@@ -7,7 +7,6 @@ import { DEMO_DIGEST, DEMO_IMAGE, demoSourcesDigest } from "../scripts/build_dem
 import { readElfSymbols } from "../core/loader/elf.ts";
 import { kvmAvailable, kvmMissingReason, runHvsh } from "./_helpers.ts";
 
-
 Deno.test("repl/demo/demo.elf was built from the demo's sources as they are now (else: deno task demo)", async () => {
   const recorded = (await Deno.readTextFile(DEMO_DIGEST)).trim();
   assert.equal(recorded, await demoSourcesDigest(), "the demo's sources changed: run `deno task demo` and commit");

@@ -24,6 +24,9 @@ async function debugRloop(commands: string[], record = true): Promise<GdbSession
   return await gdbBatch(await guest("rloop.elf"), record ? ["--record"] : [], commands, 90_000);
 }
 
+/** gdb commands that stop rloop at tick's third call, tick(2), recording since its first instruction. */
+const TO_THIRD_TICK = ["break tick", "continue", "continue", "continue"];
+
 const PLAIN_OUTPUT = "tick 0 total=1\ntick 1 total=3\ntick 2 total=8\ntick 3 total=18\ntick 4 total=35\n" +
   "rloop done total=35\n";
 
@@ -33,10 +36,7 @@ Deno.test({
   ignore: ignoreReason !== undefined,
   async fn() {
     const out = await debugRloop([
-      "break tick",
-      "continue",
-      "continue",
-      "continue",
+      ...TO_THIRD_TICK,
       "print i",
       "print total",
       "reverse-continue",
@@ -98,10 +98,7 @@ Deno.test({
   ignore: ignoreReason !== undefined,
   async fn() {
     const out = await debugRloop([
-      "break tick",
-      "continue",
-      "continue",
-      "continue",
+      ...TO_THIRD_TICK,
       "delete",
       "watch total",
       "reverse-continue",
